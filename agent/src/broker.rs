@@ -1,0 +1,1035 @@
+//! The broker: one thread running a `polling` loop over raw non-blocking fds
+//! (the parent stream, child streams, captured stdout/stderr, connection
+//! processes' stderr), moving messages between streams and local handles,
+//! and carrying out the shutdown sequence. The master runs this same code.
+//!
+//! Other threads talk to the broker through [`Broker`], a cheap handle:
+//! they queue commands and wake the loop with `Poller::notify`.
+
+use crate::mailbox::Mailbox;
+use crate::router::{Origin, Routes, Verdict};
+use crate::sys;
+use log::{debug, info, warn};
+use polling::{Event, Events, Poller};
+use spore_protocol::body::{self, AddRoute, AllocatedId, DelRoute, LogRecord};
+use spore_protocol::{handle, Decoder, Message, FLAG_DEAD};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How this broker sits in the tree.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This context's id (0 for the master).
+    pub id: u32,
+    /// This context's path in the tree, e.g. `local/local`.
+    pub name: String,
+    /// Ancestors, the master first and the immediate parent last. Empty in
+    /// the master. Messages whose `auth_id` is one of these carry authority.
+    pub parent_ids: Vec<u32>,
+    /// Largest body accepted on any stream.
+    pub max_message: u32,
+    /// How long a shutdown waits for children before forcing them.
+    pub grace: Duration,
+    /// End the process when the shutdown sequence completes (agents), or
+    /// just stop the broker thread (the master).
+    pub exit_process: bool,
+}
+
+/// Where an agent writes its last words when its parent stream breaks
+/// (the original stderr: the connection's, which the parent may still read).
+static LAST_WORDS: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+/// Keep `file` (a dup of the original stderr) for [`Config`]-less last words.
+pub fn set_last_words(file: File) {
+    let _ = LAST_WORDS.set(file);
+}
+
+fn say_last_words(text: &str) {
+    if let Some(mut f) = LAST_WORDS.get() {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+/// A connection handed to the broker once its handshake is done.
+pub struct NewStream {
+    /// The context at the other end.
+    pub remote_id: u32,
+    /// Its path in the tree.
+    pub name: String,
+    /// Bytes from the peer.
+    pub input: File,
+    /// Bytes to the peer.
+    pub output: File,
+    /// The connection process's stderr, forwarded as log lines.
+    pub stderr: Option<File>,
+    /// The connection process (ssh, sudo, a local agent), reaped by the broker.
+    pub child: Option<Child>,
+    /// Protocol bytes already read during the handshake.
+    pub leftover: Vec<u8>,
+    /// This is the stream to our parent.
+    pub is_parent: bool,
+}
+
+enum Cmd {
+    Send(Message),
+    AddStream(Box<NewStream>),
+    Capture { file: File, target: &'static str },
+    Shutdown(String),
+}
+
+struct HandleEntry {
+    tx: Sender<Message>,
+    /// A remote context this handle waits on: its loss fails the handle.
+    peer: Option<u32>,
+    wake: Option<File>,
+}
+
+struct Shared {
+    cfg: Config,
+    poller: Poller,
+    queue: Mutex<Vec<Cmd>>,
+    handles: Mutex<HashMap<u32, HandleEntry>>,
+    next_handle: AtomicU32,
+    next_context: AtomicU32,
+    groups: Mutex<HashSet<i32>>,
+    shutting_down: AtomicBool,
+    done: (Mutex<bool>, Condvar),
+}
+
+/// A handle on the broker thread, cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder can't leave these maps inconsistent: every update
+    // is a single insert or remove.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Broker {
+    /// Start the broker thread.
+    pub fn start(cfg: Config) -> io::Result<Broker> {
+        let shared = Arc::new(Shared {
+            cfg,
+            poller: Poller::new()?,
+            queue: Mutex::new(Vec::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU32::new(handle::FIRST_DYNAMIC),
+            next_context: AtomicU32::new(1),
+            groups: Mutex::new(HashSet::new()),
+            shutting_down: AtomicBool::new(false),
+            done: (Mutex::new(false), Condvar::new()),
+        });
+        let broker = Broker { shared };
+        let looper = Loop::new(broker.clone());
+        std::thread::Builder::new().name("spore-broker".into()).spawn(move || looper.run())?;
+        Ok(broker)
+    }
+
+    /// This context's id.
+    pub fn id(&self) -> u32 {
+        self.shared.cfg.id
+    }
+
+    /// This context's path in the tree.
+    pub fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+
+    /// The configuration the broker was started with.
+    pub fn config(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    fn push(&self, cmd: Cmd) {
+        lock(&self.shared.queue).push(cmd);
+        let _ = self.shared.poller.notify();
+    }
+
+    /// Queue a message from this context; the broker stamps `src`/`auth`.
+    pub fn send(&self, msg: Message) {
+        self.push(Cmd::Send(msg));
+    }
+
+    /// Hand a connected stream to the broker.
+    pub fn add_stream(&self, stream: NewStream) {
+        self.push(Cmd::AddStream(Box::new(stream)));
+    }
+
+    /// Forward lines written to `file` as log records tagged `target`.
+    pub fn add_capture(&self, file: File, target: &'static str) {
+        self.push(Cmd::Capture { file, target });
+    }
+
+    /// Start the shutdown sequence (idempotent).
+    pub fn shutdown(&self, why: &str) {
+        self.push(Cmd::Shutdown(why.to_string()));
+    }
+
+    /// Has the shutdown sequence begun?
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the broker thread has finished its shutdown sequence.
+    pub fn wait_done(&self, deadline: Instant) -> bool {
+        let (m, cv) = &self.shared.done;
+        let mut done = lock(m);
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = cv.wait_timeout(done, left).map_or_else(|p| p.into_inner().0, |r| r.0);
+        }
+        true
+    }
+
+    /// A fresh context id (meaningful in the master, which owns the space).
+    pub fn allocate_context_id(&self) -> u32 {
+        self.shared.next_context.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Register a fresh handle. `peer` is the remote context whose loss
+    /// should fail this handle with a `DEAD` "disconnected" message.
+    pub fn mailbox(&self, peer: Option<u32>) -> Mailbox {
+        let handle = self.shared.next_handle.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = channel();
+        lock(&self.shared.handles).insert(handle, HandleEntry { tx, peer, wake: None });
+        Mailbox { handle, rx, broker: self.clone(), wake: None, aliases: Vec::new() }
+    }
+
+    /// Like [`Broker::mailbox`], with a pipe that turns readable on delivery.
+    pub fn mailbox_with_waker(&self, peer: Option<u32>) -> io::Result<Mailbox> {
+        let (r, w) = sys::pipe()?;
+        sys::set_nonblocking(std::os::fd::AsFd::as_fd(&r), true)?;
+        sys::set_nonblocking(std::os::fd::AsFd::as_fd(&w), true)?;
+        let handle = self.shared.next_handle.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = channel();
+        let entry = HandleEntry { tx, peer, wake: Some(w) };
+        lock(&self.shared.handles).insert(handle, entry);
+        Ok(Mailbox { handle, rx, broker: self.clone(), wake: Some(r), aliases: Vec::new() })
+    }
+
+    /// A second handle delivering into `mb`'s queue (e.g. an `exec`'s
+    /// stderr beside its stdout), unregistered when `mb` is dropped.
+    pub fn alias(&self, mb: &mut Mailbox) -> u32 {
+        let handle = self.shared.next_handle.fetch_add(1, Ordering::SeqCst);
+        let mut handles = lock(&self.shared.handles);
+        if let Some(entry) = handles.get(&mb.handle) {
+            let alias = HandleEntry { tx: entry.tx.clone(), peer: entry.peer, wake: None };
+            handles.insert(handle, alias);
+            mb.aliases.push(handle);
+        }
+        handle
+    }
+
+    /// Deliver messages for a well-known handle to `tx`.
+    pub fn listen(&self, handle: u32, tx: Sender<Message>) {
+        lock(&self.shared.handles).insert(handle, HandleEntry { tx, peer: None, wake: None });
+    }
+
+    /// Forget a handle; later messages for it get a `DEAD` reply.
+    pub fn unregister(&self, handle: u32) {
+        lock(&self.shared.handles).remove(&handle);
+    }
+
+    /// Remember a process group to kill at shutdown.
+    pub fn track_group(&self, pgid: i32) {
+        lock(&self.shared.groups).insert(pgid);
+    }
+
+    /// Forget a process group that has no members left.
+    pub fn untrack_group(&self, pgid: i32) {
+        lock(&self.shared.groups).remove(&pgid);
+    }
+
+    /// Deliver to a local handle. Returns the message back if nobody listens.
+    fn deliver(&self, msg: Message) -> Result<(), Message> {
+        let mut handles = lock(&self.shared.handles);
+        let Some(entry) = handles.get(&msg.header.handle) else {
+            return Err(msg);
+        };
+        match entry.tx.send(msg) {
+            Ok(()) => {
+                if let Some(mut w) = entry.wake.as_ref() {
+                    let _ = w.write(&[1]);
+                }
+                Ok(())
+            }
+            Err(back) => {
+                let h = back.0.header.handle;
+                handles.remove(&h);
+                Err(back.0)
+            }
+        }
+    }
+
+    /// Fail every handle waiting on `peer` with a `DEAD` message.
+    fn fail_peer(&self, peer: u32, reason: &str) {
+        let handles = lock(&self.shared.handles);
+        for (&h, entry) in handles.iter() {
+            if entry.peer == Some(peer) {
+                let mut msg = Message::new(self.id(), h, format!("disconnected: {reason}").into_bytes());
+                msg.header.src = peer;
+                msg.header.flags = FLAG_DEAD;
+                let _ = entry.tx.send(msg);
+                if let Some(mut w) = entry.wake.as_ref() {
+                    let _ = w.write(&[1]);
+                }
+            }
+        }
+    }
+}
+
+// Event keys: stream id << 2 | role. Stream id 0 is the broker's own
+// capture pipes.
+const ROLE_IN: usize = 0;
+const ROLE_OUT: usize = 1;
+const ROLE_ERR: usize = 2;
+const ROLE_CAPTURE_OUT: usize = 0;
+const ROLE_CAPTURE_ERR: usize = 1;
+/// Per-event read budget, so one busy stream can't starve the others.
+const READ_BUDGET: usize = 256 * 1024;
+
+struct Stream {
+    remote_id: u32,
+    name: String,
+    input: File,
+    output: File,
+    decoder: Decoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    write_armed: bool,
+    stderr: Option<LineSource>,
+    child: Option<Child>,
+    is_parent: bool,
+}
+
+struct LineSource {
+    file: File,
+    buf: Vec<u8>,
+    target: String,
+    level: log::Level,
+}
+
+enum Phase {
+    Running,
+    /// SHUTDOWN sent to children; waiting for them to disconnect.
+    Children {
+        deadline: Instant,
+    },
+    /// Process groups sent SIGTERM; SIGKILL at the deadline.
+    Groups {
+        deadline: Instant,
+    },
+    /// Capture half-closed; draining it and flushing the parent stream.
+    Flush {
+        deadline: Instant,
+    },
+}
+
+struct Loop {
+    broker: Broker,
+    streams: HashMap<usize, Stream>,
+    next_sid: usize,
+    parent: Option<usize>,
+    routes: Routes,
+    captures: HashMap<usize, LineSource>,
+    reaping: Vec<(Child, String, Instant)>,
+    phase: Phase,
+    shutdown_started: Option<Instant>,
+}
+
+impl Loop {
+    fn new(broker: Broker) -> Loop {
+        let cfg = &broker.shared.cfg;
+        let routes = Routes::new(cfg.id, cfg.parent_ids.clone());
+        Loop {
+            broker,
+            streams: HashMap::new(),
+            next_sid: 1,
+            parent: None,
+            routes,
+            captures: HashMap::new(),
+            reaping: Vec::new(),
+            phase: Phase::Running,
+            shutdown_started: None,
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.broker.shared.cfg
+    }
+
+    fn run(mut self) {
+        let mut events = Events::new();
+        loop {
+            self.take_commands();
+            if self.step_shutdown() {
+                break;
+            }
+            let timeout = self.next_timeout();
+            events.clear();
+            if let Err(e) = self.broker.shared.poller.wait(&mut events, timeout) {
+                warn!("broker: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let keys: Vec<(usize, bool, bool)> = events.iter().map(|e| (e.key, e.readable, e.writable)).collect();
+            for (key, readable, writable) in keys {
+                self.on_event(key, readable, writable);
+            }
+            self.reap();
+        }
+        self.finish();
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let mut deadline = match self.phase {
+            Phase::Running => None,
+            Phase::Children { deadline } | Phase::Groups { deadline } => Some(deadline),
+            Phase::Flush { deadline } => Some(deadline),
+        };
+        if !self.reaping.is_empty() || matches!(self.phase, Phase::Groups { .. } | Phase::Flush { .. }) {
+            let tick = Instant::now() + Duration::from_millis(20);
+            deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
+        }
+        deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn take_commands(&mut self) {
+        loop {
+            let cmds = std::mem::take(&mut *lock(&self.broker.shared.queue));
+            if cmds.is_empty() {
+                return;
+            }
+            for cmd in cmds {
+                match cmd {
+                    Cmd::Send(msg) => self.route(msg, Origin::Local),
+                    Cmd::AddStream(s) => self.add_stream(*s),
+                    Cmd::Capture { file, target } => self.add_capture(file, target),
+                    Cmd::Shutdown(why) => self.begin_shutdown(&why),
+                }
+            }
+        }
+    }
+
+    // ---- streams -------------------------------------------------------
+
+    fn add_stream(&mut self, s: NewStream) {
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        for f in [&s.input, &s.output].into_iter().chain(s.stderr.as_ref()) {
+            if let Err(e) = sys::set_nonblocking(std::os::fd::AsFd::as_fd(f), true) {
+                warn!("stream {}: can't make fd non-blocking: {e}", s.name);
+            }
+        }
+        let mut decoder = Decoder::new(self.cfg().max_message);
+        decoder.push(&s.leftover);
+        let stderr = s.stderr.map(|file| LineSource {
+            file,
+            buf: Vec::new(),
+            target: format!("{}:stderr", s.name),
+            level: log::Level::Warn,
+        });
+        let stream = Stream {
+            remote_id: s.remote_id,
+            name: s.name,
+            input: s.input,
+            output: s.output,
+            decoder,
+            out: Vec::new(),
+            out_pos: 0,
+            write_armed: false,
+            stderr,
+            child: s.child,
+            is_parent: s.is_parent,
+        };
+        let poller = &self.broker.shared.poller;
+        // SAFETY: each fd is owned by `stream`, which lives in
+        // `self.streams` until `drop_stream` deletes it from the poller
+        // before dropping (closing) it.
+        let added = unsafe {
+            poller
+                .add(stream.input.as_raw_fd(), Event::readable(sid << 2 | ROLE_IN))
+                .and_then(|()| poller.add(stream.output.as_raw_fd(), Event::none(sid << 2 | ROLE_OUT)))
+                .and_then(|()| match &stream.stderr {
+                    Some(src) => poller.add(src.file.as_raw_fd(), Event::readable(sid << 2 | ROLE_ERR)),
+                    None => Ok(()),
+                })
+        };
+        if let Err(e) = added {
+            warn!("stream {}: can't watch its fds: {e}", stream.name);
+        }
+        debug!("stream {} (context {}) connected", stream.name, stream.remote_id);
+        if stream.is_parent {
+            self.parent = Some(sid);
+        } else {
+            self.routes.add(stream.remote_id, sid);
+            self.announce_route(stream.remote_id, &stream.name);
+        }
+        self.streams.insert(sid, stream);
+        // Bytes that arrived with the handshake may already hold messages.
+        self.decode(sid);
+    }
+
+    fn add_capture(&mut self, file: File, target: &'static str) {
+        let role = if target == "stdout" { ROLE_CAPTURE_OUT } else { ROLE_CAPTURE_ERR };
+        let _ = sys::set_nonblocking(std::os::fd::AsFd::as_fd(&file), true);
+        let level = if role == ROLE_CAPTURE_OUT { log::Level::Info } else { log::Level::Warn };
+        // SAFETY: the fd is owned by the LineSource stored in
+        // `self.captures`, deleted from the poller before it is dropped.
+        if let Err(e) = unsafe { self.broker.shared.poller.add(file.as_raw_fd(), Event::readable(role)) } {
+            warn!("capture {target}: {e}");
+            return;
+        }
+        self.captures.insert(role, LineSource { file, buf: Vec::new(), target: target.to_string(), level });
+    }
+
+    fn announce_route(&mut self, id: u32, name: &str) {
+        if self.parent.is_some() {
+            let body = body::to_json(&AddRoute { id, name: name.to_string() });
+            let msg = Message::new(self.parent_id(), handle::ADD_ROUTE, body);
+            self.send_up(msg);
+        }
+    }
+
+    /// Route changes are addressed to the immediate parent, which applies
+    /// them and re-announces them to its own parent.
+    fn parent_id(&self) -> u32 {
+        self.cfg().parent_ids.last().copied().unwrap_or(0)
+    }
+
+    fn send_up(&mut self, mut msg: Message) {
+        msg.header.src = self.cfg().id;
+        msg.header.auth = self.cfg().id;
+        if let Some(p) = self.parent {
+            self.enqueue(p, &msg);
+        }
+    }
+
+    fn on_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let sid = key >> 2;
+        let role = key & 3;
+        if sid == 0 {
+            self.read_capture(role);
+            return;
+        }
+        match role {
+            ROLE_IN if readable => self.read_stream(sid),
+            ROLE_OUT if writable => self.flush(sid),
+            ROLE_ERR => self.read_stream_stderr(sid),
+            _ => {}
+        }
+    }
+
+    fn read_stream(&mut self, sid: usize) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        let mut gone: Option<String> = None;
+        {
+            let Some(stream) = self.streams.get_mut(&sid) else { return };
+            while total < READ_BUDGET {
+                match (&stream.input).read(&mut buf) {
+                    Ok(0) => {
+                        gone = Some(match stream.decoder.finish() {
+                            Ok(()) => "stream closed".to_string(),
+                            Err(e) => format!("stream closed: {e}"),
+                        });
+                        break;
+                    }
+                    Ok(n) => {
+                        total += n;
+                        stream.decoder.push(buf.get(..n).unwrap_or_default());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        gone = Some(format!("read failed: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        self.decode(sid);
+        match gone {
+            Some(why) => self.drop_stream(sid, &why),
+            None => self.arm_read(sid),
+        }
+    }
+
+    fn arm_read(&mut self, sid: usize) {
+        if let Some(stream) = self.streams.get(&sid) {
+            let _ = self.broker.shared.poller.modify(&stream.input, Event::readable(sid << 2 | ROLE_IN));
+        }
+    }
+
+    fn decode(&mut self, sid: usize) {
+        loop {
+            let Some(stream) = self.streams.get_mut(&sid) else { return };
+            match stream.decoder.next() {
+                Ok(Some(msg)) => self.route(msg, Origin::Stream(sid)),
+                Ok(None) => return,
+                Err(e) => {
+                    let why = format!("corrupt stream from {}: {e}", stream.name);
+                    warn!("{why}");
+                    self.drop_stream(sid, &why);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, sid: usize, msg: &Message) {
+        let Some(stream) = self.streams.get_mut(&sid) else { return };
+        msg.encode_into(&mut stream.out);
+        self.flush(sid);
+    }
+
+    fn flush(&mut self, sid: usize) {
+        let mut failed = None;
+        {
+            let Some(stream) = self.streams.get_mut(&sid) else { return };
+            while stream.out_pos < stream.out.len() {
+                let pending = stream.out.get(stream.out_pos..).unwrap_or_default();
+                match (&stream.output).write(pending) {
+                    Ok(n) => stream.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed = Some(format!("write failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            if stream.out_pos == stream.out.len() {
+                stream.out.clear();
+                stream.out_pos = 0;
+            } else if stream.out_pos > 1 << 20 {
+                stream.out.drain(..stream.out_pos);
+                stream.out_pos = 0;
+            }
+            let want = stream.out_pos < stream.out.len();
+            if want || stream.write_armed {
+                let ev = if want { Event::writable(sid << 2 | ROLE_OUT) } else { Event::none(sid << 2 | ROLE_OUT) };
+                let _ = self.broker.shared.poller.modify(&stream.output, ev);
+                stream.write_armed = want;
+            }
+        }
+        if let Some(why) = failed {
+            self.drop_stream(sid, &why);
+        }
+    }
+
+    fn drop_stream(&mut self, sid: usize, why: &str) {
+        let Some(mut stream) = self.streams.remove(&sid) else { return };
+        let poller = &self.broker.shared.poller;
+        let _ = poller.delete(&stream.input);
+        let _ = poller.delete(&stream.output);
+        if let Some(src) = stream.stderr.as_mut() {
+            // Whatever the process printed last is its explanation.
+            drain_lines(src, self.cfg(), &self.broker, true);
+            let _ = poller.delete(&src.file);
+        }
+        if let Some(child) = stream.child.take() {
+            let grace = Instant::now() + Duration::from_millis(500);
+            self.reaping.push((child, stream.name.clone(), grace));
+        }
+        if stream.is_parent {
+            self.parent = None;
+            if why != "stream closed" {
+                say_last_words(&format!("spore-agent {}: {why}; shutting down\n", self.cfg().name));
+            }
+            info!("parent stream gone ({why}); shutting down");
+            self.begin_shutdown("parent gone");
+            return;
+        }
+        let lost = self.routes.remove_stream(sid);
+        for id in lost {
+            let reason = format!("context {} ({}) {why}", id, stream.name);
+            debug!("{reason}");
+            self.broker.fail_peer(id, &reason);
+            if self.parent.is_some() {
+                let body = body::to_json(&DelRoute { id, reason: reason.clone() });
+                self.send_up(Message::new(self.parent_id(), handle::DEL_ROUTE, body));
+            }
+        }
+    }
+
+    fn read_stream_stderr(&mut self, sid: usize) {
+        let cfg = self.broker.shared.cfg.clone();
+        let Some(stream) = self.streams.get_mut(&sid) else { return };
+        let Some(src) = stream.stderr.as_mut() else { return };
+        let open = drain_lines(src, &cfg, &self.broker, false);
+        if open {
+            let _ = self.broker.shared.poller.modify(&src.file, Event::readable(sid << 2 | ROLE_ERR));
+        } else {
+            let _ = self.broker.shared.poller.delete(&src.file);
+            stream.stderr = None;
+        }
+    }
+
+    fn read_capture(&mut self, role: usize) {
+        let cfg = self.broker.shared.cfg.clone();
+        let Some(src) = self.captures.get_mut(&role) else { return };
+        if drain_lines(src, &cfg, &self.broker, false) {
+            let _ = self.broker.shared.poller.modify(&src.file, Event::readable(role));
+        } else {
+            let _ = self.broker.shared.poller.delete(&src.file);
+            self.captures.remove(&role);
+        }
+    }
+
+    fn reap(&mut self) {
+        let now = Instant::now();
+        self.reaping.retain_mut(|(child, name, deadline)| match child.try_wait() {
+            Ok(Some(status)) => {
+                debug!("connection process for {name} exited: {status}");
+                false
+            }
+            Ok(None) if now >= *deadline => {
+                debug!("connection process for {name} still running; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        });
+    }
+
+    // ---- routing -------------------------------------------------------
+
+    fn route(&mut self, mut msg: Message, origin: Origin) {
+        let from_parent = match origin {
+            Origin::Stream(sid) => Some(sid) == self.parent,
+            Origin::Local => false,
+        };
+        match self.routes.decide(&mut msg, origin, from_parent, self.parent.is_some()) {
+            Verdict::Local => self.deliver_local(msg, origin, from_parent),
+            Verdict::Forward(sid) => self.enqueue(sid, &msg),
+            Verdict::Up => {
+                if let Some(p) = self.parent {
+                    self.enqueue(p, &msg);
+                }
+            }
+            Verdict::Dead(reason) => self.dead(&msg, reason),
+            Verdict::Drop(reason) => warn!("dropped message from {}: {reason}", msg.header.src),
+        }
+    }
+
+    /// Answer an undeliverable message, unless it is itself a DEAD reply or
+    /// expects no reply.
+    fn dead(&mut self, msg: &Message, reason: String) {
+        if msg.is_dead() || msg.header.reply_to == 0 {
+            debug!("dropped undeliverable message (handle {}): {reason}", msg.header.handle);
+            return;
+        }
+        let mut reply = Message::new(msg.header.src, msg.header.reply_to, reason.into_bytes());
+        reply.header.flags = FLAG_DEAD;
+        self.route(reply, Origin::Local);
+    }
+
+    fn deliver_local(&mut self, msg: Message, origin: Origin, from_parent: bool) {
+        let h = msg.header.handle;
+        match h {
+            handle::ADD_ROUTE | handle::DEL_ROUTE => {
+                let Origin::Stream(sid) = origin else { return };
+                if from_parent {
+                    warn!("ignored route change from our parent");
+                    return;
+                }
+                self.route_change(msg, sid);
+            }
+            handle::SHUTDOWN => {
+                let parent_id = self.cfg().parent_ids.last().copied();
+                if from_parent && Some(msg.header.src) == parent_id {
+                    self.begin_shutdown("SHUTDOWN from parent");
+                } else {
+                    warn!(
+                        "ignored SHUTDOWN from context {} (only our parent {:?} may stop us)",
+                        msg.header.src, parent_id
+                    );
+                }
+            }
+            handle::ALLOCATE_ID if self.cfg().parent_ids.is_empty() => {
+                let id = self.broker.allocate_context_id();
+                let reply = Message::new(msg.header.src, msg.header.reply_to, body::to_json(&AllocatedId { id }));
+                self.route(reply, Origin::Local);
+            }
+            handle::FORWARD_LOG if self.cfg().parent_ids.is_empty() => emit_remote_log(&msg),
+            handle::CALL_FUNCTION if !self.routes.privileged(msg.header.auth) => {
+                let reason = format!("context {} may not call context {}", msg.header.auth, self.cfg().id);
+                warn!("{reason}");
+                self.dead(&msg, reason);
+            }
+            _ => {
+                if let Err(msg) = self.broker.deliver(msg) {
+                    let reason = if h == handle::CALL_FUNCTION && self.broker.is_shutting_down() {
+                        format!("context {} is shutting down", self.cfg().name)
+                    } else {
+                        format!("invalid handle {h} at context {}", self.cfg().id)
+                    };
+                    self.dead(&msg, reason);
+                }
+            }
+        }
+    }
+
+    fn route_change(&mut self, msg: Message, sid: usize) {
+        if msg.header.handle == handle::ADD_ROUTE {
+            let Ok(add) = body::from_json::<AddRoute>(&msg.body, "ADD_ROUTE") else {
+                warn!("bad ADD_ROUTE body from {}", msg.header.src);
+                return;
+            };
+            debug!("route to {} ({}) via stream {sid}", add.id, add.name);
+            self.routes.add(add.id, sid);
+            self.announce_route(add.id, &add.name);
+        } else {
+            let Ok(del) = body::from_json::<DelRoute>(&msg.body, "DEL_ROUTE") else {
+                warn!("bad DEL_ROUTE body from {}", msg.header.src);
+                return;
+            };
+            if self.routes.via(del.id) == Some(sid) {
+                self.routes.remove(del.id);
+                self.broker.fail_peer(del.id, &del.reason);
+                if self.parent.is_some() {
+                    self.send_up(Message::new(self.parent_id(), handle::DEL_ROUTE, msg.body));
+                }
+            }
+        }
+    }
+
+    // ---- shutdown ------------------------------------------------------
+    //
+    // The whole sequence lives here: close the call channel, SHUTDOWN to
+    // children, wait for them (bounded by the grace), force the rest, kill
+    // the commands' process groups, half-close and drain the captured
+    // stdout/stderr, flush every pending log record to the parent, close
+    // the parent stream, and end (the process, in an agent).
+
+    fn begin_shutdown(&mut self, why: &str) {
+        if self.shutdown_started.is_some() {
+            return;
+        }
+        self.shutdown_started = Some(Instant::now());
+        self.broker.shared.shutting_down.store(true, Ordering::SeqCst);
+        debug!("shutting down: {why}");
+        self.broker.unregister(handle::CALL_FUNCTION);
+        let children: Vec<(usize, u32)> =
+            self.streams.iter().filter(|(_, s)| !s.is_parent).map(|(&sid, s)| (sid, s.remote_id)).collect();
+        for (sid, remote) in children {
+            let mut msg = Message::new(remote, handle::SHUTDOWN, Vec::new());
+            msg.header.src = self.cfg().id;
+            msg.header.auth = self.cfg().id;
+            self.enqueue(sid, &msg);
+        }
+        self.phase = Phase::Children { deadline: Instant::now() + self.cfg().grace };
+    }
+
+    /// Advance the shutdown sequence; true when the broker should stop.
+    fn step_shutdown(&mut self) -> bool {
+        let now = Instant::now();
+        match self.phase {
+            Phase::Running => false,
+            Phase::Children { deadline } => {
+                let children: Vec<usize> =
+                    self.streams.iter().filter(|(_, s)| !s.is_parent).map(|(&sid, _)| sid).collect();
+                if !children.is_empty() && now < deadline {
+                    return false;
+                }
+                for sid in children {
+                    warn!("child {} did not disconnect within the grace; forcing it", self.stream_name(sid));
+                    self.force_child(sid);
+                }
+                let groups: Vec<i32> = lock(&self.broker.shared.groups).iter().copied().collect();
+                for g in &groups {
+                    let _ = sys::killpg(*g, libc::SIGTERM);
+                }
+                self.phase = Phase::Groups { deadline: now + Duration::from_millis(300) };
+                self.step_shutdown()
+            }
+            Phase::Groups { deadline } => {
+                let mut groups = lock(&self.broker.shared.groups);
+                groups.retain(|&g| sys::group_alive(g));
+                if !groups.is_empty() && now < deadline {
+                    return false;
+                }
+                for g in groups.drain() {
+                    debug!("process group {g} ignored SIGTERM; killing it");
+                    let _ = sys::killpg(g, libc::SIGKILL);
+                }
+                drop(groups);
+                self.half_close_capture();
+                self.phase = Phase::Flush { deadline: now + Duration::from_millis(500) };
+                self.step_shutdown()
+            }
+            Phase::Flush { deadline } => {
+                let captures_open = !self.captures.is_empty();
+                let parent_pending =
+                    self.parent.and_then(|p| self.streams.get(&p)).is_some_and(|s| s.out_pos < s.out.len());
+                let queue_pending = !lock(&self.broker.shared.queue).is_empty();
+                let reaping = !self.reaping.is_empty();
+                (!captures_open && !parent_pending && !queue_pending && !reaping) || now >= deadline
+            }
+        }
+    }
+
+    fn stream_name(&self, sid: usize) -> String {
+        self.streams.get(&sid).map(|s| s.name.clone()).unwrap_or_default()
+    }
+
+    /// Close a child's pipes and end its connection process: SIGTERM now,
+    /// SIGKILL from `reap` if it lingers.
+    fn force_child(&mut self, sid: usize) {
+        if let Some(child) = self.streams.get_mut(&sid).and_then(|s| s.child.as_mut()) {
+            let _ = sys::kill(child.id() as i32, libc::SIGTERM);
+        }
+        self.drop_stream(sid, "forced at shutdown");
+    }
+
+    fn half_close_capture(&mut self) {
+        if self.captures.is_empty() {
+            return;
+        }
+        match File::open("/dev/null") {
+            Ok(null) => {
+                let _ = std::io::stdout().flush();
+                for fd in [1, 2] {
+                    let _ = sys::dup_onto(std::os::fd::AsFd::as_fd(&null), fd);
+                }
+            }
+            Err(e) => warn!("can't open /dev/null to close stdout/stderr: {e}"),
+        }
+    }
+
+    fn finish(mut self) {
+        // Whatever the logger queued during the last steps goes out too.
+        self.take_commands();
+        if let Some(p) = self.parent {
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while self.streams.get(&p).is_some_and(|s| s.out_pos < s.out.len()) && Instant::now() < deadline {
+                self.flush(p);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let sids: Vec<usize> = self.streams.keys().copied().collect();
+        for sid in sids {
+            if let Some(child) = self.streams.get_mut(&sid).and_then(|s| s.child.as_mut()) {
+                let _ = sys::kill(child.id() as i32, libc::SIGTERM);
+            }
+            if let Some(s) = self.streams.remove(&sid) {
+                let _ = self.broker.shared.poller.delete(&s.input);
+                let _ = self.broker.shared.poller.delete(&s.output);
+                if let Some(src) = &s.stderr {
+                    let _ = self.broker.shared.poller.delete(&src.file);
+                }
+                if let Some(child) = s.child {
+                    self.reaping.push((child, s.name, Instant::now() + Duration::from_millis(300)));
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while !self.reaping.is_empty() && Instant::now() < deadline {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (mut child, _, _) in self.reaping.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        lock(&self.broker.shared.handles).clear();
+        if self.cfg().exit_process {
+            sys::terminate_self();
+        }
+        let (m, cv) = &self.broker.shared.done;
+        *lock(m) = true;
+        cv.notify_all();
+    }
+}
+
+/// Read what `src` has and forward complete lines as log records. Returns
+/// false at EOF or on error. With `last`, a trailing partial line goes too.
+fn drain_lines(src: &mut LineSource, cfg: &Config, broker: &Broker, last: bool) -> bool {
+    let mut buf = [0u8; 16 * 1024];
+    let mut open = true;
+    loop {
+        match (&src.file).read(&mut buf) {
+            Ok(0) => {
+                open = false;
+                break;
+            }
+            Ok(n) => src.buf.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                open = false;
+                break;
+            }
+        }
+        if src.buf.len() > 64 * 1024 {
+            break;
+        }
+    }
+    while let Some(nl) = src.buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = src.buf.drain(..=nl).collect();
+        forward_line(src, cfg, broker, line.get(..nl).unwrap_or_default());
+    }
+    if (!open || last || src.buf.len() > 64 * 1024) && !src.buf.is_empty() {
+        let line = std::mem::take(&mut src.buf);
+        forward_line(src, cfg, broker, &line);
+    }
+    open
+}
+
+fn forward_line(src: &LineSource, cfg: &Config, broker: &Broker, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let rec = LogRecord {
+        level: src.level as u8,
+        name: cfg.name.clone(),
+        target: src.target.clone(),
+        msg: text.into_owned(),
+    };
+    if cfg.parent_ids.is_empty() {
+        emit(&rec);
+    } else {
+        broker.send(Message::new(0, handle::FORWARD_LOG, body::to_json(&rec)));
+    }
+}
+
+fn emit_remote_log(msg: &Message) {
+    match body::from_json::<LogRecord>(&msg.body, "FORWARD_LOG") {
+        Ok(rec) => emit(&rec),
+        Err(e) => warn!("log record from context {}: {e}", msg.header.src),
+    }
+}
+
+/// Hand a record to this process's `log` logger, tagged with its context.
+fn emit(rec: &LogRecord) {
+    let level = match rec.level {
+        1 => log::Level::Error,
+        2 => log::Level::Warn,
+        3 => log::Level::Info,
+        4 => log::Level::Debug,
+        _ => log::Level::Trace,
+    };
+    let target = format!("spore@{}", rec.name);
+    log::logger().log(
+        &log::Record::builder()
+            .level(level)
+            .target(&target)
+            .module_path(Some(&rec.target))
+            .args(format_args!("{}", rec.msg))
+            .build(),
+    );
+}

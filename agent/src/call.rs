@@ -1,0 +1,105 @@
+//! One call being served: its request, how to answer it, how it fails.
+
+use crate::broker::Broker;
+use crate::mailbox::Mailbox;
+use spore_protocol::body::{self, ErrorReply, StreamOpen};
+use spore_protocol::{Message, FLAG_END};
+use std::fmt;
+use std::io;
+
+/// What an operation returns: the JSON body of its final reply, or an error.
+pub type OpResult = Result<Vec<u8>, OpError>;
+
+/// A failed operation, sent to the caller as an [`ErrorReply`].
+#[derive(Debug, Clone)]
+pub struct OpError {
+    /// Short class: `not_found`, `permission_denied`, `invalid`, `io`, ...
+    pub kind: &'static str,
+    /// What failed, naming the path or command.
+    pub message: String,
+}
+
+impl OpError {
+    /// An error of class `kind`.
+    pub fn new(kind: &'static str, message: impl Into<String>) -> OpError {
+        OpError { kind, message: message.into() }
+    }
+
+    /// An I/O error while doing `what` (e.g. `open /etc/x`).
+    pub fn io(what: impl fmt::Display, e: &io::Error) -> OpError {
+        let kind = match e.kind() {
+            io::ErrorKind::NotFound => "not_found",
+            io::ErrorKind::PermissionDenied => "permission_denied",
+            io::ErrorKind::AlreadyExists => "already_exists",
+            io::ErrorKind::InvalidInput => "invalid",
+            _ => "io",
+        };
+        OpError { kind, message: format!("{what}: {e}") }
+    }
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A call being served by an operation.
+pub struct Call {
+    /// The broker, to send and register handles.
+    pub broker: Broker,
+    /// The request message (`CALL_FUNCTION`).
+    pub request: Message,
+}
+
+impl Call {
+    /// Decode the request body as the operation's arguments.
+    pub fn args<T: miniserde::Deserialize>(&self, what: &'static str) -> Result<T, OpError> {
+        body::from_json(&self.request.body, what).map_err(|e| OpError::new("invalid", e.to_string()))
+    }
+
+    /// The caller's context id.
+    pub fn caller(&self) -> u32 {
+        self.request.header.src
+    }
+
+    /// Send a message to the caller's reply handle.
+    pub fn reply(&self, body: Vec<u8>, flags: u8) {
+        self.send_to(self.request.header.reply_to, body, flags);
+    }
+
+    /// Send a message to one of the caller's handles.
+    pub fn send_to(&self, handle: u32, body: Vec<u8>, flags: u8) {
+        if handle == 0 {
+            return;
+        }
+        let mut msg = Message::new(self.caller(), handle, body);
+        msg.header.flags = flags;
+        self.broker.send(msg);
+    }
+
+    /// Open this call's stream: register a handle (with a waker, so it can
+    /// be polled with other fds) and tell the caller about it.
+    pub fn open_stream(&self) -> Result<Mailbox, OpError> {
+        let mb = self
+            .broker
+            .mailbox_with_waker(Some(self.caller()))
+            .map_err(|e| OpError::io("can't make a stream handle", &e))?;
+        self.reply(body::to_json(&StreamOpen { stream: mb.handle }), 0);
+        Ok(mb)
+    }
+
+    /// Send the final reply for `result`.
+    pub(crate) fn finish(&self, result: OpResult) {
+        let body = match result {
+            Ok(body) => body,
+            Err(e) => body::to_json(&ErrorReply { error: e.message, kind: e.kind.to_string() }),
+        };
+        self.reply(body, FLAG_END);
+    }
+}
+
+/// Serialize a result for [`OpResult`].
+pub fn ok<T: miniserde::Serialize>(value: &T) -> OpResult {
+    Ok(body::to_json(value))
+}

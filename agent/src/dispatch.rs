@@ -1,0 +1,203 @@
+//! The agent's start-up and its dispatcher: set up the fds, start the
+//! broker, say hello, then run each call on a thread of its own.
+
+use crate::bootstrap::{AgentArgs, Image};
+use crate::broker::{Broker, Config, NewStream};
+use crate::call::{Call, OpError, OpResult};
+use crate::{ops, sys};
+use spore_protocol::body::{self, CallOp, Hello, LogRecord};
+use spore_protocol::{handle, Message};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::mpsc::channel;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// An operation: decode the call's arguments, do the work, return the result.
+pub type Handler = Arc<dyn Fn(&Call) -> OpResult + Send + Sync>;
+
+/// What the operations need to know about the agent they run in.
+pub(crate) struct Runtime {
+    pub args: AgentArgs,
+    pub image: Option<Image>,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+pub(crate) fn runtime() -> Option<&'static Runtime> {
+    RUNTIME.get()
+}
+
+/// An agent: the built-in operations plus any you add.
+pub struct Agent {
+    handlers: HashMap<String, Handler>,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent::new()
+    }
+}
+
+impl Agent {
+    /// An agent with the built-in operations.
+    pub fn new() -> Agent {
+        let mut agent = Agent { handlers: HashMap::new() };
+        for (name, f) in ops::builtins() {
+            agent.handlers.insert(name.to_string(), Arc::new(f));
+        }
+        agent
+    }
+
+    /// Add (or replace) the operation `op`.
+    pub fn handler(mut self, op: &str, f: impl Fn(&Call) -> OpResult + Send + Sync + 'static) -> Agent {
+        self.handlers.insert(op.to_string(), Arc::new(f));
+        self
+    }
+
+    /// Run as an agent: parse the command line spore gave, serve calls until
+    /// shut down, then end the process.
+    pub fn run(self) -> ! {
+        let args = match AgentArgs::parse(std::env::args().skip(1)) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("spore-agent: {e}");
+                sys::exit_now(2)
+            }
+        };
+        match self.serve(args) {
+            Ok(()) => sys::terminate_self(),
+            Err(e) => {
+                // stderr may already be captured; this reaches the parent
+                // through the connection's own stderr only before that.
+                eprintln!("spore-agent: {e}");
+                sys::exit_now(1)
+            }
+        }
+    }
+
+    fn serve(self, args: AgentArgs) -> std::io::Result<()> {
+        // The protocol pipes move to high fds; 0 becomes /dev/null and 1, 2
+        // become pipes the broker forwards as log lines, so a stray write
+        // (ours or a library's) can never corrupt the protocol.
+        let parent_in = File::from(sys::dup_at_least(0, 10)?);
+        let parent_out = File::from(sys::dup_at_least(1, 10)?);
+        crate::broker::set_last_words(File::from(sys::dup_at_least(2, 10)?));
+        let null = File::open("/dev/null")?;
+        sys::dup_onto(null.as_fd(), 0)?;
+        let (out_r, out_w) = sys::pipe()?;
+        let (err_r, err_w) = sys::pipe()?;
+        sys::dup_onto(out_w.as_fd(), 1)?;
+        sys::dup_onto(err_w.as_fd(), 2)?;
+        drop((out_w, err_w, null));
+
+        let image = std::fs::read("/proc/self/exe").ok().map(Image::new);
+        let parent_id = args.parent_ids.last().copied().unwrap_or(0);
+        let broker = Broker::start(Config {
+            id: args.id,
+            name: args.name.clone(),
+            parent_ids: args.parent_ids.clone(),
+            max_message: args.max_message,
+            grace: Duration::from_millis(args.grace_ms),
+            exit_process: true,
+        })?;
+        let (tx, calls) = channel();
+        broker.listen(handle::CALL_FUNCTION, tx);
+        broker.add_stream(NewStream {
+            remote_id: parent_id,
+            name: "parent".into(),
+            input: parent_in,
+            output: parent_out,
+            stderr: None,
+            child: None,
+            leftover: Vec::new(),
+            is_parent: true,
+        });
+        let (_, _, _, machine) = sys::uname();
+        let hello = Hello { version: crate::VERSION.into(), pid: sys::getpid(), arch: machine, context_id: args.id };
+        broker.send(Message::new(parent_id, handle::HELLO, body::to_json(&hello)));
+        broker.add_capture(out_r, "stdout");
+        broker.add_capture(err_r, "stderr");
+        install_logger(&broker, &args);
+        log::debug!("agent {} up: pid {}", args.name, sys::getpid());
+        let _ = RUNTIME.set(Runtime { args, image });
+
+        let handlers = Arc::new(self.handlers);
+        // The dispatcher: one thread per call, so a slow command doesn't
+        // hold up a ping or a sibling's connect. The channel closes when the
+        // broker begins its shutdown; in-flight calls are abandoned when it
+        // ends the process.
+        while let Ok(request) = calls.recv() {
+            let call = Call { broker: broker.clone(), request };
+            let handlers = handlers.clone();
+            let spawned =
+                std::thread::Builder::new().name("spore-call".into()).spawn(move || run_call(&handlers, call));
+            if let Err(e) = spawned {
+                log::error!("can't start a thread for a call: {e}");
+            }
+        }
+        broker.wait_done(Instant::now() + Duration::from_secs(3600));
+        Ok(())
+    }
+}
+
+fn run_call(handlers: &HashMap<String, Handler>, call: Call) {
+    let result = match call.args::<CallOp>("a call") {
+        Ok(CallOp { op }) => match handlers.get(&op) {
+            Some(h) => {
+                log::debug!("call {op} from context {}", call.caller());
+                h(&call)
+            }
+            None => Err(OpError::new("unsupported", format!("unknown operation {op:?}"))),
+        },
+        Err(e) => Err(e),
+    };
+    call.finish(result);
+}
+
+struct AgentLogger {
+    broker: Broker,
+    name: String,
+    level: log::LevelFilter,
+}
+
+impl log::Log for AgentLogger {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let rec = LogRecord {
+            level: record.level() as u8,
+            name: self.name.clone(),
+            target: record.target().to_string(),
+            msg: record.args().to_string(),
+        };
+        self.broker.send(Message::new(0, handle::FORWARD_LOG, body::to_json(&rec)));
+    }
+
+    fn flush(&self) {}
+}
+
+fn level_filter(n: u8) -> log::LevelFilter {
+    match n {
+        0 => log::LevelFilter::Off,
+        1 => log::LevelFilter::Error,
+        2 => log::LevelFilter::Warn,
+        3 => log::LevelFilter::Info,
+        4 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
+}
+
+fn install_logger(broker: &Broker, args: &AgentArgs) {
+    let level = level_filter(args.log_level);
+    let logger = AgentLogger { broker: broker.clone(), name: args.name.clone(), level };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+}

@@ -1,0 +1,41 @@
+//! `connect`: start a child context from this agent, with its own image.
+
+use crate::bootstrap::{self, AgentArgs};
+use crate::call::{ok, Call, OpError, OpResult};
+use crate::dispatch::runtime;
+use spore_protocol::body::{ConnectArgs, ConnectReply};
+use std::time::Duration;
+
+pub(crate) fn connect(call: &Call) -> OpResult {
+    let args: ConnectArgs = call.args("connect arguments")?;
+    let rt = runtime().ok_or_else(|| OpError::new("unsupported", "connect: not running as an agent"))?;
+    let image = rt
+        .image
+        .as_ref()
+        .ok_or_else(|| OpError::new("unsupported", "connect: this agent could not read its own image"))?;
+    let mut parent_ids = rt.args.parent_ids.clone();
+    parent_ids.push(call.broker.id());
+    let child_args = AgentArgs {
+        id: args.context_id,
+        name: args.name.clone(),
+        parent_ids,
+        log_level: rt.args.log_level,
+        max_message: rt.args.max_message,
+        // Children get a shorter grace, so the tree ends inside our bound.
+        grace_ms: rt.args.grace_ms.saturating_sub(500).max(500),
+    };
+    let command = bootstrap::method_command(&args.method, image, &child_args)
+        .map_err(|e| OpError::new("invalid", format!("connect {}: {e}", args.name)))?;
+    let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
+    let connected = bootstrap::connect(command, image, &child_args, timeout)
+        .map_err(|e| OpError::new("connect", format!("connect {}: {e}", args.name)))?;
+    log::debug!(
+        "connected {} (pid {}, {})",
+        args.name,
+        connected.hello.pid,
+        if connected.uploaded { "uploaded" } else { "cached" }
+    );
+    let reply = ConnectReply { hello: connected.hello.clone(), uploaded: connected.uploaded };
+    call.broker.add_stream(connected.stream);
+    ok(&reply)
+}

@@ -1,0 +1,160 @@
+//! Every libc call spore makes, each behind a small safe wrapper.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Turn a `-1` return into the thread's `errno`.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(File, File)> {
+    let (r, w) = io::pipe()?;
+    Ok((File::from(OwnedFd::from(r)), File::from(OwnedFd::from(w))))
+}
+
+/// Switch `O_NONBLOCK` on or off.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a borrowed, open fd touch only its flags.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
+    Ok(())
+}
+
+/// Duplicate `fd` (which the caller still owns) to the lowest free fd at or
+/// above `min`, close-on-exec.
+pub fn dup_at_least(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new fd; a bad `fd` yields EBADF.
+    let new = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: `new` was just created by fcntl and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Make `target` (0, 1 or 2) refer to what `fd` refers to. The new fd is
+/// inheritable, as standard streams must be.
+pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: dup2 atomically replaces `target`; both are plain fds and
+        // `target` is one of the standard streams this process owns.
+        match cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// Is `fd` an open descriptor?
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries; EBADF means closed.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Send `sig` to a process.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory effects; a bad pid yields ESRCH.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Send `sig` to every process of group `pgid`.
+pub fn killpg(pgid: i32, sig: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: as kill; pgid > 1 so this can never mean "every process".
+    cvt(unsafe { libc::killpg(pgid, sig) }).map(drop)
+}
+
+/// Does process group `pgid` still have members?
+pub fn group_alive(pgid: i32) -> bool {
+    killpg(pgid, 0).is_ok()
+}
+
+/// This process's id.
+pub fn getpid() -> u32 {
+    std::process::id()
+}
+
+/// Real uid and gid.
+pub fn ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// `uname`: (sysname, nodename, release, machine).
+pub fn uname() -> (String, String, String, String) {
+    // SAFETY: utsname is plain old data; all-zero is a valid value.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return Default::default();
+    }
+    fn field(chars: &[libc::c_char]) -> String {
+        let bytes: Vec<u8> = chars.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+    (field(&u.sysname), field(&u.nodename), field(&u.release), field(&u.machine))
+}
+
+/// Ask the kernel to send `sig` to this process when its parent thread dies.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and nothing else.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// `poll(2)` over `fds` for at most `timeout_ms` (−1: forever). Retries EINTR
+/// as a zero-event wake so callers re-check their deadline.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a valid, writable slice.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    match cvt(n) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// End this process now: no destructors, no atexit handlers, no flushing of
+/// buffers another thread may hold locked.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// Terminate this process the way DESIGN.md asks: SIGTERM to itself (so a
+/// dispatcher stuck in a call can't keep it alive), then `_exit` in case the
+/// signal is blocked or ignored.
+pub fn terminate_self() -> ! {
+    let _ = kill(getpid() as i32, libc::SIGTERM);
+    exit_now(0)
+}
+
+/// Restore default dispositions for signals a parent may have ignored, so
+/// the commands we start behave as if started from a login shell.
+pub fn reset_signal(sig: i32) {
+    // SAFETY: installing SIG_DFL has no memory effects.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+}
+
+/// Ignore SIGPIPE: a write to a closed pipe must be an `EPIPE` error the
+/// broker handles, not a silent death.
+pub fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN has no memory effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Raw fd of anything, for logging.
+pub fn raw<T: AsRawFd>(t: &T) -> RawFd {
+    t.as_raw_fd()
+}

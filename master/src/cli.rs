@@ -1,0 +1,436 @@
+//! Argument parsing, the commands, and the CLI's logger.
+//!
+//! Adding a command: a variant in [`Cmd`], a line in [`parse`], a function
+//! `cmd_x` that returns one [`Outcome`] per target.
+
+use miniserde::json::{Number, Object, Value};
+use spore::{Command, Context, Error, Options, Router, Stream, Targets};
+use std::io::{IsTerminal, Read, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const USAGE: &str = "\
+usage: spore [OPTIONS] COMMAND ...
+
+commands:
+  run TARGET... -- PROG [ARGS...]   run a command; one target: its output and exit
+                                    status pass through; several: lines prefixed
+  info TARGET...                    hostname, arch, kernel, uid, pid, agent version
+  put TARGET... LOCAL REMOTE        copy a local file to every target
+  get TARGET REMOTE LOCAL           copy a remote file here
+
+targets: hops separated by '/': local, local/local, ...
+
+options:
+  --json                 one JSON object per target per line
+  -v, --verbose          show debug logs of the master and every agent (SPORE_LOG=debug)
+  --timeout SECS         kill a command still running after SECS (run)
+  --connect-timeout SECS wait this long for an agent's hello (default 30)
+  --mode OCTAL           permission bits for put (default 0644)
+  -h, --help             this text
+  -V, --version          print the version
+";
+
+/// Exit status for failures of spore itself, like ssh.
+const EXIT_SPORE: i32 = 255;
+
+#[derive(Debug)]
+enum Cmd {
+    Run { targets: Vec<String>, argv: Vec<String> },
+    Info { targets: Vec<String> },
+    Put { targets: Vec<String>, local: String, remote: String },
+    Get { target: String, remote: String, local: String },
+}
+
+#[derive(Debug)]
+struct Args {
+    cmd: Cmd,
+    json: bool,
+    verbose: u8,
+    timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    mode: Option<u32>,
+}
+
+fn seconds(flag: &str, v: Option<String>) -> Result<Duration, String> {
+    let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+    let s: f64 = v.parse().map_err(|_| format!("{flag}: not a number of seconds: {v:?}"))?;
+    if !(0.0..1e9).contains(&s) {
+        return Err(format!("{flag}: out of range: {v}"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
+    let mut json = false;
+    let mut verbose = 0;
+    let mut timeout = None;
+    let mut connect_timeout = None;
+    let mut mode = None;
+    let mut words = Vec::new();
+    let mut after_dashes: Option<Vec<String>> = None;
+    let mut it = argv.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--" => {
+                after_dashes = Some(it.by_ref().collect());
+                break;
+            }
+            "-h" | "--help" => return Ok(None),
+            "-V" | "--version" => {
+                println!("spore {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "--json" => json = true,
+            "-v" | "--verbose" => verbose += 1,
+            "-vv" => verbose += 2,
+            "--timeout" => timeout = Some(seconds("--timeout", it.next())?),
+            "--connect-timeout" => connect_timeout = Some(seconds("--connect-timeout", it.next())?),
+            "--mode" => {
+                let v = it.next().ok_or("--mode needs a value")?;
+                mode = Some(u32::from_str_radix(&v, 8).map_err(|_| format!("--mode: not octal: {v:?}"))?);
+            }
+            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
+            _ => words.push(a),
+        }
+    }
+    let mut words = words.into_iter();
+    let name = words.next().ok_or("no command given")?;
+    let rest: Vec<String> = words.collect();
+    let had_dashes = after_dashes.is_some();
+    let cmd = match name.as_str() {
+        "run" => {
+            let argv = after_dashes.ok_or("run: put the command after `--`: spore run TARGET... -- PROG [ARGS...]")?;
+            if rest.is_empty() || argv.is_empty() {
+                return Err("run: need at least one target and a command: spore run TARGET... -- PROG [ARGS...]".into());
+            }
+            Cmd::Run { targets: rest, argv }
+        }
+        "info" if !rest.is_empty() => Cmd::Info { targets: rest },
+        "put" if rest.len() >= 3 => {
+            let mut rest = rest;
+            let remote = rest.pop().unwrap_or_default();
+            let local = rest.pop().unwrap_or_default();
+            Cmd::Put { targets: rest, local, remote }
+        }
+        "get" if rest.len() == 3 => {
+            let mut r = rest.into_iter();
+            let (target, remote, local) =
+                (r.next().unwrap_or_default(), r.next().unwrap_or_default(), r.next().unwrap_or_default());
+            Cmd::Get { target, remote, local }
+        }
+        "info" | "put" | "get" => return Err(format!("{name}: wrong number of arguments")),
+        other => return Err(format!("unknown command {other:?}")),
+    };
+    if had_dashes && !matches!(cmd, Cmd::Run { .. }) {
+        return Err(format!("{name}: unexpected `--`"));
+    }
+    Ok(Some(Args { cmd, json, verbose, timeout, connect_timeout, mode }))
+}
+
+/// One target's result.
+struct Outcome {
+    target: String,
+    /// Exit status contribution: 0 ok, the command's status, or 255.
+    code: i32,
+    json: Object,
+    /// Text for the human form (already printed for `run`).
+    text: Option<String>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn new(target: &str) -> Outcome {
+        let mut json = Object::new();
+        json.insert("target".into(), Value::String(target.into()));
+        Outcome { target: target.into(), code: 0, json, text: None, error: None }
+    }
+
+    fn failed(target: &str, e: &Error) -> Outcome {
+        let mut o = Outcome::new(target);
+        o.fail(e);
+        o
+    }
+
+    fn fail(&mut self, e: &Error) {
+        self.code = EXIT_SPORE;
+        self.error = Some(e.to_string());
+    }
+
+    fn set(&mut self, k: &str, v: Value) {
+        self.json.insert(k.into(), v);
+    }
+}
+
+fn num(n: u64) -> Value {
+    Value::Number(Number::U64(n))
+}
+
+fn int(n: Option<i32>) -> Value {
+    n.map_or(Value::Null, |n| Value::Number(Number::I64(n.into())))
+}
+
+pub fn main() -> i32 {
+    let args = match parse(std::env::args().skip(1).collect()) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{USAGE}");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("spore: {e}\n\n{USAGE}");
+            return 2;
+        }
+    };
+    init_logger(args.verbose);
+    let mut opts = Options::default();
+    if let Some(t) = args.connect_timeout {
+        opts.connect_timeout = t;
+    }
+    let router = match Router::with_options(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("spore: {e}");
+            return EXIT_SPORE;
+        }
+    };
+    let targets: Vec<String> = match &args.cmd {
+        Cmd::Run { targets, .. } | Cmd::Info { targets } | Cmd::Put { targets, .. } => targets.clone(),
+        Cmd::Get { target, .. } => vec![target.clone()],
+    };
+    let contexts = Targets::new(router.clone()).open_all(&targets);
+    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .zip(contexts)
+            .map(|(t, ctx)| {
+                let args = &args;
+                let many = targets.len() > 1;
+                s.spawn(move || match ctx {
+                    Ok(ctx) => run_one(args, t, &ctx, many),
+                    Err(e) => {
+                        let o = Outcome::failed(t, &e);
+                        if !args.json {
+                            eprintln!("spore: {}", o.error.as_deref().unwrap_or_default());
+                        }
+                        o
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Outcome::failed("?", &Error::ShuttingDown))).collect()
+    });
+    router.shutdown();
+    let mut code = 0;
+    for o in &outcomes {
+        code = code.max(o.code);
+        if args.json {
+            let mut json = o.json.clone();
+            json.insert("ok".into(), Value::Bool(o.error.is_none() && o.code == 0));
+            if let Some(e) = &o.error {
+                json.insert("error".into(), Value::String(e.clone()));
+            }
+            println!("{}", miniserde::json::to_string(&Value::Object(json)));
+        } else if let Some(t) = &o.text {
+            println!("{t}");
+        }
+    }
+    code
+}
+
+fn run_one(args: &Args, target: &str, ctx: &Context, many: bool) -> Outcome {
+    let mut o = Outcome::new(target);
+    let result = match &args.cmd {
+        Cmd::Run { argv, .. } => cmd_run(args, ctx, argv, many, &mut o),
+        Cmd::Info { .. } => cmd_info(ctx, &mut o),
+        Cmd::Put { local, remote, .. } => cmd_put(args, ctx, local, remote, &mut o),
+        Cmd::Get { remote, local, .. } => cmd_get(ctx, remote, local, &mut o),
+    };
+    if let Err(e) = result {
+        if !args.json {
+            eprintln!("spore: {e}");
+        }
+        o.fail(&e);
+    }
+    o
+}
+
+/// Lines from several targets, each prefixed with its target.
+struct Prefixed<'a> {
+    prefix: &'a str,
+    partial: [Vec<u8>; 2],
+}
+
+static OUTPUT: Mutex<()> = Mutex::new(());
+
+impl Prefixed<'_> {
+    fn write(&mut self, which: Stream, data: &[u8], flush_all: bool) {
+        let idx = usize::from(which == Stream::Stderr);
+        let buf = &mut self.partial[idx];
+        buf.extend_from_slice(data);
+        let cut = if flush_all { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+        if cut == 0 {
+            return;
+        }
+        let lines: Vec<u8> = buf.drain(..cut).collect();
+        let mut text = Vec::new();
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            text.extend_from_slice(self.prefix.as_bytes());
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                text.push(b'\n');
+            }
+        }
+        let _guard = OUTPUT.lock();
+        let _ = if idx == 0 { std::io::stdout().write_all(&text) } else { std::io::stderr().write_all(&text) };
+    }
+}
+
+fn cmd_run(args: &Args, ctx: &Context, argv: &[String], many: bool, o: &mut Outcome) -> spore::Result<()> {
+    let mut cmd = Command::new(argv.iter().cloned());
+    cmd.timeout = args.timeout;
+    let status = if args.json {
+        let out = ctx.exec(&cmd)?;
+        o.set("stdout", Value::String(String::from_utf8_lossy(&out.stdout).into_owned()));
+        o.set("stderr", Value::String(String::from_utf8_lossy(&out.stderr).into_owned()));
+        out.status
+    } else if many {
+        let mut p = Prefixed { prefix: &o.target, partial: [Vec::new(), Vec::new()] };
+        let status = ctx.exec_streaming(&cmd, None, &mut |which, data| p.write(which, data, false))?;
+        p.write(Stream::Stdout, &[], true);
+        p.write(Stream::Stderr, &[], true);
+        status
+    } else {
+        // Like ssh: stdin goes to the command unless it is a terminal.
+        let stdin: Option<Box<dyn Read + Send>> =
+            if std::io::stdin().is_terminal() { None } else { Some(Box::new(std::io::stdin())) };
+        let mut broken = false;
+        ctx.exec_streaming(&cmd, stdin, &mut |which, data| {
+            let r = match which {
+                Stream::Stdout => std::io::stdout().write_all(data).and_then(|()| std::io::stdout().flush()),
+                Stream::Stderr => std::io::stderr().write_all(data),
+            };
+            // A closed stdout (`| head`) is a normal end; keep draining.
+            broken |= r.is_err();
+        })?
+    };
+    o.code = status.shell_code();
+    o.set("status", int(status.code));
+    o.set("signal", int(status.signal));
+    o.set("timed_out", Value::Bool(status.timed_out));
+    if status.timed_out && !args.json {
+        eprintln!("spore: {}: {} timed out and was killed", o.target, argv.join(" "));
+    }
+    Ok(())
+}
+
+fn cmd_info(ctx: &Context, o: &mut Outcome) -> spore::Result<()> {
+    let i = ctx.info()?;
+    o.text = Some(format!(
+        "{}: hostname={} arch={} kernel={:?} uid={} gid={} pid={} version={}",
+        o.target, i.hostname, i.arch, i.kernel, i.uid, i.gid, i.pid, i.version
+    ));
+    for (k, v) in [("hostname", &i.hostname), ("arch", &i.arch), ("kernel", &i.kernel), ("version", &i.version)] {
+        o.set(k, Value::String(v.clone()));
+    }
+    o.set("uid", num(i.uid.into()));
+    o.set("gid", num(i.gid.into()));
+    o.set("pid", num(i.pid.into()));
+    o.set("context", Value::String(i.name));
+    Ok(())
+}
+
+fn cmd_put(args: &Args, ctx: &Context, local: &str, remote: &str, o: &mut Outcome) -> spore::Result<()> {
+    let mut file = std::fs::File::open(local).map_err(|e| Error::Local { what: format!("open {local}"), source: e })?;
+    let mode = args.mode.or(Some(0o644));
+    let n = ctx.write_file(remote, &mut file, mode)?;
+    o.text = Some(format!("{}: wrote {n} bytes to {remote}", o.target));
+    o.set("bytes", num(n));
+    o.set("path", Value::String(remote.into()));
+    Ok(())
+}
+
+fn cmd_get(ctx: &Context, remote: &str, local: &str, o: &mut Outcome) -> spore::Result<()> {
+    // Into a temporary name beside the destination, renamed when complete:
+    // a failed transfer never leaves a half file under the real name.
+    let dest = std::path::Path::new(local);
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
+    let tmp = dir.join(format!(".{name}.spore-{}", std::process::id()));
+    let local_err = |what: String| move |e| Error::Local { what, source: e };
+    let mut file = std::fs::File::create(&tmp).map_err(local_err(format!("create {}", tmp.display())))?;
+    let result = ctx.read_file(remote, &mut std::io::BufWriter::with_capacity(1 << 20, &mut file));
+    let n = match result.and_then(|n| file.sync_all().map(|()| n).map_err(local_err(format!("sync {local}")))) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp, dest).map_err(local_err(format!("rename into {local}")))?;
+    o.text = Some(format!("{}: read {n} bytes into {local}", o.target));
+    o.set("bytes", num(n));
+    o.set("path", Value::String(local.into()));
+    Ok(())
+}
+
+/// Writes `LEVEL [context] message` to stderr; remote records arrive with
+/// the target `spore@PATH`.
+struct CliLogger;
+
+impl log::Log for CliLogger {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let target = record.target();
+        let (context, module) = match target.strip_prefix("spore@") {
+            Some(path) => (path, record.module_path().unwrap_or_default()),
+            None => ("master", target),
+        };
+        let line = format!("{:5} [{context}] {module}: {}\n", record.level(), record.args());
+        let _guard = OUTPUT.lock();
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logger(verbose: u8) {
+    let from_env = std::env::var("SPORE_LOG").ok().and_then(|v| v.parse::<log::LevelFilter>().ok());
+    let level = match verbose {
+        0 => from_env.unwrap_or(log::LevelFilter::Warn),
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    if log::set_logger(&CliLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Option<Args>, String> {
+        parse(s.split_whitespace().map(String::from).collect())
+    }
+
+    #[test]
+    fn parses_commands() {
+        let a = p("run local local/local -- sh -c true").unwrap().unwrap();
+        assert!(matches!(a.cmd, Cmd::Run { ref targets, ref argv } if targets.len() == 2 && argv.len() == 3));
+        let a = p("--json put local a /tmp/b --mode 600").unwrap().unwrap();
+        assert!(a.json);
+        assert_eq!(a.mode, Some(0o600));
+        assert!(p("run local").is_err());
+        assert!(p("get local a").is_err());
+        assert!(p("frobnicate local").is_err());
+        assert!(p("--help").unwrap().is_none());
+    }
+}

@@ -1,0 +1,496 @@
+//! A context: one agent in the tree, and the calls you can make on it.
+
+use crate::error::{Error, Result};
+use crate::router::Router;
+use miniserde::{Deserialize, Serialize};
+use spore_agent::flow::{ack, Outflow};
+use spore_agent::{Mailbox, RecvError};
+use spore_protocol::body::{
+    self, ConnectArgs, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, PathArgs,
+    ReadReply, RemoveArgs, StatArgs, StatReply, WriteArgs, WriteReply, CHUNK_SIZE,
+};
+use spore_protocol::{handle, Message};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Without a deadline of its own, a call waits this long at most. A lost
+/// context fails the call at once; this bounds a context that is alive
+/// but never answers.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A remote agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    router: Router,
+    id: u32,
+    name: Arc<str>,
+    uploaded: bool,
+}
+
+/// A call in flight: the async form. [`Pending::wait`] blocks for the reply.
+pub struct Pending {
+    mb: Mailbox,
+    context: Arc<str>,
+}
+
+impl Pending {
+    /// Wait for the final reply.
+    pub fn wait(self) -> Result<Message> {
+        self.wait_deadline(Instant::now() + FOREVER)
+    }
+
+    /// Wait for the final reply until `deadline`.
+    pub fn wait_deadline(self, deadline: Instant) -> Result<Message> {
+        loop {
+            let msg = recv(&self.mb, &self.context, deadline, "the reply")?;
+            if msg.is_end() {
+                return Ok(msg);
+            }
+        }
+    }
+}
+
+fn recv(mb: &Mailbox, context: &str, deadline: Instant, what: &str) -> Result<Message> {
+    match mb.recv_deadline(deadline) {
+        Ok(msg) if msg.is_dead() => Err(dead(context, &msg)),
+        Ok(msg) => Ok(msg),
+        Err(RecvError::Timeout) => Err(Error::Timeout { context: context.to_string(), what: what.to_string() }),
+        Err(RecvError::Closed) => Err(Error::ShuttingDown),
+    }
+}
+
+fn dead(context: &str, msg: &Message) -> Error {
+    let reason = String::from_utf8_lossy(&msg.body).into_owned();
+    match reason.strip_prefix("disconnected: ") {
+        Some(r) => Error::Disconnected { context: context.to_string(), reason: r.to_string() },
+        None => Error::Dead { context: context.to_string(), reason },
+    }
+}
+
+/// What to run with [`Context::exec`].
+#[derive(Clone, Debug, Default)]
+pub struct Command {
+    /// Program and arguments; the program is looked up in the remote `PATH`.
+    pub argv: Vec<String>,
+    /// Variables to set in the command's environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Kill the command's process group after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl Command {
+    /// A command line.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Command {
+        Command { argv: argv.into_iter().map(Into::into).collect(), ..Default::default() }
+    }
+
+    /// Set the timeout.
+    pub fn timeout(mut self, t: Duration) -> Command {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Set an environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Command {
+        self.env.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    /// Set the working directory.
+    pub fn cwd(mut self, dir: &str) -> Command {
+        self.cwd = Some(dir.to_string());
+        self
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if one killed it.
+    pub signal: Option<i32>,
+    /// Its timeout expired and spore killed it.
+    pub timed_out: bool,
+}
+
+impl ExitStatus {
+    /// Exited with 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// As a shell reports it: the code, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            _ => 255,
+        }
+    }
+}
+
+/// A finished command with its collected output.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Which output a streamed chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// stdout
+    Stdout,
+    /// stderr
+    Stderr,
+}
+
+/// Credit for the stdin feeder: acks from the remote, and whether to stop.
+#[derive(Default)]
+struct Credit {
+    acked: u64,
+    stop: bool,
+}
+
+impl Context {
+    pub(crate) fn new(router: Router, id: u32, name: String, uploaded: bool) -> Context {
+        Context { router, id, name: name.into(), uploaded }
+    }
+
+    /// The context id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The context's path in the tree, e.g. `local/local`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The agent image had to be uploaded to start this context.
+    pub fn uploaded(&self) -> bool {
+        self.uploaded
+    }
+
+    /// The router this context belongs to.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Send a call (a JSON body with an `op` field) and return at once.
+    pub fn call_async(&self, body: Vec<u8>) -> Pending {
+        let mb = self.router.broker().mailbox(Some(self.id));
+        self.send_call(&mb, body);
+        Pending { mb, context: self.name.clone() }
+    }
+
+    fn send_call(&self, mb: &Mailbox, body: Vec<u8>) {
+        let mut msg = Message::new(self.id, handle::CALL_FUNCTION, body);
+        msg.header.reply_to = mb.handle;
+        self.router.send(msg);
+    }
+
+    /// Send a call and decode its result as `T`.
+    pub fn call<A: Serialize, T: Deserialize>(&self, args: &A) -> Result<T> {
+        let msg = self.call_async(body::to_json(args)).wait()?;
+        self.result(&msg)
+    }
+
+    /// Turn a final reply into `T` or the remote's error.
+    fn result<T: Deserialize>(&self, msg: &Message) -> Result<T> {
+        if let Ok(MaybeError { error: Some(message), kind }) = body::from_json(&msg.body, "reply") {
+            return Err(Error::Remote { context: self.name.to_string(), kind: kind.unwrap_or_default(), message });
+        }
+        body::from_json(&msg.body, "the reply")
+            .map_err(|e| Error::Protocol { context: self.name.to_string(), message: e.to_string() })
+    }
+
+    /// Is it alive and routable? Returns the round-trip time.
+    pub fn ping(&self) -> Result<Duration> {
+        let start = Instant::now();
+        let _: Empty = self.call(&OpOnly { op: "ping".into() })?;
+        Ok(start.elapsed())
+    }
+
+    /// Host name, arch, kernel, uid, pid and version of the agent.
+    pub fn info(&self) -> Result<InfoReply> {
+        self.call(&OpOnly { op: "info".into() })
+    }
+
+    /// Metadata of a remote path.
+    pub fn stat(&self, path: &str, follow: bool) -> Result<StatReply> {
+        self.call(&StatArgs { op: "stat".into(), path: path.into(), follow })
+    }
+
+    /// Entries of a remote directory, sorted by name.
+    pub fn list_dir(&self, path: &str) -> Result<ListReply> {
+        self.call(&PathArgs { op: "list_dir".into(), path: path.into() })
+    }
+
+    /// Remove a remote file, or a directory (`recursive` for a tree).
+    pub fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        let _: Empty = self.call(&RemoveArgs { op: "remove".into(), path: path.into(), recursive })?;
+        Ok(())
+    }
+
+    /// Start a child context from this one (`local` for now), so that
+    /// `local/local` is a two-level tree.
+    pub fn connect(&self, method: &str) -> Result<Context> {
+        let id = self.router.allocate_id();
+        let name = format!("{}/{}", self.name, method);
+        let timeout = self.router.options().connect_timeout;
+        let args = ConnectArgs {
+            op: "connect".into(),
+            method: method.into(),
+            context_id: id,
+            name: name.clone(),
+            connect_timeout_ms: timeout.as_millis() as u64,
+        };
+        let pending = self.call_async(body::to_json(&args));
+        let msg = pending.wait_deadline(Instant::now() + timeout + Duration::from_secs(5))?;
+        let reply: ConnectReply = self.result(&msg).map_err(|e| match e {
+            Error::Remote { message, .. } => Error::Connect { target: name.clone(), cause: message },
+            other => other,
+        })?;
+        log::debug!("connected {name} (context {id}, pid {})", reply.hello.pid);
+        Ok(Context::new(self.router.clone(), id, name, reply.uploaded))
+    }
+
+    /// Run a command and collect its output.
+    pub fn exec(&self, cmd: &Command) -> Result<Output> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let status = self.exec_inner(cmd, None, false, &mut |which, data| match which {
+            Stream::Stdout => stdout.extend_from_slice(data),
+            Stream::Stderr => stderr.extend_from_slice(data),
+        })?;
+        Ok(Output { status, stdout, stderr })
+    }
+
+    /// Run a command, feeding it `stdin` (if any) and handing its output to
+    /// `sink` chunk by chunk as it is produced.
+    pub fn exec_streaming(
+        &self,
+        cmd: &Command,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<ExitStatus> {
+        self.exec_inner(cmd, stdin, true, sink)
+    }
+
+    fn exec_inner(
+        &self,
+        cmd: &Command,
+        stdin: Option<Box<dyn Read + Send>>,
+        stream: bool,
+        sink: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<ExitStatus> {
+        let mut mb = self.router.broker().mailbox(Some(self.id));
+        let err_handle = self.router.broker().alias(&mut mb);
+        let args = ExecArgs {
+            op: "exec".into(),
+            argv: cmd.argv.clone(),
+            env: if cmd.env.is_empty() { None } else { Some(cmd.env.clone()) },
+            cwd: cmd.cwd.clone(),
+            stdin: stdin.is_some(),
+            timeout_ms: cmd.timeout.map(|t| t.as_millis() as u64),
+            stream,
+            stderr_handle: err_handle,
+        };
+        self.send_call(&mb, body::to_json(&args));
+        let credit = Arc::new((Mutex::new(Credit::default()), Condvar::new()));
+        let mut stdin = stdin;
+        let mut consumed: u64 = 0;
+        let mut peer_stream: Option<u32> = None;
+        let result = loop {
+            let msg = match recv(&mb, &self.name, Instant::now() + FOREVER, "the command") {
+                Ok(m) => m,
+                Err(e) => break Err(e),
+            };
+            if msg.is_binary() {
+                let which = if msg.header.handle == err_handle { Stream::Stderr } else { Stream::Stdout };
+                sink(which, &msg.body);
+                consumed += msg.body.len() as u64;
+                if let Some(s) = peer_stream {
+                    ack(self.router.broker(), self.id, s, consumed);
+                }
+                continue;
+            }
+            if msg.is_end() {
+                break self.result::<ExecReply>(&msg);
+            }
+            match body::from_json::<Control>(&msg.body, "control") {
+                Ok(Control { stream: Some(s), .. }) => {
+                    peer_stream = Some(s);
+                    if let Some(reader) = stdin.take() {
+                        self.spawn_stdin_feeder(reader, s, credit.clone());
+                    }
+                }
+                Ok(Control { ack: Some(a), .. }) => {
+                    let (m, cv) = &*credit;
+                    lock(m).acked = a;
+                    cv.notify_all();
+                }
+                _ => {}
+            }
+        };
+        {
+            let (m, cv) = &*credit;
+            lock(m).stop = true;
+            cv.notify_all();
+        }
+        let reply = result?;
+        Ok(ExitStatus { code: reply.status, signal: reply.signal, timed_out: reply.timed_out })
+    }
+
+    /// Feed stdin from a thread of its own: reading the local source may
+    /// block, and must not hold up the output.
+    fn spawn_stdin_feeder(
+        &self,
+        mut reader: Box<dyn Read + Send>,
+        peer_handle: u32,
+        credit: Arc<(Mutex<Credit>, Condvar)>,
+    ) {
+        let broker = self.router.broker().clone();
+        let id = self.id;
+        let spawned = std::thread::Builder::new().name("spore-stdin".into()).spawn(move || {
+            let mut out = Outflow::new(broker, id, peer_handle);
+            let mut buf = vec![0u8; CHUNK_SIZE];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("reading stdin: {e}");
+                        0
+                    }
+                };
+                {
+                    let (m, cv) = &*credit;
+                    let mut c = lock(m);
+                    loop {
+                        out.on_ack(c.acked);
+                        if c.stop || out.has_credit() {
+                            break;
+                        }
+                        c = cv.wait_timeout(c, Duration::from_secs(1)).map_or_else(|p| p.into_inner().0, |r| r.0);
+                    }
+                    if c.stop {
+                        return;
+                    }
+                }
+                out.send(buf.get(..n).unwrap_or_default(), n == 0);
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("can't start the stdin thread: {e}");
+        }
+    }
+
+    /// Stream a remote file into `sink`; returns the bytes read.
+    pub fn read_file(&self, path: &str, sink: &mut dyn Write) -> Result<u64> {
+        let mb = self.router.broker().mailbox(Some(self.id));
+        self.send_call(&mb, body::to_json(&PathArgs { op: "read_file".into(), path: path.into() }));
+        let mut peer_stream = None;
+        let mut consumed = 0u64;
+        loop {
+            let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "file data")?;
+            if msg.is_binary() {
+                sink.write_all(&msg.body).map_err(|e| Error::Local { what: "write the download".into(), source: e })?;
+                consumed += msg.body.len() as u64;
+                if let Some(s) = peer_stream {
+                    ack(self.router.broker(), self.id, s, consumed);
+                }
+            } else if msg.is_end() {
+                let reply: ReadReply = self.result(&msg)?;
+                if reply.size != consumed {
+                    return Err(Error::Protocol {
+                        context: self.name.to_string(),
+                        message: format!("read {path}: {consumed} bytes arrived of {}", reply.size),
+                    });
+                }
+                return Ok(consumed);
+            } else if let Ok(Control { stream: Some(s), .. }) = body::from_json(&msg.body, "control") {
+                peer_stream = Some(s);
+            }
+        }
+    }
+
+    /// Stream `source` into a remote file (written to a temporary name,
+    /// then renamed into place); returns the bytes written.
+    pub fn write_file(&self, path: &str, source: &mut dyn Read, mode: Option<u32>) -> Result<u64> {
+        let mb = self.router.broker().mailbox(Some(self.id));
+        self.send_call(&mb, body::to_json(&WriteArgs { op: "write_file".into(), path: path.into(), mode }));
+        // The remote opens the temporary file first, then names its stream.
+        let peer = loop {
+            let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+            if msg.is_end() {
+                let _: WriteReply = self.result(&msg)?;
+                return Err(Error::Protocol { context: self.name.to_string(), message: "write ended early".into() });
+            }
+            if let Ok(Control { stream: Some(s), .. }) = body::from_json(&msg.body, "control") {
+                break s;
+            }
+        };
+        let mut out = Outflow::new(self.router.broker().clone(), self.id, peer);
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            let n = loop {
+                match source.read(&mut buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::Local { what: "read the upload".into(), source: e }),
+                }
+            };
+            while !out.has_credit() {
+                let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+                if msg.is_end() {
+                    // An early end is a failure (disk full, permission).
+                    let _: WriteReply = self.result(&msg)?;
+                }
+                if let Ok(Control { ack: Some(a), .. }) = body::from_json(&msg.body, "control") {
+                    out.on_ack(a);
+                }
+            }
+            out.send(buf.get(..n).unwrap_or_default(), n == 0);
+            if n == 0 {
+                break;
+            }
+        }
+        loop {
+            let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+            if msg.is_end() {
+                let reply: WriteReply = self.result(&msg)?;
+                return Ok(reply.size);
+            }
+        }
+    }
+
+    /// Ask this context's router for an error reply of a raw call, for
+    /// callers using [`Context::call_async`].
+    pub fn decode<T: Deserialize>(&self, reply: &Message) -> Result<T> {
+        self.result(reply)
+    }
+}
+
+/// The arguments of an operation that takes none.
+#[derive(Serialize)]
+struct OpOnly {
+    op: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,38 @@
+//! Finding the agent binary the master sends to targets.
+
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+#[cfg(spore_embedded)]
+static EMBEDDED: &[u8] = include_bytes!(env!("SPORE_EMBEDDED_AGENT"));
+#[cfg(not(spore_embedded))]
+static EMBEDDED: &[u8] = &[];
+
+/// The agent image to use: `$SPORE_AGENT` if set, else the one embedded at
+/// build time, else `spore-agent` next to this executable.
+pub fn default_image() -> Result<Vec<u8>> {
+    if let Some(path) = std::env::var_os("SPORE_AGENT") {
+        let path = PathBuf::from(path);
+        return std::fs::read(&path)
+            .map_err(|e| Error::Local { what: format!("read agent {}", path.display()), source: e });
+    }
+    if !EMBEDDED.is_empty() {
+        return Ok(EMBEDDED.to_vec());
+    }
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("spore-agent")));
+    match beside {
+        Some(path) if path.is_file() => {
+            std::fs::read(&path).map_err(|e| Error::Local { what: format!("read agent {}", path.display()), source: e })
+        }
+        _ => Err(Error::Usage(
+            "no agent binary: this spore was built without one embedded (run `make`), \
+             no spore-agent lies next to it, and SPORE_AGENT is not set"
+                .into(),
+        )),
+    }
+}
+
+/// Was an agent embedded at build time?
+pub fn embedded() -> bool {
+    !EMBEDDED.is_empty()
+}

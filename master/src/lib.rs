@@ -1,0 +1,36 @@
+//! spore: run work on many machines from one.
+//!
+//! The master starts a tiny static agent on each target by piping it down
+//! the connection's own stdin, then talks to it over a length-prefixed
+//! protocol. This crate is the master: a [`Router`] (context 0, with its
+//! own broker thread), [`Context`] handles with blocking calls (and
+//! [`Context::call_async`] for the async form), typed [`Error`]s that name
+//! the context, [`Targets`] for paths like `local/local`, and the `spore`
+//! CLI.
+//!
+//! ```no_run
+//! use spore::{Command, Router};
+//!
+//! let router = Router::new()?;
+//! let host = router.local()?;                 // an agent as a local child
+//! let inner = host.connect("local")?;         // and one below it
+//! let out = inner.exec(&Command::new(["uname", "-a"]))?;
+//! print!("{}", String::from_utf8_lossy(&out.stdout));
+//! host.write_file("/tmp/greeting", &mut &b"hello\n"[..], Some(0o644))?;
+//! println!("{:?}", inner.info()?);
+//! router.shutdown();
+//! # Ok::<(), spore::Error>(())
+//! ```
+
+pub mod context;
+pub mod error;
+pub mod image;
+pub mod router;
+pub mod target;
+
+pub use context::{Command, Context, ExitStatus, Output, Pending, Stream};
+pub use error::{Error, Result};
+pub use image::default_image;
+pub use router::{Options, Router};
+pub use spore_protocol::body::{DirEntry, InfoReply, ListReply, StatReply};
+pub use target::Targets;

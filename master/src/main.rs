@@ -1,0 +1,7 @@
+//! The `spore` command line: run commands and move files on many targets.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -1,0 +1,184 @@
+//! The master's router: its broker (context 0), the contexts it has
+//! started, and shutdown.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use spore_agent::bootstrap::{self, AgentArgs, Image};
+use spore_agent::{Broker, Config};
+use spore_protocol::{Message, DEFAULT_MAX_MESSAGE, MASTER_ID};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the master behaves.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long to wait for an agent's hello (default 30 s).
+    pub connect_timeout: Duration,
+    /// How long a shutdown waits for the tree before forcing it (default 5 s).
+    pub shutdown_grace: Duration,
+    /// Largest message body accepted on any stream (default 128 MiB).
+    pub max_message: u32,
+    /// Most verbose log level agents forward (default: the master's own
+    /// `log::max_level()` when the router starts).
+    pub agent_log_level: Option<log::LevelFilter>,
+    /// A custom agent binary (built with the `spore-agent` library); default
+    /// [`crate::default_image`].
+    pub agent_image: Option<Vec<u8>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connect_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            max_message: DEFAULT_MAX_MESSAGE,
+            agent_log_level: None,
+            agent_image: None,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) broker: Broker,
+    pub(crate) image: Image,
+    pub(crate) opts: Options,
+    log_level: u8,
+    /// Direct children, to SHUTDOWN in order.
+    children: Mutex<Vec<u32>>,
+    shut: AtomicBool,
+}
+
+/// The master: owns a broker thread and the tree of contexts below it.
+/// Cheap to clone; the tree is shut down by [`Router::shutdown`] (or when
+/// the last clone is dropped).
+#[derive(Clone)]
+pub struct Router {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Router {
+    /// Start a router with default options and the default agent image.
+    pub fn new() -> Result<Router> {
+        Router::with_options(Options::default())
+    }
+
+    /// Start a router.
+    pub fn with_options(opts: Options) -> Result<Router> {
+        let bytes = match &opts.agent_image {
+            Some(b) => b.clone(),
+            None => crate::image::default_image()?,
+        };
+        let broker = Broker::start(Config {
+            id: MASTER_ID,
+            name: "master".into(),
+            parent_ids: Vec::new(),
+            max_message: opts.max_message,
+            grace: opts.shutdown_grace,
+            exit_process: false,
+        })
+        .map_err(|e| Error::Local { what: "start the broker".into(), source: e })?;
+        let level = opts.agent_log_level.unwrap_or_else(log::max_level);
+        let inner = Inner {
+            broker,
+            image: Image::new(bytes),
+            log_level: level as u8,
+            opts,
+            children: Mutex::new(Vec::new()),
+            shut: AtomicBool::new(false),
+        };
+        Ok(Router { inner: Arc::new(inner) })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// Start an agent as a local child process (over a pipe pair, through
+    /// the same bootstrap script ssh will use).
+    pub fn local(&self) -> Result<Context> {
+        self.connect_direct("local", "local")
+    }
+
+    fn connect_direct(&self, method: &str, name: &str) -> Result<Context> {
+        if self.inner.shut.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let id = self.inner.broker.allocate_context_id();
+        let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
+        let command = bootstrap::method_command(method, &self.inner.image, &args).map_err(Error::Usage)?;
+        let connected = bootstrap::connect(command, &self.inner.image, &args, self.inner.opts.connect_timeout)
+            .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })?;
+        log::debug!(
+            "connected {name} (context {id}, pid {}, {})",
+            connected.hello.pid,
+            if connected.uploaded { "agent uploaded" } else { "agent cached" }
+        );
+        self.inner.broker.add_stream(connected.stream);
+        lock(&self.inner.children).push(id);
+        Ok(Context::new(self.clone(), id, name.to_string(), connected.uploaded))
+    }
+
+    /// The command line an agent at `id` is started with.
+    pub(crate) fn agent_args(&self, id: u32, name: &str, parent_ids: Vec<u32>, parent_grace: Duration) -> AgentArgs {
+        AgentArgs {
+            id,
+            name: name.to_string(),
+            parent_ids,
+            log_level: self.inner.log_level,
+            max_message: self.inner.opts.max_message,
+            // Each level waits less than the one above, so the whole tree
+            // ends inside the master's bound.
+            grace_ms: (parent_grace.as_millis() as u64).saturating_sub(500).max(500),
+        }
+    }
+
+    /// End the whole tree: SHUTDOWN to each direct child, wait up to the
+    /// grace for them to disconnect, then force the rest (close pipes,
+    /// SIGTERM then SIGKILL the connection processes, reap them). Returns
+    /// within the grace plus a second, whatever the children do.
+    pub fn shutdown(&self) {
+        if self.inner.shut.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let started = Instant::now();
+        let children = lock(&self.inner.children).clone();
+        log::debug!("shutting down {} direct children", children.len());
+        self.inner.broker.shutdown("master shutdown");
+        let bound = started + self.inner.opts.shutdown_grace + Duration::from_secs(1);
+        if !self.inner.broker.wait_done(bound) {
+            log::warn!("broker did not finish its shutdown within {:?}", bound - started);
+        }
+        log::debug!("shutdown took {:?}", started.elapsed());
+    }
+
+    pub(crate) fn send(&self, msg: Message) {
+        self.inner.broker.send(msg);
+    }
+
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// Ask the master's allocator for a context id (as `ALLOCATE_ID` does).
+    pub(crate) fn allocate_id(&self) -> u32 {
+        self.inner.broker.allocate_context_id()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.shut.swap(true, Ordering::SeqCst) {
+            // Backstop only: callers should shut down explicitly.
+            log::debug!("router dropped without shutdown; shutting down now");
+            self.broker.shutdown("router dropped");
+            let bound = Instant::now() + self.opts.shutdown_grace + Duration::from_secs(1);
+            self.broker.wait_done(bound);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

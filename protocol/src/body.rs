@@ -1,0 +1,359 @@
+//! Message bodies: the miniserde JSON carried by control messages and calls.
+//!
+//! # Calls
+//!
+//! A call is a `CALL_FUNCTION` message whose JSON body names the operation in
+//! its `op` field (see [`CallOp`]) next to that operation's own arguments;
+//! `reply_to` names the caller's handle *R*. The callee answers on *R*:
+//!
+//! * ops without bulk data send one message: the result JSON, flagged `END`;
+//! * streaming ops (`exec`, `read_file`, `write_file`) first send
+//!   [`StreamOpen`] naming their own handle *S*, then bulk bytes as `BINARY`
+//!   messages in either direction (caller → *S*, callee → *R*, or to the
+//!   `stderr_handle` an `exec` names), each direction flow-controlled by
+//!   cumulative [`Ack`]s sent back by its receiver, the caller's last chunk
+//!   flagged `END`; the callee ends with the result JSON flagged `END`.
+//!
+//! A failed operation ends with an [`ErrorReply`] (flagged `END`); an
+//! undeliverable message gets a `DEAD` reply whose body is the reason as text.
+
+use miniserde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bulk bytes travel in chunks of at most this many bytes.
+pub const CHUNK_SIZE: usize = 128 * 1024;
+/// A sender may have at most this many unacknowledged bytes in flight.
+pub const WINDOW: u64 = 8 * CHUNK_SIZE as u64;
+
+/// The agent's first message (`HELLO`): who answered the bootstrap.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// Agent version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Process id of the agent on its host.
+    pub pid: u32,
+    /// Machine architecture (`uname -m`).
+    pub arch: String,
+    /// The context id the agent was started as.
+    pub context_id: u32,
+}
+
+/// The part of every call body that names the operation.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CallOp {
+    /// Operation name: `ping`, `info`, `exec`, ...
+    pub op: String,
+}
+
+/// An empty JSON object: the arguments of `ping`, `info`, and many results.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Empty {}
+
+/// Result of `info`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InfoReply {
+    /// Context path in the tree, e.g. `local/local`.
+    pub name: String,
+    /// Context id.
+    pub context_id: u32,
+    /// Host name.
+    pub hostname: String,
+    /// Machine architecture.
+    pub arch: String,
+    /// Kernel name and release, e.g. `Linux 6.1.0`.
+    pub kernel: String,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Agent process id.
+    pub pid: u32,
+    /// Agent version.
+    pub version: String,
+}
+
+/// Arguments of `exec`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ExecArgs {
+    /// Always `"exec"`.
+    pub op: String,
+    /// Program and arguments; the program is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Variables set (or overridden) in the command's environment.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// When true the caller streams stdin as `BINARY` chunks to the callee's
+    /// stream handle; otherwise stdin is `/dev/null`.
+    pub stdin: bool,
+    /// Kill the command's process group after this many milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Send output as it is produced; otherwise it is collected and sent
+    /// when the command has exited.
+    pub stream: bool,
+    /// Caller handle that receives stderr chunks (stdout goes to `reply_to`).
+    pub stderr_handle: u32,
+}
+
+/// Result of `exec`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ExecReply {
+    /// Exit code, when the command exited.
+    pub status: Option<i32>,
+    /// Signal number, when the command was killed by one.
+    pub signal: Option<i32>,
+    /// The timeout expired and the process group was killed.
+    pub timed_out: bool,
+    /// Bytes of stdout sent.
+    pub stdout_len: u64,
+    /// Bytes of stderr sent.
+    pub stderr_len: u64,
+}
+
+/// Arguments of `read_file`, `list_dir`, and (with `op`) other path ops.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct PathArgs {
+    /// Operation name.
+    pub op: String,
+    /// Remote path.
+    pub path: String,
+}
+
+/// Result of `read_file` (after the data chunks).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ReadReply {
+    /// Bytes sent.
+    pub size: u64,
+    /// Permission bits of the file.
+    pub mode: u32,
+}
+
+/// Arguments of `write_file`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct WriteArgs {
+    /// Always `"write_file"`.
+    pub op: String,
+    /// Destination path; written to a temporary name beside it, then renamed.
+    pub path: String,
+    /// Permission bits; default 0644 (or the existing file's).
+    pub mode: Option<u32>,
+}
+
+/// Result of `write_file`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct WriteReply {
+    /// Bytes written.
+    pub size: u64,
+}
+
+/// Arguments of `stat`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct StatArgs {
+    /// Always `"stat"`.
+    pub op: String,
+    /// Remote path.
+    pub path: String,
+    /// Follow a final symlink.
+    pub follow: bool,
+}
+
+/// Result of `stat`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct StatReply {
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+}
+
+/// One entry of a `list_dir` result.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct DirEntry {
+    /// File name (lossy UTF-8).
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+}
+
+/// Result of `list_dir`, sorted by name.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ListReply {
+    /// Entries, without `.` and `..`.
+    pub entries: Vec<DirEntry>,
+}
+
+/// Arguments of `remove`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct RemoveArgs {
+    /// Always `"remove"`.
+    pub op: String,
+    /// Remote path.
+    pub path: String,
+    /// Remove a directory and everything under it.
+    pub recursive: bool,
+}
+
+/// Arguments of `connect`: start a child context from the callee.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ConnectArgs {
+    /// Always `"connect"`.
+    pub op: String,
+    /// Connection method: `local`.
+    pub method: String,
+    /// Id the master allocated for the new context.
+    pub context_id: u32,
+    /// Path of the new context in the tree, e.g. `local/local`.
+    pub name: String,
+    /// Milliseconds to wait for the child's hello.
+    pub connect_timeout_ms: u64,
+}
+
+/// Result of `connect`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ConnectReply {
+    /// The child's hello.
+    pub hello: Hello,
+    /// The agent image was uploaded (cache miss).
+    pub uploaded: bool,
+}
+
+/// First message of a streaming op: the callee's handle for data and acks.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StreamOpen {
+    /// Callee handle.
+    pub stream: u32,
+}
+
+/// Flow control: total bytes of the peer's data consumed so far.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Ack {
+    /// Cumulative bytes consumed.
+    pub ack: u64,
+}
+
+/// A failed operation's result.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ErrorReply {
+    /// Human-readable cause, naming the path or command.
+    pub error: String,
+    /// Short machine-readable class: `not_found`, `permission_denied`,
+    /// `invalid`, `io`, `unsupported`, `connect`, `shutting_down`.
+    pub kind: String,
+}
+
+/// Probe for telling results and [`ErrorReply`] apart.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct MaybeError {
+    /// Present on failure.
+    pub error: Option<String>,
+    /// Present on failure.
+    pub kind: Option<String>,
+}
+
+/// Probe for telling [`StreamOpen`] and [`Ack`] apart from other JSON.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct Control {
+    /// Set on a [`StreamOpen`].
+    pub stream: Option<u32>,
+    /// Set on an [`Ack`].
+    pub ack: Option<u64>,
+}
+
+/// `ADD_ROUTE`: a context became reachable through the sending stream.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AddRoute {
+    /// The new context.
+    pub id: u32,
+    /// Its path in the tree.
+    pub name: String,
+}
+
+/// `DEL_ROUTE`: a context is gone.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DelRoute {
+    /// The lost context.
+    pub id: u32,
+    /// Why, e.g. `stream closed`.
+    pub reason: String,
+}
+
+/// `ALLOCATE_ID` reply.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AllocatedId {
+    /// A fresh context id.
+    pub id: u32,
+}
+
+/// `FORWARD_LOG`: one log record from a context.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// 1 = error … 5 = trace, as `log::Level`.
+    pub level: u8,
+    /// The context's path in the tree.
+    pub name: String,
+    /// The record's target (module path, or `stdout`/`stderr` for captured
+    /// writes).
+    pub target: String,
+    /// The message.
+    pub msg: String,
+}
+
+/// Serialize a body to JSON bytes.
+pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    miniserde::json::to_string(value).into_bytes()
+}
+
+/// Parse a JSON body; the error says what was expected.
+pub fn from_json<T: Deserialize>(body: &[u8], what: &'static str) -> Result<T, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|_| BodyError { what })?;
+    miniserde::json::from_str(text).map_err(|_| BodyError { what })
+}
+
+/// A body that does not decode as the expected JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyError {
+    /// What the body should have been.
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "body does not decode as {}", self.what)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_ignore_unknown_fields() {
+        let exec = ExecArgs { op: "exec".into(), argv: vec!["true".into()], ..Default::default() };
+        let body = to_json(&exec);
+        let op: CallOp = from_json(&body, "call").unwrap();
+        assert_eq!(op.op, "exec");
+        let back: ExecArgs = from_json(&body, "exec").unwrap();
+        assert_eq!(back, exec);
+        let probe: MaybeError = from_json(&to_json(&Empty {}), "reply").unwrap();
+        assert_eq!(probe.error, None);
+        let ctl: Control = from_json(&to_json(&Ack { ack: 7 }), "control").unwrap();
+        assert_eq!((ctl.stream, ctl.ack), (None, Some(7)));
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_expectation() {
+        let err = from_json::<CallOp>(b"\xff{", "call").unwrap_err();
+        assert_eq!(err.to_string(), "body does not decode as call");
+        assert!(from_json::<CallOp>(b"{}", "call").is_err());
+    }
+}
