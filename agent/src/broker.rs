@@ -99,6 +99,7 @@ struct Shared {
     next_handle: AtomicU32,
     next_context: AtomicU32,
     groups: Mutex<HashSet<i32>>,
+    temps: Mutex<HashSet<std::path::PathBuf>>,
     shutting_down: AtomicBool,
     done: (Mutex<bool>, Condvar),
 }
@@ -126,6 +127,7 @@ impl Broker {
             next_handle: AtomicU32::new(handle::FIRST_DYNAMIC),
             next_context: AtomicU32::new(1),
             groups: Mutex::new(HashSet::new()),
+            temps: Mutex::new(HashSet::new()),
             shutting_down: AtomicBool::new(false),
             done: (Mutex::new(false), Condvar::new()),
         });
@@ -251,6 +253,17 @@ impl Broker {
     /// Forget a process group that has no members left.
     pub fn untrack_group(&self, pgid: i32) {
         lock(&self.shared.groups).remove(&pgid);
+    }
+
+    /// Remember a temporary file to remove if the process ends before the
+    /// operation writing it does (an upload cut off by shutdown).
+    pub fn track_temp(&self, path: &std::path::Path) {
+        lock(&self.shared.temps).insert(path.to_path_buf());
+    }
+
+    /// The temporary file was renamed into place or removed.
+    pub fn untrack_temp(&self, path: &std::path::Path) {
+        lock(&self.shared.temps).remove(path);
     }
 
     /// Deliver to a local handle. Returns the message back if nobody listens.
@@ -949,6 +962,9 @@ impl Loop {
             let _ = child.wait();
         }
         lock(&self.broker.shared.handles).clear();
+        for path in lock(&self.broker.shared.temps).drain() {
+            let _ = std::fs::remove_file(path);
+        }
         if self.cfg().exit_process {
             sys::terminate_self();
         }

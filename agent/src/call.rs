@@ -91,6 +91,15 @@ impl Call {
 
     /// Send the final reply for `result`.
     pub(crate) fn finish(&self, result: OpResult) {
+        let result = match result {
+            // Whatever the operation saw (a command killed by SIGTERM, a
+            // stream cut), the real cause is the shutdown: say so.
+            _ if self.broker.is_shutting_down() => Err(OpError::new(
+                "shutting_down",
+                format!("{} is shutting down; the call was abandoned", self.broker.name()),
+            )),
+            other => other,
+        };
         let body = match result {
             Ok(body) => body,
             Err(e) => body::to_json(&ErrorReply { error: e.message, kind: e.kind.to_string() }),

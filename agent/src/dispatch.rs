@@ -81,6 +81,7 @@ impl Agent {
         // The protocol pipes move to high fds; 0 becomes /dev/null and 1, 2
         // become pipes the broker forwards as log lines, so a stray write
         // (ours or a library's) can never corrupt the protocol.
+        sys::cloexec_inherited();
         let parent_in = File::from(sys::dup_at_least(0, 10)?);
         let parent_out = File::from(sys::dup_at_least(1, 10)?);
         crate::broker::set_last_words(File::from(sys::dup_at_least(2, 10)?));

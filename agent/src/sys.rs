@@ -51,6 +51,23 @@ pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     }
 }
 
+/// Mark every fd from 3 up close-on-exec: fds this process inherited by
+/// accident must not reach the commands it runs.
+pub fn cloexec_inherited() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<RawFd> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: F_GETFD/F_SETFD only touch the fd's flags; a stale fd
+        // (the read_dir's own, now closed) yields EBADF, which we ignore.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Is `fd` an open descriptor?
 pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only queries; EBADF means closed.

@@ -444,6 +444,18 @@ impl Context {
                 break s;
             }
         };
+        let result = self.upload(&mb, peer, source);
+        if let Err(e) = &result {
+            // Tell the remote to give up, so it removes its temporary file
+            // rather than wait for bytes that will never come.
+            let mut abandon = Message::new(self.id, peer, format!("upload abandoned: {e}").into_bytes());
+            abandon.header.flags = spore_protocol::FLAG_DEAD;
+            self.router.send(abandon);
+        }
+        result
+    }
+
+    fn upload(&self, mb: &Mailbox, peer: u32, source: &mut dyn Read) -> Result<u64> {
         let mut out = Outflow::new(self.router.broker().clone(), self.id, peer);
         let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
@@ -455,7 +467,7 @@ impl Context {
                 }
             };
             while !out.has_credit() {
-                let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+                let msg = recv(mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
                 if msg.is_end() {
                     // An early end is a failure (disk full, permission).
                     let _: WriteReply = self.result(&msg)?;
@@ -470,7 +482,7 @@ impl Context {
             }
         }
         loop {
-            let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+            let msg = recv(mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
             if msg.is_end() {
                 let reply: WriteReply = self.result(&msg)?;
                 return Ok(reply.size);

@@ -1,1 +1,244 @@
-//! Test harness.
+//! Test harness for spore's integration tests: where the binaries are, a
+//! logger that records what arrives, and a guard that fails a test which
+//! leaks a process or an fd.
+//!
+//! Every test runs in its own process (cargo-nextest), which makes itself a
+//! child subreaper: anything a test starts that outlives its parent is
+//! re-parented to the test, so a walk of our descendants finds every stray.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test harness: a panic is a failed test")]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The workspace's `target` directory.
+pub fn target_dir() -> PathBuf {
+    // target/debug/deps/<test binary>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+/// The static agent `make` builds.
+pub fn agent_path() -> PathBuf {
+    let p = target_dir().join("x86_64-unknown-linux-musl/agent/spore-agent");
+    assert!(p.is_file(), "{} is missing: run `make agent` (or `make test`)", p.display());
+    p
+}
+
+/// The `spore` CLI (debug build).
+pub fn spore_bin() -> PathBuf {
+    let p = target_dir().join("debug/spore");
+    assert!(p.is_file(), "{} is missing: run `cargo build -p spore` (or `make test`)", p.display());
+    p
+}
+
+/// The custom test agent (built with the agent library).
+pub fn test_agent_path() -> PathBuf {
+    let p = target_dir().join("debug/spore-test-agent");
+    assert!(p.is_file(), "{} is missing: run `cargo build -p spore-tests`", p.display());
+    p
+}
+
+/// Our own pid.
+pub fn my_pid() -> i32 {
+    std::process::id() as i32
+}
+
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so cut at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Command line of a process, for messages.
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Every live descendant of this process.
+pub fn descendants() -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
+            if let Some(pp) = ppid_of(pid) {
+                parent_of.push((pid, pp));
+            }
+        }
+    }
+    let mut found = BTreeSet::from([my_pid()]);
+    loop {
+        let before = found.len();
+        for &(pid, pp) in &parent_of {
+            if found.contains(&pp) {
+                found.insert(pid);
+            }
+        }
+        if found.len() == before {
+            break;
+        }
+    }
+    found.remove(&my_pid());
+    found.into_iter().collect()
+}
+
+/// Reap any zombie children (we are a subreaper, so orphans end up ours).
+pub fn reap_zombies() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG on any child; `status` is valid.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+    }
+}
+
+/// Open fds of this process, with what they point at.
+pub fn open_fds() -> Vec<(i32, String)> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() {
+            let what = std::fs::read_link(entry.path()).map(|p| p.display().to_string()).unwrap_or_default();
+            fds.push((fd, what));
+        }
+    }
+    // The read_dir's own fd is gone by now; drop anything that vanished.
+    fds.retain(|(fd, _)| std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists());
+    fds.sort();
+    fds
+}
+
+/// Fails the test if it leaves a process or an fd behind. Create it first
+/// thing; call [`LeakGuard::check`] last, after dropping routers.
+pub struct LeakGuard {
+    fds: Vec<(i32, String)>,
+}
+
+impl LeakGuard {
+    /// Snapshot the fds, and become a subreaper.
+    pub fn new() -> LeakGuard {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes a flag and nothing else.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        init_logger();
+        LeakGuard { fds: open_fds() }
+    }
+
+    /// Wait (bounded) for every descendant to end and every fd opened since
+    /// `new` to close; panic naming what is left.
+    pub fn check(self) {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            reap_zombies();
+            let procs = descendants();
+            let fds = open_fds();
+            let new_fds: Vec<_> = fds.iter().filter(|f| !self.fds.contains(f)).collect();
+            if procs.is_empty() && new_fds.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let procs: Vec<String> = procs.iter().map(|&p| format!("{p} ({})", cmdline(p))).collect();
+                for p in descendants() {
+                    // SAFETY: kill has no memory effects; these are our own strays.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                reap_zombies();
+                panic!("leaked processes: {procs:?}; leaked fds: {new_fds:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Default for LeakGuard {
+    fn default() -> Self {
+        LeakGuard::new()
+    }
+}
+
+/// Every log record this process saw: (level, target, message).
+pub static RECORDS: Mutex<Vec<(log::Level, String, String)>> = Mutex::new(Vec::new());
+
+struct Recorder;
+
+impl log::Log for Recorder {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        let line = (r.level(), r.target().to_string(), r.args().to_string());
+        if std::env::var_os("SPORE_TEST_LOG").is_some() {
+            eprintln!("{:5} {} {}", line.0, line.1, line.2);
+        }
+        RECORDS.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Record every log record (debug and up) in [`RECORDS`].
+pub fn init_logger() {
+    if log::set_logger(&Recorder).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+}
+
+/// Wait (bounded) for a record whose target and message contain these.
+pub fn wait_for_record(target: &str, text: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let found = RECORDS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(_, t, m)| t.contains(target) && m.contains(text));
+        if found {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for file contents.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A fresh, private scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// Make one.
+    pub fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("spore-test-{tag}-{}", my_pid()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    /// A path inside it, as a string.
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

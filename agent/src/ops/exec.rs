@@ -43,6 +43,14 @@ pub(crate) fn exec(call: &Call) -> OpResult {
     if let Some(cwd) = &args.cwd {
         cmd.current_dir(cwd);
     }
+    // If this agent is killed outright (SIGKILL, OOM), its command must not
+    // outlive it. The thread that spawns the command waits for it, so the
+    // parent-death signal fires only when the agent itself is gone.
+    // SAFETY: the closure runs between fork and exec and only calls prctl,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| sys::set_parent_death_signal(libc::SIGKILL));
+    }
     let mut child = cmd.spawn().map_err(|e| OpError::io(format!("exec {cmdline}"), &e))?;
     let pgid = child.id() as i32;
     call.broker.track_group(pgid);

@@ -44,10 +44,12 @@ pub(crate) fn read_file(call: &Call) -> OpResult {
     ok(&ReadReply { size: out.sent(), mode: meta.mode() & 0o7777 })
 }
 
-/// A temporary file beside `target`, removed on drop unless kept.
+/// A temporary file beside `target`, removed on drop unless kept, and
+/// removed by the broker if the agent ends first.
 struct TempFile {
     path: PathBuf,
     keep: bool,
+    broker: crate::Broker,
 }
 
 impl Drop for TempFile {
@@ -55,6 +57,7 @@ impl Drop for TempFile {
         if !self.keep {
             let _ = fs::remove_file(&self.path);
         }
+        self.broker.untrack_temp(&self.path);
     }
 }
 
@@ -77,7 +80,9 @@ pub(crate) fn write_file(call: &Call) -> OpResult {
             call.request.header.reply_to
         )),
         keep: false,
+        broker: call.broker.clone(),
     };
+    call.broker.track_temp(&tmp.path);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -1,0 +1,207 @@
+//! The `spore` CLI as a user runs it, and the agent binary fed bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use spore_protocol::{handle, Message};
+use spore_tests::{agent_path, pattern, spore_bin, LeakGuard, Scratch};
+use std::io::{Read, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run the CLI with a deadline; kill it (and fail) if it overstays.
+fn spore(args: &[&str]) -> Output {
+    spore_with(args, None)
+}
+
+fn spore_with(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(spore_bin())
+        .args(args)
+        .env_remove("SPORE_LOG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    wait_bounded(child, Duration::from_secs(60))
+}
+
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_passes_output_and_exit_status_through() {
+    let guard = LeakGuard::new();
+    let out = spore(&["run", "local", "--", "uname", "-a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("Linux "), "{}", text(&out.stdout));
+    let out = spore(&["run", "local/local", "--", "sh", "-c", "echo to-err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stderr), "to-err\n");
+    let out = spore(&["run", "local", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let out = spore_with(&["run", "local", "--", "tr", "a-z", "A-Z"], Some(b"piped stdin\n"));
+    assert_eq!(text(&out.stdout), "PIPED STDIN\n");
+    guard.check();
+}
+
+#[test]
+fn run_on_several_targets_prefixes_lines() {
+    let guard = LeakGuard::new();
+    let out =
+        spore(&["run", "local", "local/local", "local/local/local", "--", "sh", "-c", "echo one; echo two; exit 2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    for t in ["local", "local/local", "local/local/local"] {
+        assert!(
+            stdout.contains(&format!("\n{t}: one\n{t}: two\n")) || stdout.starts_with(&format!("{t}: one\n{t}: two\n")),
+            "{stdout}"
+        );
+    }
+    // One failing target makes the whole run fail: only the nested agent's
+    // parent is itself an agent.
+    let script = r#"grep -q agent /proc/$(cut -d" " -f4 /proc/$PPID/stat)/comm && exit 5; exit 0"#;
+    let out = spore(&["run", "local", "local/local", "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    guard.check();
+}
+
+#[test]
+fn json_gives_one_object_per_target() {
+    let guard = LeakGuard::new();
+    let out = spore(&["--json", "info", "local", "local/local"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].contains(r#""target":"local""#) && lines[0].contains(r#""ok":true"#), "{}", lines[0]);
+    assert!(lines[1].contains(r#""context":"local/local""#), "{}", lines[1]);
+    let out = spore(&["--json", "run", "local", "--", "sh", "-c", "echo hi; exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+    let line = text(&out.stdout);
+    assert!(
+        line.contains(r#""status":4"#) && line.contains(r#""stdout":"hi\n""#) && line.contains(r#""ok":false"#),
+        "{line}"
+    );
+    guard.check();
+}
+
+#[test]
+fn verbose_shows_every_context_logs_tagged_with_its_path() {
+    let guard = LeakGuard::new();
+    let out = spore(&["-v", "run", "local/local", "--", "true"]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("[master]"), "{err}");
+    assert!(err.contains("[local] "), "{err}");
+    assert!(err.contains("[local/local] ") && err.contains("call exec from context 0"), "{err}");
+    let quiet = spore(&["run", "local/local", "--", "true"]);
+    assert_eq!(text(&quiet.stderr), "");
+    guard.check();
+}
+
+#[test]
+fn bad_targets_and_arguments_are_clear_errors() {
+    let guard = LeakGuard::new();
+    let out = spore(&["run", "nosuchhop", "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("nosuchhop"), "{}", text(&out.stderr));
+    let out = spore(&["run", "local"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("usage"));
+    let out = spore(&["get", "local", "/no/such/file", "/tmp/spore-never-written"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("/no/such/file"), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/tmp/spore-never-written").exists());
+    guard.check();
+}
+
+#[test]
+fn put_and_get_move_files_intact() {
+    let guard = LeakGuard::new();
+    let dir = Scratch::new("cli-files");
+    let src = dir.path("src.bin");
+    std::fs::write(&src, pattern(3 << 20, 11)).unwrap();
+    let out = spore(&["put", "local", "local/local", &src, &dir.path("remote.bin"), "--mode", "600"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("local/local: wrote 3145728 bytes"), "{}", text(&out.stdout));
+    let out = spore(&["get", "local/local", &dir.path("remote.bin"), &dir.path("back.bin")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::read(dir.path("back.bin")).unwrap() == std::fs::read(&src).unwrap());
+    guard.check();
+}
+
+/// The agent binary fed garbage instead of the protocol: it must say why
+/// and exit, not hang or panic.
+#[test]
+fn garbage_on_the_agents_stdin_ends_it_with_a_clear_error() {
+    let guard = LeakGuard::new();
+    for (input, expect) in [
+        (&b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"[..], "bad magic"),
+        (&Message::new(1, handle::CALL_FUNCTION, vec![b'x'; 10]).encode()[..20], "stream ended inside a frame"),
+    ] {
+        let mut child = Command::new(agent_path())
+            .args(["--id=1", "--name=garbage", "--parents=0", "--log=2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        drop(stdin);
+        let out = wait_bounded(child, Duration::from_secs(10));
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains(expect) && err.contains("spore-agent garbage"), "stderr: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        // It said hello first, as a well-formed frame.
+        assert_eq!(&out.stdout[..2], b"SP");
+    }
+    guard.check();
+}
+
+/// The agent refuses to be started by hand without its arguments.
+#[test]
+fn the_agent_needs_spores_arguments() {
+    let out = wait_bounded(
+        Command::new(agent_path()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("started by spore"));
+}
