@@ -414,7 +414,9 @@ impl Loop {
             Phase::Flush { deadline } => Some(deadline),
         };
         if !self.reaping.is_empty() || matches!(self.phase, Phase::Groups { .. } | Phase::Flush { .. }) {
-            let tick = Instant::now() + Duration::from_millis(20);
+            // A process whose pipes just closed is a zombie within a moment:
+            // look again soon, so a shutdown costs milliseconds, not ticks.
+            let tick = Instant::now() + Duration::from_millis(2);
             deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
         }
         deadline.map(|d| d.saturating_duration_since(Instant::now()))

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace's `target` directory.
 pub fn target_dir() -> PathBuf {
-    // target/debug/deps/<test binary>
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
+    }
 }
 
 /// The static agent `make` builds.
@@ -241,4 +242,85 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The bytes of [`pattern`], produced as a stream (for files too big to
+/// hold in memory).
+pub struct PatternReader {
+    x: u64,
+    left: u64,
+    pending: Vec<u8>,
+}
+
+impl PatternReader {
+    /// `len` bytes of the pattern for `seed`.
+    pub fn new(len: u64, seed: u64) -> PatternReader {
+        PatternReader { x: seed | 1, left: len, pending: Vec::new() }
+    }
+}
+
+impl std::io::Read for PatternReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (buf.len() as u64).min(self.left) as usize;
+        while self.pending.len() < want {
+            let mut x = self.x;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.x = x;
+            self.pending.extend_from_slice(&x.to_le_bytes());
+        }
+        buf[..want].copy_from_slice(&self.pending[..want]);
+        self.pending.drain(..want);
+        self.left -= want as u64;
+        Ok(want)
+    }
+}
+
+/// A sink that checks what is written against a [`PatternReader`].
+pub struct PatternChecker {
+    expect: PatternReader,
+    scratch: Vec<u8>,
+    /// Bytes checked so far.
+    pub checked: u64,
+    /// Offset of the first differing byte, if any.
+    pub first_mismatch: Option<u64>,
+}
+
+impl PatternChecker {
+    /// Expect `len` bytes of the pattern for `seed`.
+    pub fn new(len: u64, seed: u64) -> PatternChecker {
+        PatternChecker { expect: PatternReader::new(len, seed), scratch: Vec::new(), checked: 0, first_mismatch: None }
+    }
+}
+
+impl std::io::Write for PatternChecker {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.scratch.resize(buf.len(), 0);
+        let n = self.expect.read(&mut self.scratch)?;
+        if self.first_mismatch.is_none() {
+            if let Some(i) = buf.iter().zip(&self.scratch[..n]).position(|(a, b)| a != b) {
+                self.first_mismatch = Some(self.checked + i as u64);
+            } else if n < buf.len() {
+                self.first_mismatch = Some(self.checked + n as u64);
+            }
+        }
+        self.checked += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
