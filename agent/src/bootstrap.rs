@@ -237,6 +237,7 @@ pub fn connect(
                 child: Some(child),
                 leftover: buf,
                 is_parent: false,
+                greeting: None,
             };
             Ok(Connected { stream, hello, uploaded })
         }

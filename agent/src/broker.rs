@@ -75,6 +75,8 @@ pub struct NewStream {
     pub leftover: Vec<u8>,
     /// This is the stream to our parent.
     pub is_parent: bool,
+    /// A first message to write before anything else (an agent's hello).
+    pub greeting: Option<Message>,
 }
 
 enum Cmd {
@@ -494,6 +496,11 @@ impl Loop {
             self.announce_route(stream.remote_id, &stream.name);
         }
         self.streams.insert(sid, stream);
+        if let Some(mut hello) = s.greeting {
+            hello.header.src = self.cfg().id;
+            hello.header.auth = self.cfg().id;
+            self.enqueue(sid, &hello);
+        }
         // Bytes that arrived with the handshake may already hold messages.
         self.decode(sid);
     }

@@ -105,6 +105,10 @@ impl Agent {
         })?;
         let (tx, calls) = channel();
         broker.listen(handle::CALL_FUNCTION, tx);
+        let (_, _, _, machine) = sys::uname();
+        let hello = Hello { version: crate::VERSION.into(), pid: sys::getpid(), arch: machine, context_id: args.id };
+        // The hello goes out with the stream, before anything read from it
+        // is handled: even a parent that sends garbage gets it first.
         broker.add_stream(NewStream {
             remote_id: parent_id,
             name: "parent".into(),
@@ -114,10 +118,8 @@ impl Agent {
             child: None,
             leftover: Vec::new(),
             is_parent: true,
+            greeting: Some(Message::new(parent_id, handle::HELLO, body::to_json(&hello))),
         });
-        let (_, _, _, machine) = sys::uname();
-        let hello = Hello { version: crate::VERSION.into(), pid: sys::getpid(), arch: machine, context_id: args.id };
-        broker.send(Message::new(parent_id, handle::HELLO, body::to_json(&hello)));
         broker.add_capture(out_r, "stdout");
         broker.add_capture(err_r, "stderr");
         install_logger(&broker, &args);

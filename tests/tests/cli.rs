@@ -87,12 +87,14 @@ fn run_on_several_targets_prefixes_lines() {
         spore(&["run", "local", "local/local", "local/local/local", "--", "sh", "-c", "echo one; echo two; exit 2"]);
     assert_eq!(out.status.code(), Some(2));
     let stdout = text(&out.stdout);
+    // Lines of different targets may interleave; each target's are whole
+    // and in order.
     for t in ["local", "local/local", "local/local/local"] {
-        assert!(
-            stdout.contains(&format!("\n{t}: one\n{t}: two\n")) || stdout.starts_with(&format!("{t}: one\n{t}: two\n")),
-            "{stdout}"
-        );
+        let prefix = format!("{t}: ");
+        let mine: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).collect();
+        assert_eq!(mine, ["one", "two"], "{stdout}");
     }
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
     // One failing target makes the whole run fail: only the nested agent's
     // parent is itself an agent.
     let script = r#"grep -q agent /proc/$(cut -d" " -f4 /proc/$PPID/stat)/comm && exit 5; exit 0"#;
