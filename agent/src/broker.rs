@@ -6,7 +6,7 @@
 //! Other threads talk to the broker through [`Broker`], a cheap handle:
 //! they queue commands and wake the loop with `Poller::notify`.
 
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Queue};
 use crate::router::{Origin, Routes, Verdict};
 use crate::sys;
 use log::{debug, info, warn};
@@ -19,7 +19,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -87,7 +86,7 @@ enum Cmd {
 }
 
 struct HandleEntry {
-    tx: Sender<Message>,
+    queue: Arc<Queue>,
     /// A remote context this handle waits on: its loss fails the handle.
     peer: Option<u32>,
     wake: Option<File>,
@@ -207,9 +206,9 @@ impl Broker {
     /// should fail this handle with a `DEAD` "disconnected" message.
     pub fn mailbox(&self, peer: Option<u32>) -> Mailbox {
         let handle = self.shared.next_handle.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = channel();
-        lock(&self.shared.handles).insert(handle, HandleEntry { tx, peer, wake: None });
-        Mailbox { handle, rx, broker: self.clone(), wake: None, aliases: Vec::new() }
+        let queue = Arc::new(Queue::default());
+        lock(&self.shared.handles).insert(handle, HandleEntry { queue: queue.clone(), peer, wake: None });
+        Mailbox { handle, queue, broker: self.clone(), wake: None, aliases: Vec::new() }
     }
 
     /// Like [`Broker::mailbox`], with a pipe that turns readable on delivery.
@@ -218,10 +217,10 @@ impl Broker {
         sys::set_nonblocking(std::os::fd::AsFd::as_fd(&r), true)?;
         sys::set_nonblocking(std::os::fd::AsFd::as_fd(&w), true)?;
         let handle = self.shared.next_handle.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = channel();
-        let entry = HandleEntry { tx, peer, wake: Some(w) };
+        let queue = Arc::new(Queue::default());
+        let entry = HandleEntry { queue: queue.clone(), peer, wake: Some(w) };
         lock(&self.shared.handles).insert(handle, entry);
-        Ok(Mailbox { handle, rx, broker: self.clone(), wake: Some(r), aliases: Vec::new() })
+        Ok(Mailbox { handle, queue, broker: self.clone(), wake: Some(r), aliases: Vec::new() })
     }
 
     /// A second handle delivering into `mb`'s queue (e.g. an `exec`'s
@@ -230,21 +229,26 @@ impl Broker {
         let handle = self.shared.next_handle.fetch_add(1, Ordering::SeqCst);
         let mut handles = lock(&self.shared.handles);
         if let Some(entry) = handles.get(&mb.handle) {
-            let alias = HandleEntry { tx: entry.tx.clone(), peer: entry.peer, wake: None };
+            let alias = HandleEntry { queue: entry.queue.clone(), peer: entry.peer, wake: None };
             handles.insert(handle, alias);
             mb.aliases.push(handle);
         }
         handle
     }
 
-    /// Deliver messages for a well-known handle to `tx`.
-    pub fn listen(&self, handle: u32, tx: Sender<Message>) {
-        lock(&self.shared.handles).insert(handle, HandleEntry { tx, peer: None, wake: None });
+    /// A mailbox for a well-known handle.
+    pub fn listen(&self, handle: u32) -> Mailbox {
+        let queue = Arc::new(Queue::default());
+        lock(&self.shared.handles).insert(handle, HandleEntry { queue: queue.clone(), peer: None, wake: None });
+        Mailbox { handle, queue, broker: self.clone(), wake: None, aliases: Vec::new() }
     }
 
-    /// Forget a handle; later messages for it get a `DEAD` reply.
+    /// Forget a handle (its mailbox sees `Closed`); later messages for it
+    /// get a `DEAD` reply.
     pub fn unregister(&self, handle: u32) {
-        lock(&self.shared.handles).remove(&handle);
+        if let Some(entry) = lock(&self.shared.handles).remove(&handle) {
+            entry.queue.close();
+        }
     }
 
     /// Remember a process group to kill at shutdown.
@@ -270,23 +274,16 @@ impl Broker {
 
     /// Deliver to a local handle. Returns the message back if nobody listens.
     fn deliver(&self, msg: Message) -> Result<(), Message> {
-        let mut handles = lock(&self.shared.handles);
+        let handles = lock(&self.shared.handles);
         let Some(entry) = handles.get(&msg.header.handle) else {
             return Err(msg);
         };
-        match entry.tx.send(msg) {
-            Ok(()) => {
-                if let Some(mut w) = entry.wake.as_ref() {
-                    let _ = w.write(&[1]);
-                }
-                Ok(())
-            }
-            Err(back) => {
-                let h = back.0.header.handle;
-                handles.remove(&h);
-                Err(back.0)
+        if entry.queue.push(msg) {
+            if let Some(mut w) = entry.wake.as_ref() {
+                let _ = w.write(&[1]);
             }
         }
+        Ok(())
     }
 
     /// Fail every handle waiting on `peer` with a `DEAD` message.
@@ -297,7 +294,7 @@ impl Broker {
                 let mut msg = Message::new(self.id(), h, format!("disconnected: {reason}").into_bytes());
                 msg.header.src = peer;
                 msg.header.flags = FLAG_DEAD;
-                let _ = entry.tx.send(msg);
+                entry.queue.push(msg);
                 if let Some(mut w) = entry.wake.as_ref() {
                     let _ = w.write(&[1]);
                 }
@@ -970,7 +967,9 @@ impl Loop {
             let _ = child.kill();
             let _ = child.wait();
         }
-        lock(&self.broker.shared.handles).clear();
+        for (_, entry) in lock(&self.broker.shared.handles).drain() {
+            entry.queue.close();
+        }
         for path in lock(&self.broker.shared.temps).drain() {
             let _ = std::fs::remove_file(path);
         }

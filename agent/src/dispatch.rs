@@ -10,7 +10,6 @@ use spore_protocol::{handle, Message};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::sync::mpsc::channel;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -103,8 +102,7 @@ impl Agent {
             grace: Duration::from_millis(args.grace_ms),
             exit_process: true,
         })?;
-        let (tx, calls) = channel();
-        broker.listen(handle::CALL_FUNCTION, tx);
+        let calls = broker.listen(handle::CALL_FUNCTION);
         let (_, _, _, machine) = sys::uname();
         let hello = Hello { version: crate::VERSION.into(), pid: sys::getpid(), arch: machine, context_id: args.id };
         // The hello goes out with the stream, before anything read from it
@@ -131,7 +129,12 @@ impl Agent {
         // hold up a ping or a sibling's connect. The channel closes when the
         // broker begins its shutdown; in-flight calls are abandoned when it
         // ends the process.
-        while let Ok(request) = calls.recv() {
+        loop {
+            let request = match calls.recv_deadline(Instant::now() + Duration::from_secs(3600)) {
+                Ok(request) => request,
+                Err(crate::RecvError::Timeout) => continue, // idle is fine
+                Err(crate::RecvError::Closed) => break,     // shutting down
+            };
             let call = Call { broker: broker.clone(), request };
             let handlers = handlers.clone();
             let spawned =

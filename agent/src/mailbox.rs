@@ -4,10 +4,11 @@
 
 use crate::broker::Broker;
 use spore_protocol::Message;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// Why a receive returned without a message.
@@ -19,11 +20,61 @@ pub enum RecvError {
     Closed,
 }
 
+/// The queue behind a handle: the broker pushes, one thread pops. Closed
+/// when the handle is unregistered (or the broker ends), which wakes the
+/// waiting thread with [`RecvError::Closed`].
+#[derive(Default)]
+pub(crate) struct Queue {
+    state: Mutex<(VecDeque<Message>, bool)>,
+    cv: Condvar,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<Message>, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue a message; false if the queue is closed.
+    pub(crate) fn push(&self, msg: Message) -> bool {
+        let mut st = self.lock();
+        if st.1 {
+            return false;
+        }
+        st.0.push_back(msg);
+        self.cv.notify_one();
+        true
+    }
+
+    /// No more messages will come.
+    pub(crate) fn close(&self) {
+        self.lock().1 = true;
+        self.cv.notify_all();
+    }
+
+    fn pop(&self, deadline: Option<Instant>) -> Result<Option<Message>, RecvError> {
+        let mut st = self.lock();
+        loop {
+            if let Some(msg) = st.0.pop_front() {
+                return Ok(Some(msg));
+            }
+            if st.1 {
+                return Err(RecvError::Closed);
+            }
+            let Some(deadline) = deadline else { return Ok(None) };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvError::Timeout);
+            }
+            st = self.cv.wait_timeout(st, left).map_or_else(|p| p.into_inner().0, |r| r.0);
+        }
+    }
+}
+
 /// A registered handle and its queue. Dropping it unregisters the handle.
 pub struct Mailbox {
     /// The handle peers address.
     pub handle: u32,
-    pub(crate) rx: Receiver<Message>,
+    pub(crate) queue: Arc<Queue>,
     pub(crate) broker: Broker,
     pub(crate) wake: Option<File>,
     pub(crate) aliases: Vec<u32>,
@@ -32,26 +83,18 @@ pub struct Mailbox {
 impl Mailbox {
     /// Wait for the next message until `deadline`.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Message, RecvError> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let msg = match self.rx.recv_timeout(timeout) {
-            Ok(msg) => msg,
-            Err(RecvTimeoutError::Timeout) => return Err(RecvError::Timeout),
-            Err(RecvTimeoutError::Disconnected) => return Err(RecvError::Closed),
-        };
+        let msg = self.queue.pop(Some(deadline))?.ok_or(RecvError::Timeout)?;
         self.drain_wake();
         Ok(msg)
     }
 
     /// The next message if one is queued.
     pub fn try_recv(&self) -> Result<Option<Message>, RecvError> {
-        match self.rx.try_recv() {
-            Ok(msg) => Ok(Some(msg)),
-            Err(TryRecvError::Empty) => {
-                self.drain_wake();
-                Ok(None)
-            }
-            Err(TryRecvError::Disconnected) => Err(RecvError::Closed),
+        let msg = self.queue.pop(None)?;
+        if msg.is_none() {
+            self.drain_wake();
         }
+        Ok(msg)
     }
 
     /// The pipe that turns readable when a message arrives (only for
