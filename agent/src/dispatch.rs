@@ -7,10 +7,10 @@ use crate::call::{Call, OpError, OpResult};
 use crate::{ops, sys};
 use spore_protocol::body::{self, CallOp, Hello, LogRecord};
 use spore_protocol::{handle, Message};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// An operation: decode the call's arguments, do the work, return the result.
@@ -124,42 +124,88 @@ impl Agent {
         log::debug!("agent {} up: pid {}", args.name, sys::getpid());
         let _ = RUNTIME.set(Runtime { args, image });
 
-        let handlers = Arc::new(self.handlers);
-        // The dispatcher: one thread per call, so a slow command doesn't
-        // hold up a ping or a sibling's connect. The channel closes when the
-        // broker begins its shutdown; in-flight calls are abandoned when it
-        // ends the process.
+        let pool =
+            Arc::new(Pool { handlers: self.handlers, state: Mutex::new((VecDeque::new(), 0)), cv: Condvar::new() });
+        // The dispatcher: each call runs on a worker thread of its own, so a
+        // slow command doesn't hold up a ping or a sibling's connect. Idle
+        // workers are reused. The mailbox closes when the broker begins its
+        // shutdown; calls still running are abandoned when it ends the process.
         loop {
             let request = match calls.recv_deadline(Instant::now() + Duration::from_secs(3600)) {
                 Ok(request) => request,
                 Err(crate::RecvError::Timeout) => continue, // idle is fine
                 Err(crate::RecvError::Closed) => break,     // shutting down
             };
-            let call = Call { broker: broker.clone(), request };
-            let handlers = handlers.clone();
-            let spawned =
-                std::thread::Builder::new().name("spore-call".into()).spawn(move || run_call(&handlers, call));
-            if let Err(e) = spawned {
-                log::error!("can't start a thread for a call: {e}");
-            }
+            pool.run(Call { broker: broker.clone(), request });
         }
         broker.wait_done(Instant::now() + Duration::from_secs(3600));
         Ok(())
     }
 }
 
-fn run_call(handlers: &HashMap<String, Handler>, call: Call) {
-    let result = match call.args::<CallOp>("a call") {
-        Ok(CallOp { op }) => match handlers.get(&op) {
-            Some(h) => {
-                log::debug!("call {op} from context {}", call.caller());
-                h(&call)
+/// Worker threads for calls: (queued calls, idle workers).
+struct Pool {
+    handlers: HashMap<String, Handler>,
+    state: Mutex<(VecDeque<Call>, usize)>,
+    cv: Condvar,
+}
+
+/// An idle worker ends after this long without work.
+const WORKER_IDLE: Duration = Duration::from_secs(60);
+
+impl Pool {
+    fn run(self: &Arc<Self>, call: Call) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.1 > st.0.len() {
+            st.0.push_back(call);
+            self.cv.notify_one();
+            return;
+        }
+        drop(st);
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new().name("spore-call".into()).spawn(move || pool.work(call));
+        if let Err(e) = spawned {
+            log::error!("can't start a thread for a call: {e}");
+        }
+    }
+
+    fn work(&self, first: Call) {
+        let mut call = first;
+        loop {
+            self.serve(&call);
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.1 += 1;
+            let next = loop {
+                if let Some(c) = st.0.pop_front() {
+                    break Some(c);
+                }
+                let (guard, timeout) = self.cv.wait_timeout(st, WORKER_IDLE).unwrap_or_else(|p| p.into_inner());
+                st = guard;
+                if timeout.timed_out() && st.0.is_empty() {
+                    break None;
+                }
+            };
+            st.1 -= 1;
+            match next {
+                Some(c) => call = c,
+                None => return,
             }
-            None => Err(OpError::new("unsupported", format!("unknown operation {op:?}"))),
-        },
-        Err(e) => Err(e),
-    };
-    call.finish(result);
+        }
+    }
+
+    fn serve(&self, call: &Call) {
+        let result = match call.args::<CallOp>("a call") {
+            Ok(CallOp { op }) => match self.handlers.get(&op) {
+                Some(h) => {
+                    log::debug!("call {op} from context {}", call.caller());
+                    h(call)
+                }
+                None => Err(OpError::new("unsupported", format!("unknown operation {op:?}"))),
+            },
+            Err(e) => Err(e),
+        };
+        call.finish(result);
+    }
 }
 
 struct AgentLogger {
