@@ -6,7 +6,7 @@ CARGO     ?= cargo
 # The master embeds the agent found here at build time.
 export SPORE_AGENT_BIN := $(CURDIR)/$(AGENT)
 
-.PHONY: all agent master test test-local lint bench clean musl-target
+.PHONY: all agent master deps test test-local lint bench clean musl-target
 
 all: master
 
@@ -25,7 +25,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-test: agent lint
+deps:
+	sh tests/scripts/install-deps.sh
+
+test: deps agent lint
 	$(CARGO) build --locked -p spore
 	$(CARGO) nextest run --locked --workspace --no-fail-fast
 	$(CARGO) test --locked --workspace --doc

@@ -4,7 +4,7 @@
 
 use crate::broker::NewStream;
 use crate::sys;
-use spore_protocol::body::{self, Hello};
+use spore_protocol::body::{self, ConnectArgs, Hello};
 use spore_protocol::{handle, hex, sha256, Header, HEADER_LEN};
 use std::collections::VecDeque;
 use std::fmt;
@@ -124,20 +124,20 @@ pub fn script(image: &Image, args: &AgentArgs) -> String {
     format!(
         r#"h={hash} n={size} m={marker}
 umask 077
+u=$(id -u 2>/dev/null) || u=x
 d=
-for b in "${{XDG_RUNTIME_DIR:-}}" "${{HOME:+$HOME/.cache}}" /tmp /var/tmp /dev/shm; do
-  [ -n "$b" ] || continue
-  c=$b/spore
+for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}" /tmp/spore-$u /var/tmp/spore-$u /dev/shm/spore-$u; do
+  [ -n "$c" ] || continue
   [ -d "$c" ] || mkdir -p "$c" 2>/dev/null || continue
   [ -O "$c" ] && [ ! -L "$c" ] && chmod 700 "$c" 2>/dev/null || continue
   t=$c/.probe.$$
   if printf '#!/bin/sh\n' >"$t" 2>/dev/null && chmod 700 "$t" && "$t" 2>/dev/null; then rm -f "$t"; d=$c; break; fi
   rm -f "$t"
 done
-if [ -z "$d" ]; then echo "spore: no writable exec directory (tried XDG_RUNTIME_DIR, ~/.cache, /tmp, /var/tmp, /dev/shm)" >&2; exit 97; fi
+if [ -z "$d" ]; then echo "spore: no writable exec directory (tried \$XDG_RUNTIME_DIR/spore, ~/.cache/spore, /tmp, /var/tmp and /dev/shm)" >&2; exit 97; fi
 f=$d/spore-agent-$h
 ok=
-if [ -f "$f" ] && [ -O "$f" ] && [ ! -L "$f" ] && [ "$(wc -c <"$f")" -eq $n ]; then
+if [ -f "$f" ] && [ -O "$f" ] && [ ! -L "$f" ] && s=$(wc -c <"$f") && [ "$((s))" -eq $n ]; then
   ok=1
   if command -v sha256sum >/dev/null 2>&1; then set -- $(sha256sum <"$f"); [ "$1" = "$h" ] || ok=; fi
 fi
@@ -145,8 +145,11 @@ if [ -n "$ok" ] && chmod 700 "$f"; then echo "$m:HAVE"; exec "$f" {argv}; fi
 rm -f "$f"
 echo "$m:NEED"
 t=$f.$$.part
-if command -v head >/dev/null 2>&1; then head -c $n >"$t"; else dd bs=$n count=1 iflag=fullblock >"$t" 2>/dev/null; fi
-if [ "$(wc -c <"$t")" -ne $n ]; then rm -f "$t"; echo "spore: upload cut short" >&2; exit 98; fi
+if command -v head >/dev/null 2>&1; then head -c $n >"$t"
+elif dd if=/dev/null of=/dev/null iflag=fullblock 2>/dev/null; then dd bs=$n count=1 iflag=fullblock >"$t" 2>/dev/null
+else dd bs=1 count=$n >"$t" 2>/dev/null; fi
+s=$(wc -c <"$t")
+if [ "$((s))" -ne $n ]; then rm -f "$t"; echo "spore: upload cut short ($((s)) of $n bytes)" >&2; exit 98; fi
 chmod 700 "$t" && mv -f "$t" "$f" || {{ rm -f "$t"; echo "spore: can't install the agent in $d" >&2; exit 99; }}
 exec "$f" {argv}
 "#,
@@ -156,16 +159,114 @@ exec "$f" {argv}
     )
 }
 
-/// The command that runs the bootstrap script through connection `method`.
-/// Only `local` so far: `sh -c SCRIPT` as a child of this process.
-pub fn method_command(method: &str, image: &Image, args: &AgentArgs) -> Result<Command, String> {
-    match method {
+/// The sudo prompt spore asks for, so it can tell a password prompt from
+/// anything else on stderr.
+const PROMPT: &str = "spore-become-password:";
+
+/// The command that runs the bootstrap script through the connection
+/// method `how` describes.
+pub fn method_command(how: &ConnectArgs, image: &Image, args: &AgentArgs) -> Result<Command, String> {
+    let script = script(image, args);
+    let user = how.user.as_deref();
+    let need_host = || how.host.clone().filter(|h| !h.is_empty()).ok_or(format!("{}: no host given", how.method));
+    let cmd = match how.method.as_str() {
         "local" => {
             let mut cmd = Command::new("sh");
-            cmd.arg("-c").arg(script(image, args));
-            Ok(cmd)
+            cmd.arg("-c").arg(script);
+            cmd
         }
-        other => Err(format!("unknown connection method {other:?}")),
+        "ssh" => {
+            let host = need_host()?;
+            let mut cmd = Command::new("ssh");
+            if let Some(cfg) = &how.ssh_config {
+                cmd.arg("-F").arg(cfg);
+            }
+            // ssh takes the first value given for an option: the caller's
+            // options come before our defaults so they can override them.
+            for o in &how.ssh_options {
+                cmd.arg("-o").arg(o);
+            }
+            let secs = how.connect_timeout_ms.div_ceil(1000).max(1);
+            cmd.args(["-o", "BatchMode=yes", "-o"]).arg(format!("ConnectTimeout={secs}")).arg("-T");
+            if let Some(port) = how.port {
+                cmd.arg("-p").arg(port.to_string());
+            }
+            if let Some(u) = user {
+                cmd.arg("-l").arg(u);
+            }
+            cmd.arg("--").arg(host).arg(format!("sh -c {}", sh_quote(&script)));
+            cmd
+        }
+        "sudo" => {
+            let mut cmd = Command::new("sudo");
+            if how.password.is_some() {
+                cmd.args(["-S", "-p", PROMPT]);
+            } else {
+                cmd.arg("-n");
+            }
+            cmd.args(["-H", "-u", user.unwrap_or("root"), "--", "sh", "-c"]).arg(script);
+            cmd
+        }
+        "su" => {
+            if how.password.is_some() {
+                return Err("su with a password needs a terminal, which spore does not fake; use sudo".into());
+            }
+            let mut cmd = Command::new("su");
+            cmd.args(["-s", "/bin/sh", user.unwrap_or("root"), "-c"]).arg(script);
+            cmd
+        }
+        "doas" => {
+            if how.password.is_some() {
+                return Err("doas with a password needs a terminal, which spore does not fake; use sudo".into());
+            }
+            let mut cmd = Command::new("doas");
+            cmd.args(["-n", "-u", user.unwrap_or("root"), "sh", "-c"]).arg(script);
+            cmd
+        }
+        "docker" | "podman" => {
+            let container = need_host()?;
+            let mut cmd = Command::new(&how.method);
+            cmd.args(["exec", "-i"]);
+            if let Some(u) = user {
+                cmd.args(["-u", u]);
+            }
+            cmd.arg("--").arg(container).args(["sh", "-c"]).arg(script);
+            cmd
+        }
+        other => return Err(format!("unknown connection method {other:?}")),
+    };
+    Ok(cmd)
+}
+
+/// Name the cause of a failed connection from what the remote printed.
+fn classify(method: &str, last_words: &[String]) -> Option<&'static str> {
+    let said = |needle: &str| last_words.iter().any(|l| l.contains(needle));
+    if said("Host key verification failed") || said("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        Some("host key rejected")
+    } else if said("Permission denied") || said("Too many authentication failures") {
+        Some("authentication failed")
+    } else if said("Could not resolve hostname")
+        || said("Connection refused")
+        || said("No route to host")
+        || said("Network is unreachable")
+        || said("Connection timed out")
+        || said("Operation timed out")
+    {
+        Some("host unreachable")
+    } else if said("a password is required") || said("a terminal is required") {
+        Some(if method == "sudo" { "sudo needs a password (use --ask-become-pass)" } else { "a password is required" })
+    } else if said("incorrect password") || said("Authentication failure") || said("Authentication failed") {
+        Some("wrong password")
+    } else if said("is not in the sudoers file") || said("is not allowed to") || said("Operation not permitted") {
+        Some("not allowed to become that user")
+    } else if said("No such container") || said("is not running") {
+        Some("no such running container")
+    } else if said("no writable exec directory") {
+        Some("no writable exec directory")
+    } else if said("upload cut short") {
+        Some("upload cut short")
+    } else {
+        None
     }
 }
 
@@ -204,6 +305,7 @@ pub struct Connected {
 /// argument) and bootstrap an agent through it.
 pub fn connect(
     mut command: Command,
+    how: &ConnectArgs,
     image: &Image,
     args: &AgentArgs,
     timeout: Duration,
@@ -217,7 +319,7 @@ pub fn connect(
     let mut child = command
         .spawn()
         .map_err(|e| ConnectError { cause: format!("can't start {program}: {e}"), last_words: Vec::new() })?;
-    let mut hs = match Handshake::new(&mut child, image, args, deadline) {
+    let mut hs = match Handshake::new(&mut child, image, args, deadline, how.password.clone()) {
         Ok(hs) => hs,
         Err(e) => {
             kill_and_reap(&mut child);
@@ -245,11 +347,13 @@ pub fn connect(
             kill_and_reap(&mut child);
             hs.collect_rest();
             let status = child.try_wait().ok().flatten();
-            let cause = match status {
-                Some(s) if cause.starts_with("connection closed") => format!("{cause} ({s})"),
+            let last_words: Vec<String> = hs.last_words.into_iter().collect();
+            let cause = match (classify(&how.method, &last_words), status) {
+                (Some(named), _) if !cause.starts_with(named) => format!("{named} ({cause})"),
+                (_, Some(s)) if cause.starts_with("connection closed") => format!("{cause} ({s})"),
                 _ => cause,
             };
-            Err(ConnectError { cause, last_words: hs.last_words.into_iter().collect() })
+            Err(ConnectError { cause, last_words })
         }
     }
 }
@@ -272,6 +376,9 @@ struct Handshake<'a> {
     err_buf: Vec<u8>,
     last_words: VecDeque<String>,
     uploaded: bool,
+    /// The become password, and whether it has been typed already.
+    password: Option<String>,
+    typed: bool,
 }
 
 const LAST_WORDS: usize = 8;
@@ -281,7 +388,13 @@ fn take_fd<T: Into<OwnedFd>>(t: Option<T>) -> io::Result<File> {
 }
 
 impl<'a> Handshake<'a> {
-    fn new(child: &mut Child, image: &'a Image, args: &'a AgentArgs, deadline: Instant) -> io::Result<Self> {
+    fn new(
+        child: &mut Child,
+        image: &'a Image,
+        args: &'a AgentArgs,
+        deadline: Instant,
+        password: Option<String>,
+    ) -> io::Result<Self> {
         let stdin = take_fd(child.stdin.take())?;
         let stdout = take_fd(child.stdout.take())?;
         let stderr = take_fd(child.stderr.take())?;
@@ -299,6 +412,8 @@ impl<'a> Handshake<'a> {
             err_buf: Vec::new(),
             last_words: VecDeque::new(),
             uploaded: false,
+            password,
+            typed: false,
         })
     }
 
@@ -310,13 +425,23 @@ impl<'a> Handshake<'a> {
             if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();
                 let line = String::from_utf8_lossy(&line).trim_end().to_string();
-                if line == have {
-                    break false;
-                } else if line == need {
-                    break true;
+                // The marker ends its line; noise without a newline may
+                // come before it on the same line.
+                let (noise, needed) = if let Some(n) = line.strip_suffix(&have) {
+                    (n, Some(false))
+                } else if let Some(n) = line.strip_suffix(&need) {
+                    (n, Some(true))
+                } else {
+                    (line.as_str(), None)
+                };
+                if !noise.is_empty() {
+                    log::debug!("{}: noise before the marker: {noise}", self.args.name);
+                    let noise = noise.to_string();
+                    self.remember(noise);
                 }
-                log::debug!("{}: noise before the marker: {line}", self.args.name);
-                self.remember(line);
+                if let Some(needed) = needed {
+                    break needed;
+                }
                 continue;
             }
             self.wait_io(None, "the bootstrap marker")?;
@@ -391,7 +516,7 @@ impl<'a> Handshake<'a> {
         sys::poll(&mut fds, ms.max(1)).map_err(|e| format!("poll failed: {e}"))?;
         let [out, err, _] = fds;
         if err.revents != 0 {
-            self.read_stderr();
+            self.read_stderr()?;
         }
         if out.revents != 0 {
             let mut chunk = [0u8; 16 * 1024];
@@ -405,7 +530,7 @@ impl<'a> Handshake<'a> {
         Ok(())
     }
 
-    fn read_stderr(&mut self) {
+    fn read_stderr(&mut self) -> Result<(), String> {
         let mut chunk = [0u8; 4096];
         while let Ok(n) = (&self.stderr).read(&mut chunk) {
             if n == 0 {
@@ -413,15 +538,39 @@ impl<'a> Handshake<'a> {
             }
             self.err_buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
+        // A password prompt ends without a newline.
+        if let Some(at) = find(&self.err_buf, PROMPT.as_bytes()) {
+            self.err_buf.drain(..at + PROMPT.len());
+            self.type_password()?;
+        }
         while let Some(nl) = self.err_buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.err_buf.drain(..=nl).collect();
             self.remember(String::from_utf8_lossy(&line).trim_end().to_string());
         }
+        Ok(())
+    }
+
+    /// Answer the become prompt, once: a second prompt means it was wrong.
+    fn type_password(&mut self) -> Result<(), String> {
+        if self.typed {
+            return Err("wrong password: asked again after it was typed".into());
+        }
+        let Some(pw) = self.password.take() else {
+            return Err("a password is required, and none was given (use --ask-become-pass)".into());
+        };
+        self.typed = true;
+        let mut line = pw.into_bytes();
+        line.push(b'\n');
+        sys::set_nonblocking(self.stdin.as_fd(), false).map_err(|e| format!("typing the password: {e}"))?;
+        let written = (&self.stdin).write_all(&line);
+        line.fill(0);
+        sys::set_nonblocking(self.stdin.as_fd(), true).map_err(|e| format!("typing the password: {e}"))?;
+        written.map_err(|e| format!("typing the password: {e}"))
     }
 
     /// After a failure: whatever the remote still had to say.
     fn collect_rest(&mut self) {
-        self.read_stderr();
+        let _ = self.read_stderr();
         let rest = std::mem::take(&mut self.err_buf);
         self.remember(String::from_utf8_lossy(&rest).trim().to_string());
         let out = std::mem::take(&mut self.buf);
@@ -429,6 +578,10 @@ impl<'a> Handshake<'a> {
             self.remember(line.trim().to_string());
         }
     }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {

@@ -673,10 +673,10 @@ impl Loop {
             self.begin_shutdown("parent gone");
             return;
         }
-        let lost = self.routes.remove_stream(sid);
+        let reason = format!("context {} ({}) {why}", stream.remote_id, stream.name);
+        let lost = self.routes.remove_stream(sid, &reason);
         for id in lost {
-            let reason = format!("context {} ({}) {why}", id, stream.name);
-            debug!("{reason}");
+            debug!("lost context {id}: {reason}");
             self.broker.fail_peer(id, &reason);
             if self.parent.is_some() {
                 let body = body::to_json(&DelRoute { id, reason: reason.clone() });
@@ -750,6 +750,11 @@ impl Loop {
     /// Answer an undeliverable message, unless it is itself a DEAD reply or
     /// expects no reply.
     fn dead(&mut self, msg: &Message, reason: String) {
+        if msg.header.handle == handle::FORWARD_LOG {
+            // A log record with nowhere to go (the parent is gone). Logging
+            // that would queue another record: drop it silently.
+            return;
+        }
         if msg.is_dead() || msg.header.reply_to == 0 {
             debug!("dropped undeliverable message (handle {}): {reason}", msg.header.handle);
             return;
@@ -820,7 +825,7 @@ impl Loop {
                 return;
             };
             if self.routes.via(del.id) == Some(sid) {
-                self.routes.remove(del.id);
+                self.routes.remove(del.id, &del.reason);
                 self.broker.fail_peer(del.id, &del.reason);
                 if self.parent.is_some() {
                     self.send_up(Message::new(self.parent_id(), handle::DEL_ROUTE, msg.body));

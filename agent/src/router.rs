@@ -35,22 +35,28 @@ pub struct Routes {
     my_id: u32,
     parent_ids: Vec<u32>,
     via: HashMap<u32, usize>,
+    /// Contexts that were reachable once, and why they are not any more,
+    /// so a late message gets a DEAD reply naming the hop that failed.
+    lost: HashMap<u32, String>,
 }
 
 impl Routes {
     /// A table for context `my_id` with these ancestors (master first).
     pub fn new(my_id: u32, parent_ids: Vec<u32>) -> Routes {
-        Routes { my_id, parent_ids, via: HashMap::new() }
+        Routes { my_id, parent_ids, via: HashMap::new(), lost: HashMap::new() }
     }
 
     /// Context `id` is reachable through stream `sid`.
     pub fn add(&mut self, id: u32, sid: usize) {
+        self.lost.remove(&id);
         self.via.insert(id, sid);
     }
 
-    /// Forget context `id`.
-    pub fn remove(&mut self, id: u32) {
-        self.via.remove(&id);
+    /// Forget context `id`, remembering why.
+    pub fn remove(&mut self, id: u32, why: &str) {
+        if self.via.remove(&id).is_some() {
+            self.lost.insert(id, why.to_string());
+        }
     }
 
     /// The stream context `id` is reached through.
@@ -58,12 +64,13 @@ impl Routes {
         self.via.get(&id).copied()
     }
 
-    /// Forget every context behind stream `sid`; returns their ids, sorted.
-    pub fn remove_stream(&mut self, sid: usize) -> Vec<u32> {
+    /// Forget every context behind stream `sid`, remembering why; returns
+    /// their ids, sorted.
+    pub fn remove_stream(&mut self, sid: usize, why: &str) -> Vec<u32> {
         let mut lost: Vec<u32> = self.via.iter().filter(|(_, &s)| s == sid).map(|(&id, _)| id).collect();
         lost.sort_unstable();
         for id in &lost {
-            self.via.remove(id);
+            self.remove(*id, why);
         }
         lost
     }
@@ -116,7 +123,10 @@ impl Routes {
         if has_parent && !from_parent {
             return Verdict::Up;
         }
-        Verdict::Dead(format!("no route to {}", h.dst))
+        match self.lost.get(&h.dst) {
+            Some(why) => Verdict::Dead(format!("no route to {}: {why}", h.dst)),
+            None => Verdict::Dead(format!("no route to {}", h.dst)),
+        }
     }
 }
 
@@ -196,7 +206,9 @@ mod tests {
     #[test]
     fn lost_streams_take_their_subtree() {
         let mut r = table();
-        assert_eq!(r.remove_stream(5), vec![2, 4]);
+        assert_eq!(r.remove_stream(5, "context 2 (bastion) stream closed"), vec![2, 4]);
         assert_eq!(r.via(3), Some(6));
+        let v = r.decide(&mut msg(0, 4), Origin::Stream(1), true, true);
+        assert_eq!(v, Verdict::Dead("no route to 4: context 2 (bastion) stream closed".into()));
     }
 }

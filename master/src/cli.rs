@@ -19,9 +19,19 @@ commands:
   put TARGET... LOCAL REMOTE        copy a local file to every target
   get TARGET REMOTE LOCAL           copy a remote file here
 
-targets: hops separated by '/': local, local/local, ...
+targets: hops separated by '/', e.g. local, host, user@host:2222, bastion/db1,
+  bastion/db1/sudo:postgres, docker:web1. A bare hop is ssh (the system OpenSSH
+  client, so ~/.ssh/config, ProxyJump and agents work). Become: sudo, sudo:USER,
+  su:USER, doas:USER. Containers: docker:NAME, podman:NAME. Targets sharing a
+  prefix share its connection.
 
 options:
+  -F, --ssh-config FILE  ssh config file for the first hop (ssh -F)
+  -o OPTION              ssh option for the first hop (ssh -o), repeatable;
+                         BatchMode=yes unless you say otherwise
+  -K, --ask-become-pass  ask once for the sudo password (from the terminal, or
+                         a line of stdin without one); sent to every hop that
+                         runs sudo, over the protocol only
   --json                 one JSON object per target per line
   -v, --verbose          show debug logs of the master and every agent (SPORE_LOG=debug)
   --timeout SECS         kill a command still running after SECS (run)
@@ -50,6 +60,9 @@ struct Args {
     timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
     mode: Option<u32>,
+    ssh_config: Option<String>,
+    ssh_options: Vec<String>,
+    ask_become_pass: bool,
 }
 
 fn seconds(flag: &str, v: Option<String>) -> Result<Duration, String> {
@@ -67,6 +80,9 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
     let mut timeout = None;
     let mut connect_timeout = None;
     let mut mode = None;
+    let mut ssh_config = None;
+    let mut ssh_options = Vec::new();
+    let mut ask_become_pass = false;
     let mut words = Vec::new();
     let mut after_dashes: Option<Vec<String>> = None;
     let mut it = argv.into_iter();
@@ -82,6 +98,9 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
                 std::process::exit(0);
             }
             "--json" => json = true,
+            "-F" | "--ssh-config" => ssh_config = Some(it.next().ok_or("-F needs a file")?),
+            "-o" => ssh_options.push(it.next().ok_or("-o needs an option")?),
+            "-K" | "--ask-become-pass" => ask_become_pass = true,
             "-v" | "--verbose" => verbose += 1,
             "-vv" => verbose += 2,
             "--timeout" => timeout = Some(seconds("--timeout", it.next())?),
@@ -90,6 +109,8 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
                 let v = it.next().ok_or("--mode needs a value")?;
                 mode = Some(u32::from_str_radix(&v, 8).map_err(|_| format!("--mode: not octal: {v:?}"))?);
             }
+            s if s.starts_with("-o") && s.len() > 2 => ssh_options.push(s[2..].to_string()),
+            s if s.starts_with("-F") && s.len() > 2 => ssh_config = Some(s[2..].to_string()),
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
             _ => words.push(a),
         }
@@ -125,7 +146,7 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
     if had_dashes && !matches!(cmd, Cmd::Run { .. }) {
         return Err(format!("{name}: unexpected `--`"));
     }
-    Ok(Some(Args { cmd, json, verbose, timeout, connect_timeout, mode }))
+    Ok(Some(Args { cmd, json, verbose, timeout, connect_timeout, mode, ssh_config, ssh_options, ask_become_pass }))
 }
 
 /// One target's result.
@@ -187,6 +208,15 @@ pub fn main() -> i32 {
     if let Some(t) = args.connect_timeout {
         opts.connect_timeout = t;
     }
+    if args.ask_become_pass {
+        match crate::tty::ask_password("become password: ") {
+            Ok(pw) => opts.become_password = Some(pw),
+            Err(e) => {
+                eprintln!("spore: --ask-become-pass: {e}");
+                return 2;
+            }
+        }
+    }
     let router = match Router::with_options(opts) {
         Ok(r) => r,
         Err(e) => {
@@ -198,7 +228,10 @@ pub fn main() -> i32 {
         Cmd::Run { targets, .. } | Cmd::Info { targets } | Cmd::Put { targets, .. } => targets.clone(),
         Cmd::Get { target, .. } => vec![target.clone()],
     };
-    let contexts = Targets::new(router.clone()).open_all(&targets);
+    let mut tree = Targets::new(router.clone());
+    tree.first_hop_config = args.ssh_config.clone();
+    tree.first_hop_options = args.ssh_options.clone();
+    let contexts = tree.open_all(&targets);
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
@@ -302,9 +335,13 @@ fn cmd_run(args: &Args, ctx: &Context, argv: &[String], many: bool, o: &mut Outc
         p.write(Stream::Stderr, &[], true);
         status
     } else {
-        // Like ssh: stdin goes to the command unless it is a terminal.
-        let stdin: Option<Box<dyn Read + Send>> =
-            if std::io::stdin().is_terminal() { None } else { Some(Box::new(std::io::stdin())) };
+        // Like ssh: stdin goes to the command unless it is a terminal (or
+        // it gave us the password).
+        let stdin: Option<Box<dyn Read + Send>> = if std::io::stdin().is_terminal() || args.ask_become_pass {
+            None
+        } else {
+            Some(Box::new(std::io::stdin()))
+        };
         let mut broken = false;
         ctx.exec_streaming(&cmd, stdin, &mut |which, data| {
             let r = match which {
@@ -425,6 +462,10 @@ mod tests {
     fn parses_commands() {
         let a = p("run local local/local -- sh -c true").unwrap().unwrap();
         assert!(matches!(a.cmd, Cmd::Run { ref targets, ref argv } if targets.len() == 2 && argv.len() == 3));
+        let a = p("-F cfg -o Port=22 -oUser=x -K run host -- true").unwrap().unwrap();
+        assert_eq!(a.ssh_config.as_deref(), Some("cfg"));
+        assert_eq!(a.ssh_options, vec!["Port=22", "User=x"]);
+        assert!(a.ask_become_pass);
         let a = p("--json put local a /tmp/b --mode 600").unwrap().unwrap();
         assert!(a.json);
         assert_eq!(a.mode, Some(0o600));

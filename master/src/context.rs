@@ -2,12 +2,13 @@
 
 use crate::error::{Error, Result};
 use crate::router::Router;
+use crate::target::Hop;
 use miniserde::{Deserialize, Serialize};
 use spore_agent::flow::{ack, Outflow};
 use spore_agent::{Mailbox, RecvError};
 use spore_protocol::body::{
-    self, ConnectArgs, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, PathArgs,
-    ReadReply, RemoveArgs, StatArgs, StatReply, WriteArgs, WriteReply, CHUNK_SIZE,
+    self, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, PathArgs, ReadReply,
+    RemoveArgs, StatArgs, StatReply, WriteArgs, WriteReply, CHUNK_SIZE,
 };
 use spore_protocol::{handle, Message};
 use std::collections::BTreeMap;
@@ -27,6 +28,12 @@ pub struct Context {
     id: u32,
     name: Arc<str>,
     uploaded: bool,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("id", &self.id).field("name", &self.name).finish()
+    }
 }
 
 /// A call in flight: the async form. [`Pending::wait`] blocks for the reply.
@@ -242,27 +249,34 @@ impl Context {
         Ok(())
     }
 
-    /// Start a child context from this one (`local` for now), so that
-    /// `local/local` is a two-level tree.
-    pub fn connect(&self, method: &str) -> Result<Context> {
+    /// Start a child context from this one, through `hop` (`local`,
+    /// `sudo:postgres`, `db1`, `docker:web1`, ...): `local/local` is a
+    /// two-level tree. The new context's name is this one's plus the hop.
+    pub fn connect(&self, hop: &str) -> Result<Context> {
+        let parsed = Hop::parse(hop)?;
+        self.connect_hop(&parsed, &format!("{}/{hop}", self.name))
+    }
+
+    /// Start a child context through a parsed hop, named `name`.
+    pub fn connect_hop(&self, hop: &Hop, name: &str) -> Result<Context> {
         let id = self.router.allocate_id();
-        let name = format!("{}/{}", self.name, method);
         let timeout = self.router.options().connect_timeout;
-        let args = ConnectArgs {
-            op: "connect".into(),
-            method: method.into(),
-            context_id: id,
-            name: name.clone(),
-            connect_timeout_ms: timeout.as_millis() as u64,
-        };
+        let mut args = hop.connect_args(self.router.options().become_password.as_deref());
+        args.context_id = id;
+        args.name = name.to_string();
+        args.connect_timeout_ms = timeout.as_millis() as u64;
         let pending = self.call_async(body::to_json(&args));
+        drop(args);
         let msg = pending.wait_deadline(Instant::now() + timeout + Duration::from_secs(5))?;
         let reply: ConnectReply = self.result(&msg).map_err(|e| match e {
-            Error::Remote { message, .. } => Error::Connect { target: name.clone(), cause: message },
+            Error::Remote { message, .. } => {
+                let cause = message.strip_prefix(&format!("connect {name}: ")).unwrap_or(&message).to_string();
+                Error::Connect { target: name.to_string(), cause }
+            }
             other => other,
         })?;
         log::debug!("connected {name} (context {id}, pid {})", reply.hello.pid);
-        Ok(Context::new(self.router.clone(), id, name, reply.uploaded))
+        Ok(Context::new(self.router.clone(), id, name.to_string(), reply.uploaded))
     }
 
     /// Run a command and collect its output.

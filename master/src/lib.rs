@@ -33,4 +33,4 @@ pub use error::{Error, Result};
 pub use image::default_image;
 pub use router::{Options, Router};
 pub use spore_protocol::body::{DirEntry, InfoReply, ListReply, StatReply};
-pub use target::Targets;
+pub use target::{Hop, SshHop, Targets};

@@ -1,6 +1,7 @@
 //! The `spore` command line: run commands and move files on many targets.
 
 mod cli;
+mod tty;
 
 fn main() {
     std::process::exit(cli::main());

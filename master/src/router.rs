@@ -3,6 +3,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::target::Hop;
 use spore_agent::bootstrap::{self, AgentArgs, Image};
 use spore_agent::{Broker, Config};
 use spore_protocol::{Message, DEFAULT_MAX_MESSAGE, MASTER_ID};
@@ -25,6 +26,9 @@ pub struct Options {
     /// A custom agent binary (built with the `spore-agent` library); default
     /// [`crate::default_image`].
     pub agent_image: Option<Vec<u8>>,
+    /// The password for `sudo` prompts at any hop. Sent only inside the
+    /// protocol to the context that runs sudo; never logged.
+    pub become_password: Option<String>,
 }
 
 impl Default for Options {
@@ -35,6 +39,7 @@ impl Default for Options {
             max_message: DEFAULT_MAX_MESSAGE,
             agent_log_level: None,
             agent_image: None,
+            become_password: None,
         }
     }
 }
@@ -96,19 +101,24 @@ impl Router {
     }
 
     /// Start an agent as a local child process (over a pipe pair, through
-    /// the same bootstrap script ssh will use).
+    /// the same bootstrap script ssh uses).
     pub fn local(&self) -> Result<Context> {
-        self.connect_direct("local", "local")
+        self.connect(&Hop::Local, "local")
     }
 
-    fn connect_direct(&self, method: &str, name: &str) -> Result<Context> {
+    /// Start an agent at the end of `hop` from this machine: a local child,
+    /// ssh, sudo, a container. `name` is its path in the tree.
+    pub fn connect(&self, hop: &Hop, name: &str) -> Result<Context> {
         if self.inner.shut.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
         let id = self.inner.broker.allocate_context_id();
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
-        let command = bootstrap::method_command(method, &self.inner.image, &args).map_err(Error::Usage)?;
-        let connected = bootstrap::connect(command, &self.inner.image, &args, self.inner.opts.connect_timeout)
+        let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
+        how.connect_timeout_ms = self.inner.opts.connect_timeout.as_millis() as u64;
+        let command = bootstrap::method_command(&how, &self.inner.image, &args)
+            .map_err(|e| Error::Connect { target: name.to_string(), cause: e })?;
+        let connected = bootstrap::connect(command, &how, &self.inner.image, &args, self.inner.opts.connect_timeout)
             .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })?;
         log::debug!(
             "connected {name} (context {id}, pid {}, {})",

@@ -206,8 +206,23 @@ pub struct RemoveArgs {
 pub struct ConnectArgs {
     /// Always `"connect"`.
     pub op: String,
-    /// Connection method: `local`.
+    /// Connection method: `local`, `ssh`, `sudo`, `su`, `doas`, `docker`,
+    /// `podman`.
     pub method: String,
+    /// The ssh host, or the container.
+    pub host: Option<String>,
+    /// The ssh login, or the user to become (default root), or the
+    /// container user.
+    pub user: Option<String>,
+    /// The ssh port.
+    pub port: Option<u16>,
+    /// An ssh config file (`ssh -F`).
+    pub ssh_config: Option<String>,
+    /// ssh options (`ssh -o`), in order.
+    pub ssh_options: Vec<String>,
+    /// The password for a become method's prompt. Travels only inside the
+    /// protocol; never on a command line, never logged.
+    pub password: Option<String>,
     /// Id the master allocated for the new context.
     pub context_id: u32,
     /// Path of the new context in the tree, e.g. `local/local`.

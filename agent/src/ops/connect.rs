@@ -24,10 +24,10 @@ pub(crate) fn connect(call: &Call) -> OpResult {
         // Children get a shorter grace, so the tree ends inside our bound.
         grace_ms: rt.args.grace_ms.saturating_sub(500).max(500),
     };
-    let command = bootstrap::method_command(&args.method, image, &child_args)
+    let command = bootstrap::method_command(&args, image, &child_args)
         .map_err(|e| OpError::new("invalid", format!("connect {}: {e}", args.name)))?;
     let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
-    let connected = bootstrap::connect(command, image, &child_args, timeout)
+    let connected = bootstrap::connect(command, &args, image, &child_args, timeout)
         .map_err(|e| OpError::new("connect", format!("connect {}: {e}", args.name)))?;
     log::debug!(
         "connected {} (pid {}, {})",

@@ -1,0 +1,262 @@
+//! A real OpenSSH server on 127.0.0.1 for one test: its own port, host key,
+//! client key, `authorized_keys` and client config, all in a scratch
+//! directory; nothing of the machine's own ssh setup is touched. Test users
+//! (created once per machine, idempotently) cover sudo with and without a
+//! password, a noisy login shell, and a PATH without `head`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test harness")]
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Password of [`USER_PW`] for sudo.
+pub const PASSWORD: &str = "spore-Test-pw-1";
+/// Needs its password for sudo.
+pub const USER_PW: &str = "spore-pw";
+/// Passwordless sudo and doas.
+pub const USER_NOPW: &str = "spore-nopw";
+/// Login shell prints noise before running anything.
+pub const USER_NOISY: &str = "spore-noisy";
+/// Login shell's PATH has no `head`.
+pub const USER_NOHEAD: &str = "spore-nohead";
+/// `~/.cache` is not writable (owned by root).
+pub const USER_NOCACHE: &str = "spore-nocache";
+
+const SHELLS: &str = "/usr/local/lib/spore-test";
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Make sure the packages and test users exist (idempotent; serialised
+/// across test processes with a lock file).
+pub fn setup_machine() {
+    let lock = fs::OpenOptions::new().create(true).append(true).open("/tmp/spore-test-setup.lock").unwrap();
+    // SAFETY: flock on an fd we own; released when `lock` is closed.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-deps.sh");
+    run(Command::new("sh").arg(script));
+    fs::create_dir_all(SHELLS).unwrap();
+    let noisy = format!("{SHELLS}/noisy-shell");
+    write_exec(&noisy, "#!/bin/sh\necho 'Welcome! Last login: yesterday'\nprintf 'partial line, no newline'\necho >&2 'motd on stderr'\nexec /bin/sh \"$@\"\n");
+    let nohead_bin = format!("{SHELLS}/nohead-bin");
+    fs::create_dir_all(&nohead_bin).unwrap();
+    for tool in
+        ["sh", "id", "mkdir", "chmod", "printf", "rm", "wc", "mv", "dd", "cat", "sha256sum", "sleep", "uname", "true"]
+    {
+        let link = format!("{nohead_bin}/{tool}");
+        if !Path::new(&link).exists() {
+            let target = which(tool);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+        }
+    }
+    let nohead = format!("{SHELLS}/nohead-shell");
+    write_exec(&nohead, &format!("#!/bin/sh\nPATH={nohead_bin}\nexport PATH\nexec /bin/sh \"$@\"\n"));
+    for (user, shell) in [
+        (USER_PW, "/bin/sh"),
+        (USER_NOPW, "/bin/sh"),
+        (USER_NOISY, noisy.as_str()),
+        (USER_NOHEAD, nohead.as_str()),
+        (USER_NOCACHE, "/bin/sh"),
+    ] {
+        let exists = Command::new("id").arg(user).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+        if !exists.success() {
+            run(Command::new("useradd").args(["-m", "-s", shell, user]));
+        }
+        run(Command::new("usermod").args(["-s", shell, user]));
+        // A locked account ("!") is refused by sshd even with a key.
+        let pw = if user == USER_PW { PASSWORD } else { "unused-but-not-locked" };
+        let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn().unwrap();
+        writeln!(chpasswd.stdin.take().unwrap(), "{user}:{pw}").unwrap();
+        assert!(chpasswd.wait().unwrap().success());
+    }
+    let cache = format!("/home/{USER_NOCACHE}/.cache");
+    let _ = fs::create_dir_all(&cache);
+    run(Command::new("chown").args(["root:root", &cache]));
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
+    let sudoers = format!(
+        "# spore's test users (written by tests/src/sshd.rs)\n\
+         Defaults:{USER_PW} timestamp_timeout=0, passwd_tries=1, !lecture\n\
+         {USER_PW} ALL=(ALL) ALL\n\
+         {USER_NOPW} ALL=(ALL) NOPASSWD: ALL\n"
+    );
+    write_mode("/etc/sudoers.d/spore-tests", &sudoers, 0o440);
+    let doas = fs::read_to_string("/etc/doas.conf").unwrap_or_default();
+    if !doas.contains(USER_NOPW) {
+        let add = format!("permit nopass root\npermit nopass {USER_NOPW}\n");
+        write_mode("/etc/doas.conf", &(doas + &add), 0o400);
+    }
+    fs::create_dir_all("/run/sshd").unwrap();
+}
+
+fn which(tool: &str) -> String {
+    for dir in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let p = format!("{dir}/{tool}");
+        if Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{tool} not found");
+}
+
+fn write_mode(path: &str, text: &str, mode: u32) {
+    let tmp = format!("{path}.tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+fn write_exec(path: &str, text: &str) {
+    write_mode(path, text, 0o755);
+}
+
+/// A running sshd and the client side to reach it.
+pub struct Sshd {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Scratch directory with keys and configs.
+    pub dir: PathBuf,
+    /// Client config: `Host spore-test` reaches this server as root.
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn keygen(path: &Path) {
+    let _ = fs::remove_file(path);
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "spore-test", "-f"]).arg(path));
+}
+
+impl Sshd {
+    /// Start one (and set up the machine first if needed).
+    pub fn start() -> Sshd {
+        setup_machine();
+        let dir = std::env::temp_dir().join(format!("spore-sshd-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        keygen(&dir.join("host_key"));
+        keygen(&dir.join("id"));
+        let pubkey = fs::read_to_string(dir.join("id.pub")).unwrap();
+        write_mode(&dir.join("authorized_keys").display().to_string(), &pubkey, 0o644);
+        let host_pub = fs::read_to_string(dir.join("host_key.pub")).unwrap();
+        for attempt in 0.. {
+            let port = free_port();
+            let d = dir.display();
+            fs::write(
+                dir.join("sshd_config"),
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                     AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPermitRootLogin prohibit-password\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                     AcceptEnv XDG_RUNTIME_DIR\nPrintMotd no\nLogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n"
+                ),
+            )
+            .unwrap();
+            let key_type_and_key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+            fs::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {}\n", key_type_and_key.join(" "))).unwrap();
+            fs::write(
+                dir.join("wrong_known_hosts"),
+                format!(
+                    "[127.0.0.1]:{port} {}\n",
+                    fs::read_to_string(dir.join("id.pub"))
+                        .unwrap()
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            )
+            .unwrap();
+            fs::write(
+                dir.join("config"),
+                format!(
+                    "# ssh takes the first value it finds: specific hosts first.\n\
+                     Host spore-test-wrongkey\n  UserKnownHostsFile {d}/wrong_known_hosts\n\
+                     Host spore-test spore-test-*\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d}/id\n  \
+                     IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  \
+                     StrictHostKeyChecking yes\n  LogLevel ERROR\n"
+                ),
+            )
+            .unwrap();
+            let child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(dir.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(dir.join("sshd.log")).unwrap())
+                .spawn()
+                .unwrap();
+            let mut sshd = Sshd { port, config: dir.join("config"), dir: dir.clone(), child: Some(child) };
+            if sshd.wait_listening() {
+                return sshd;
+            }
+            sshd.stop();
+            assert!(attempt < 5, "sshd would not start");
+        }
+        unreachable!()
+    }
+
+    fn wait_listening(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// The config path as a string, for `-F`.
+    pub fn config_str(&self) -> String {
+        self.config.display().to_string()
+    }
+
+    /// Stop the listener. Sessions still open are the test's leak to find.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory effects; it is our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Remove the remote side's agent caches for `user`, so the next
+    /// connect uploads.
+    pub fn clear_cache(user: &str) {
+        let uid = Command::new("id").args(["-u", user]).output().unwrap();
+        let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+        let home = if user == "root" { "/root".to_string() } else { format!("/home/{user}") };
+        for dir in [format!("{home}/.cache/spore"), format!("/tmp/spore-{uid}"), format!("/var/tmp/spore-{uid}")] {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,383 @@
+//! spore over a real OpenSSH server on 127.0.0.1 (started per test): the
+//! bootstrap and its cache, trees through ssh, sudo, and every failure a
+//! user meets, each with a clear error. No test leaves an sshd session, an
+//! agent or an ssh client behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use spore::{Command, Error, Hop, Options, Router, SshHop};
+use spore_tests::sshd::{Sshd, PASSWORD, USER_NOCACHE, USER_NOHEAD, USER_NOISY, USER_NOPW, USER_PW};
+use spore_tests::{spore_bin, wait_for_record, LeakGuard};
+use std::os::unix::fs::MetadataExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A test with its own sshd; `finish` shuts everything down and checks
+/// that nothing is left.
+struct World {
+    guard: LeakGuard,
+    sshd: Sshd,
+    /// Per-test agent cache on the "remote" (root's XDG_RUNTIME_DIR).
+    xdg: String,
+}
+
+impl World {
+    fn new() -> World {
+        let guard = LeakGuard::new();
+        let sshd = Sshd::start();
+        let xdg = sshd.dir.join("xdg").display().to_string();
+        World { guard, sshd, xdg }
+    }
+
+    /// An ssh hop to the test server, as `user` (root by default), with
+    /// this test's private cache directory.
+    fn hop(&self, user: Option<&str>, extra: &[&str]) -> Hop {
+        let mut options: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        options.push(format!("SetEnv=XDG_RUNTIME_DIR={}", self.xdg));
+        Hop::Ssh(SshHop {
+            host: "spore-test".into(),
+            user: user.map(String::from),
+            port: None,
+            config: Some(self.sshd.config_str()),
+            options,
+        })
+    }
+
+    fn cached_agent(&self) -> std::path::PathBuf {
+        let dir = std::path::Path::new(&self.xdg).join("spore");
+        let entry = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                e.file_name().to_string_lossy().starts_with("spore-agent-")
+                    && !e.file_name().to_string_lossy().ends_with(".part")
+            })
+            .expect("a cached agent");
+        entry.path()
+    }
+
+    fn finish(mut self) {
+        self.sshd.stop();
+        let World { guard, sshd, .. } = self;
+        drop(sshd);
+        guard.check();
+    }
+}
+
+fn router() -> Router {
+    Router::new().unwrap()
+}
+
+fn sh(script: &str) -> Command {
+    Command::new(["sh", "-c", script])
+}
+
+fn stdout(ctx: &spore::Context, script: &str) -> String {
+    let out = ctx.exec(&sh(script)).unwrap();
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn first_connect_uploads_and_the_second_hits_the_cache() {
+    let w = World::new();
+    let r = router();
+    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    assert!(ctx.uploaded(), "a fresh cache must be filled");
+    let info = ctx.info().unwrap();
+    assert_eq!((info.uid, info.name.as_str()), (0, "spore-test"));
+    r.shutdown();
+    drop((ctx, r));
+    let cached = w.cached_agent();
+    let meta = std::fs::metadata(&cached).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(cached.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+    // Second time: HAVE, no upload, the very same file (same inode).
+    let r = router();
+    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    assert!(!ctx.uploaded(), "the second connect sent the agent again");
+    assert_eq!(std::fs::metadata(&cached).unwrap().ino(), meta.ino());
+    ctx.ping().unwrap();
+    r.shutdown();
+    drop((ctx, r));
+    w.finish();
+}
+
+#[test]
+fn a_corrupted_or_foreign_cached_agent_is_replaced_never_run() {
+    let w = World::new();
+    let r = router();
+    r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    r.shutdown();
+    drop(r);
+    let cached = w.cached_agent();
+    let len = std::fs::metadata(&cached).unwrap().len() as usize;
+    let marker = w.sshd.dir.join("executed");
+    // Same size, different bytes: a script that would leave a mark.
+    let mut evil = format!("#!/bin/sh\ntouch {}\n", marker.display()).into_bytes();
+    evil.resize(len, b'#');
+    evil[len - 1] = b'\n';
+    std::fs::write(&cached, &evil).unwrap();
+    // A stale partial upload beside it, executable and tempting.
+    let part = format!("{}.999.part", cached.display());
+    std::fs::write(&part, &evil).unwrap();
+    std::fs::set_permissions(&part, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let r = router();
+    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    assert!(ctx.uploaded(), "a corrupted cache entry must be replaced");
+    ctx.ping().unwrap();
+    r.shutdown();
+    drop((ctx, r));
+    assert!(!marker.exists(), "a corrupted or partial agent was executed");
+    assert_ne!(std::fs::read(&cached).unwrap(), evil);
+    // Owned by someone else: never executed either.
+    std::fs::write(&cached, &evil).unwrap();
+    std::os::unix::fs::chown(&cached, Some(65534), Some(65534)).unwrap();
+    let r = router();
+    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    assert!(ctx.uploaded());
+    r.shutdown();
+    drop((ctx, r));
+    assert!(!marker.exists(), "an agent owned by another user was executed");
+    assert_eq!(std::fs::metadata(&cached).unwrap().uid(), 0);
+    w.finish();
+}
+
+#[test]
+fn two_ssh_hops_and_a_local_child_behind_them() {
+    let w = World::new();
+    let r = router();
+    let first = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    let second = first.connect_hop(&w.hop(None, &[]), "spore-test/spore-test").unwrap();
+    let third = second.connect("local").unwrap();
+    assert_eq!(third.name(), "spore-test/spore-test/local");
+    let pids: Vec<u32> = [&first, &second, &third].iter().map(|c| c.info().unwrap().pid).collect();
+    assert!(pids[0] != pids[1] && pids[1] != pids[2], "{pids:?}");
+    assert_eq!(stdout(&third, "echo deep"), "deep");
+    let data = spore_tests::pattern(3 << 20, 5);
+    let path = w.sshd.dir.join("through-two-hops").display().to_string();
+    third.write_file(&path, &mut &data[..], None).unwrap();
+    let mut back = Vec::new();
+    third.read_file(&path, &mut back).unwrap();
+    assert!(back == data);
+    // The middle hop dies: calls behind it get a DEAD reply naming it.
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pids[1] as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let err = loop {
+        match third.ping() {
+            Err(e @ Error::Dead { .. }) => break e,
+            Err(Error::Disconnected { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("expected DEAD, got {other:?}"),
+        }
+    };
+    assert!(err.to_string().contains("(spore-test/spore-test)"), "{err}");
+    first.ping().unwrap();
+    r.shutdown();
+    drop((first, second, third, r));
+    w.finish();
+}
+
+#[test]
+fn sudo_without_and_with_a_password() {
+    let w = World::new();
+    let r = router();
+    // Passwordless sudo.
+    let user = r.connect(&w.hop(Some(USER_NOPW), &[]), "nopw@spore-test").unwrap();
+    assert_eq!(stdout(&user, "id -un"), USER_NOPW);
+    let root = user.connect("sudo").unwrap();
+    assert_eq!(stdout(&root, "id -u"), "0");
+    let other = root.connect("sudo:nobody").unwrap();
+    assert_eq!(stdout(&other, "id -un"), "nobody");
+    // doas, passwordless.
+    let doas = user.connect("doas").unwrap();
+    assert_eq!(stdout(&doas, "id -u"), "0");
+    // A user whose sudo needs a password, and none given: a clear error, fast.
+    let pw_user = r.connect(&w.hop(Some(USER_PW), &[]), "pw@spore-test").unwrap();
+    let start = Instant::now();
+    let err = pw_user.connect("sudo").unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(err.to_string().contains("sudo needs a password"), "{err}");
+    r.shutdown();
+    drop((user, root, other, doas, pw_user, r));
+
+    // With the password: once from the operator, to the hop that needs it.
+    let opts = Options { become_password: Some(PASSWORD.into()), ..Options::default() };
+    let r = Router::with_options(opts).unwrap();
+    let pw_user = r.connect(&w.hop(Some(USER_PW), &[]), "pw@spore-test").unwrap();
+    let root = pw_user.connect("sudo").unwrap();
+    assert_eq!(stdout(&root, "id -u"), "0");
+    r.shutdown();
+    drop((pw_user, root, r));
+
+    // A wrong password: a clear error, not a hang.
+    let opts = Options { become_password: Some("not-it".into()), ..Options::default() };
+    let r = Router::with_options(opts).unwrap();
+    let pw_user = r.connect(&w.hop(Some(USER_PW), &[]), "pw@spore-test").unwrap();
+    let start = Instant::now();
+    let err = pw_user.connect("sudo").unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+    assert!(err.to_string().contains("wrong password"), "{err}");
+    assert!(!err.to_string().contains("not-it"), "the password leaked into an error: {err}");
+    r.shutdown();
+    drop((pw_user, r));
+    w.finish();
+}
+
+#[test]
+fn shell_noise_before_the_marker_is_skipped_and_logged() {
+    let w = World::new();
+    let r = router();
+    let ctx = r.connect(&w.hop(Some(USER_NOISY), &[]), "noisy@spore-test").unwrap();
+    assert_eq!(stdout(&ctx, "echo clean"), "clean");
+    assert!(wait_for_record("", "noise before the marker: Welcome! Last login: yesterday", Duration::from_secs(2)));
+    r.shutdown();
+    drop((ctx, r));
+    w.finish();
+}
+
+#[test]
+fn a_remote_without_head_still_gets_the_agent() {
+    let w = World::new();
+    Sshd::clear_cache(USER_NOHEAD);
+    let r = router();
+    let ctx = r.connect(&w.hop(Some(USER_NOHEAD), &[]), "nohead@spore-test").unwrap();
+    assert!(ctx.uploaded());
+    assert_eq!(ctx.info().unwrap().version, env!("CARGO_PKG_VERSION"));
+    r.shutdown();
+    drop((ctx, r));
+    Sshd::clear_cache(USER_NOHEAD);
+    w.finish();
+}
+
+#[test]
+fn an_unwritable_first_cache_directory_is_skipped() {
+    let w = World::new();
+    Sshd::clear_cache(USER_NOCACHE);
+    let r = router();
+    // XDG_RUNTIME_DIR can't be created and ~/.cache belongs to root.
+    let hop = w.hop(Some(USER_NOCACHE), &["SetEnv=XDG_RUNTIME_DIR=/proc/spore-nope"]);
+    let ctx = r.connect(&hop, "nocache@spore-test").unwrap();
+    let uid = ctx.info().unwrap().uid;
+    let exe = stdout(&ctx, "readlink /proc/$PPID/exe");
+    assert!(exe.starts_with(&format!("/tmp/spore-{uid}/spore-agent-")), "{exe}");
+    r.shutdown();
+    drop((ctx, r));
+    Sshd::clear_cache(USER_NOCACHE);
+    w.finish();
+}
+
+#[test]
+fn connection_failures_name_the_hop_and_the_cause() {
+    let w = World::new();
+    let r = router();
+    let cases: [(&[&str], Option<&str>, &str, &str); 3] = [
+        (&[], Some("no-such-user"), "spore-test", "authentication failed"),
+        (&[], None, "spore-test-wrongkey", "host key rejected"),
+        (&["Port=1"], None, "spore-test", "host unreachable"),
+    ];
+    for (opts, user, host, cause) in cases {
+        let mut hop = w.hop(user, opts);
+        if let Hop::Ssh(h) = &mut hop {
+            h.host = host.into();
+        }
+        let start = Instant::now();
+        let err = r.connect(&hop, host).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(15));
+        let text = err.to_string();
+        assert!(matches!(err, Error::Connect { .. }), "{text}");
+        assert!(text.starts_with(&format!("{host}: connection failed: {cause}")), "{text}");
+        assert!(text.contains("the remote said:"), "{text}");
+    }
+    r.shutdown();
+    drop(r);
+    w.finish();
+}
+
+fn cli(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = std::process::Command::new(spore_bin())
+        .args(args)
+        .env_remove("SPORE_LOG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "spore {args:?} did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_cli_over_ssh() {
+    let w = World::new();
+    let cfg = w.sshd.config_str();
+    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", w.xdg);
+    let base = ["-F", cfg.as_str(), "-o", xdg.as_str()];
+    let run = |extra: &[&str], stdin: Option<&str>| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        cli(&args, stdin)
+    };
+    let out = run(&["run", "spore-test", "--", "uname", "-a"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Linux"));
+    let out = run(&["run", "spore-test/sudo", "--", "id", "-u"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["run", "spore-test/sudo:nobody", "--", "id", "-un"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nobody\n", "{}", String::from_utf8_lossy(&out.stderr));
+    // -v shows the second run hit the cache.
+    let out = run(&["-v", "run", "spore-test", "--", "true"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent cached"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The password, once, for sudo at the hop that needs it.
+    let target = format!("{USER_PW}@spore-test/sudo");
+    let out = run(&["-K", "run", &target, "--", "id", "-u"], Some(&format!("{PASSWORD}\n")));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "{}", String::from_utf8_lossy(&out.stderr));
+    // Targets sharing a prefix share its connection.
+    let out = run(&["-v", "run", "spore-test/local", "spore-test/sudo", "spore-test", "--", "true"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let connects = String::from_utf8_lossy(&out.stderr).matches("connected spore-test (").count();
+    assert_eq!(connects, 1, "{}", String::from_utf8_lossy(&out.stderr));
+    // A failure exits 255, like ssh.
+    let out = cli(&["-F", cfg.as_str(), "-o", "Port=1", "run", "spore-test", "--", "true"], None);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spore-test: connection failed: host unreachable"));
+    w.finish();
+}
+
+#[test]
+fn interrupting_the_cli_leaves_nothing_behind() {
+    let w = World::new();
+    let cfg = w.sshd.config_str();
+    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", w.xdg);
+    let mut child = std::process::Command::new(spore_bin())
+        .args(["-F", &cfg, "-o", &xdg, "run", "spore-test/local", "--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the command to be running on the far side.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !spore_tests::descendants().iter().any(|&p| spore_tests::cmdline(p) == "sleep 60") {
+        assert!(Instant::now() < deadline, "the remote command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(6), "spore ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.finish();
+}
