@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test harness: a panic is a failed test")]
 
+pub mod docker;
 pub mod sshd;
 
 use std::collections::BTreeSet;

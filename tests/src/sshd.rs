@@ -26,6 +26,16 @@ pub const USER_NOISY: &str = "spore-noisy";
 pub const USER_NOHEAD: &str = "spore-nohead";
 /// `~/.cache` is not writable (owned by root).
 pub const USER_NOCACHE: &str = "spore-nocache";
+/// No candidate cache directory is usable.
+pub const USER_NOEXEC: &str = "spore-noexec";
+/// `sh` is busybox ash, and only busybox applets are on PATH.
+pub const USER_ASH: &str = "spore-ash";
+/// `sh` is bash.
+pub const USER_BASH: &str = "spore-bash";
+/// `head` stops short: every upload is cut.
+pub const USER_SHORT: &str = "spore-short";
+/// Its login shell hangs forever.
+pub const USER_HANG: &str = "spore-hang";
 
 const SHELLS: &str = "/usr/local/lib/spore-test";
 
@@ -58,12 +68,70 @@ pub fn setup_machine() {
     }
     let nohead = format!("{SHELLS}/nohead-shell");
     write_exec(&nohead, &format!("#!/bin/sh\nPATH={nohead_bin}\nexport PATH\nexec /bin/sh \"$@\"\n"));
+    // busybox as sh, with nothing but its applets.
+    let ash_bin = format!("{SHELLS}/ash-bin");
+    fs::create_dir_all(&ash_bin).unwrap();
+    for applet in [
+        "sh",
+        "id",
+        "mkdir",
+        "chmod",
+        "printf",
+        "rm",
+        "wc",
+        "mv",
+        "dd",
+        "cat",
+        "head",
+        "sha256sum",
+        "sleep",
+        "uname",
+        "true",
+        "readlink",
+        "cut",
+    ] {
+        let link = format!("{ash_bin}/{applet}");
+        if !Path::new(&link).exists() {
+            std::os::unix::fs::symlink(which("busybox"), &link).unwrap();
+        }
+    }
+    let ash = format!("{SHELLS}/ash-shell");
+    write_exec(
+        &ash,
+        &format!("#!{busybox} sh\nPATH={ash_bin}\nexport PATH\nexec {busybox} sh \"$@\"\n", busybox = which("busybox")),
+    );
+    // bash as sh.
+    let bash_bin = format!("{SHELLS}/bash-bin");
+    fs::create_dir_all(&bash_bin).unwrap();
+    if !Path::new(&format!("{bash_bin}/sh")).exists() {
+        std::os::unix::fs::symlink(which("bash"), format!("{bash_bin}/sh")).unwrap();
+    }
+    let bash = format!("{SHELLS}/bash-shell");
+    write_exec(&bash, &format!("#!/bin/sh\nPATH={bash_bin}:/usr/bin:/bin\nexport PATH\nexec {bash_bin}/sh \"$@\"\n"));
+    // A head that stops after 1000 bytes.
+    let short_bin = format!("{SHELLS}/short-bin");
+    fs::create_dir_all(&short_bin).unwrap();
+    write_exec(&format!("{short_bin}/head"), "#!/bin/sh\nexec dd bs=1000 count=1 2>/dev/null\n");
+    let short = format!("{SHELLS}/short-shell");
+    write_exec(&short, &format!("#!/bin/sh\nPATH={short_bin}:/usr/bin:/bin\nexport PATH\nexec /bin/sh \"$@\"\n"));
+    let hang = format!("{SHELLS}/hang-shell");
+    // Stuck waiting for input that never comes (a prompt in a start-up
+    // file). It ends when the connection does; a shell stuck on something
+    // else would outlive any ssh client without a pty, spore's included.
+    write_exec(&hang, "#!/bin/sh\necho 'this host is stuck' >&2\nexec cat >/dev/null\n");
+    let noexec = format!("{SHELLS}/noexec-shell");
+    write_exec(&noexec, "#!/bin/sh\nunset XDG_RUNTIME_DIR\nexec /bin/sh \"$@\"\n");
     for (user, shell) in [
         (USER_PW, "/bin/sh"),
         (USER_NOPW, "/bin/sh"),
         (USER_NOISY, noisy.as_str()),
         (USER_NOHEAD, nohead.as_str()),
         (USER_NOCACHE, "/bin/sh"),
+        (USER_NOEXEC, noexec.as_str()),
+        (USER_ASH, ash.as_str()),
+        (USER_BASH, bash.as_str()),
+        (USER_SHORT, short.as_str()),
+        (USER_HANG, hang.as_str()),
     ] {
         let exists = Command::new("id").arg(user).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
         if !exists.success() {
@@ -76,10 +144,17 @@ pub fn setup_machine() {
         writeln!(chpasswd.stdin.take().unwrap(), "{user}:{pw}").unwrap();
         assert!(chpasswd.wait().unwrap().success());
     }
-    let cache = format!("/home/{USER_NOCACHE}/.cache");
-    let _ = fs::create_dir_all(&cache);
-    run(Command::new("chown").args(["root:root", &cache]));
-    fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
+    // Cache directories taken by root: the user may not use them.
+    let mut taken = vec![format!("/home/{USER_NOCACHE}/.cache"), format!("/home/{USER_NOEXEC}/.cache")];
+    let uid = uid_of(USER_NOEXEC);
+    for base in ["/tmp", "/var/tmp", "/dev/shm"] {
+        taken.push(format!("{base}/spore-{uid}"));
+    }
+    for dir in taken {
+        let _ = fs::create_dir_all(&dir);
+        run(Command::new("chown").args(["root:root", &dir]));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let sudoers = format!(
         "# spore's test users (written by tests/src/sshd.rs)\n\
          Defaults:{USER_PW} timestamp_timeout=0, passwd_tries=1, !lecture\n\
@@ -93,6 +168,12 @@ pub fn setup_machine() {
         write_mode("/etc/doas.conf", &(doas + &add), 0o400);
     }
     fs::create_dir_all("/run/sshd").unwrap();
+}
+
+/// A user's uid.
+pub fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 fn which(tool: &str) -> String {
@@ -188,7 +269,16 @@ impl Sshd {
                 ),
             )
             .unwrap();
-            let child = Command::new("/usr/sbin/sshd")
+            let mut cmd = Command::new("/usr/sbin/sshd");
+            // If the test process dies (its deadline, a crash), sshd goes too.
+            // SAFETY: prctl is async-signal-safe; nothing else runs here.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let child = cmd
                 .args(["-D", "-e", "-f"])
                 .arg(dir.join("sshd_config"))
                 .stdin(Stdio::null())
@@ -245,8 +335,7 @@ impl Sshd {
     /// Remove the remote side's agent caches for `user`, so the next
     /// connect uploads.
     pub fn clear_cache(user: &str) {
-        let uid = Command::new("id").args(["-u", user]).output().unwrap();
-        let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+        let uid = uid_of(user);
         let home = if user == "root" { "/root".to_string() } else { format!("/home/{user}") };
         for dir in [format!("{home}/.cache/spore"), format!("/tmp/spore-{uid}"), format!("/var/tmp/spore-{uid}")] {
             let _ = fs::remove_dir_all(dir);

@@ -6,7 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use spore::{Command, Error, Hop, Options, Router, SshHop};
-use spore_tests::sshd::{Sshd, PASSWORD, USER_NOCACHE, USER_NOHEAD, USER_NOISY, USER_NOPW, USER_PW};
+use spore_tests::sshd::{
+    Sshd, PASSWORD, USER_ASH, USER_BASH, USER_HANG, USER_NOCACHE, USER_NOEXEC, USER_NOHEAD, USER_NOISY, USER_NOPW,
+    USER_PW, USER_SHORT,
+};
 use spore_tests::{spore_bin, wait_for_record, LeakGuard};
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
@@ -380,4 +383,55 @@ fn interrupting_the_cli_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(10));
     }
     w.finish();
+}
+
+#[test]
+fn the_bootstrap_runs_under_busybox_ash_and_bash() {
+    let w = World::new();
+    let r = router();
+    for user in [USER_ASH, USER_BASH] {
+        Sshd::clear_cache(user);
+        let ctx = r.connect(&w.hop(Some(user), &[]), &format!("{user}@spore-test")).unwrap();
+        assert!(ctx.uploaded(), "{user}");
+        let shell = stdout(&ctx, "readlink /proc/$$/exe; true");
+        assert!(shell.ends_with(if user == USER_ASH { "busybox" } else { "bash" }), "{user}: {shell}");
+        Sshd::clear_cache(user);
+    }
+    r.shutdown();
+    drop(r);
+    w.finish();
+}
+
+#[test]
+fn bootstrap_failures_name_their_cause() {
+    let w = World::new();
+    let opts = Options { connect_timeout: Duration::from_secs(3), ..Options::default() };
+    let r = Router::with_options(opts).unwrap();
+    Sshd::clear_cache(USER_SHORT);
+    let cases = [
+        (USER_NOEXEC, "no writable exec directory", "spore: no writable exec directory"),
+        (USER_SHORT, "upload cut short", "spore: upload cut short (1000 of"),
+        (USER_HANG, "timed out waiting for the bootstrap marker", "this host is stuck"),
+    ];
+    for (user, cause, remote_said) in cases {
+        let start = Instant::now();
+        let err = r.connect(&w.hop(Some(user), &[]), user).unwrap_err();
+        let text = err.to_string();
+        assert!(start.elapsed() < Duration::from_secs(8), "{user}: took {:?}", start.elapsed());
+        assert!(text.starts_with(&format!("{user}: connection failed: {cause}")), "{text}");
+        assert!(text.contains(remote_said), "{text}");
+    }
+    Sshd::clear_cache(USER_SHORT);
+    r.shutdown();
+    drop(r);
+    w.finish();
+}
+
+#[test]
+fn local_sudo_to_nobody() {
+    let guard = LeakGuard::new();
+    spore_tests::sshd::setup_machine();
+    let out = cli(&["run", "local/sudo:nobody", "--", "id", "-un"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nobody\n", "{}", String::from_utf8_lossy(&out.stderr));
+    guard.check();
 }
