@@ -77,6 +77,27 @@ fn main() {
     }
     row("`spore run local/local -- true` (median of 10)", ms(median(sp2)), "", String::new());
 
+    // 1b. Over ssh to a loopback sshd, beside plain ssh.
+    let sshd = spore_tests::sshd::Sshd::start();
+    let cfg = sshd.config_str();
+    let xdg_dir = sshd.dir.join("xdg");
+    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", xdg_dir.display());
+    let spore_ssh = || {
+        let mut c = Command::new(&spore);
+        c.args(["-F", &cfg, "-o", &xdg, "run", "spore-test", "--", "true"]);
+        c
+    };
+    let (mut hit, mut miss, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let _ = std::fs::remove_dir_all(&xdg_dir);
+        miss.push(timed(&mut spore_ssh()).0);
+        hit.push(timed(&mut spore_ssh()).0);
+        plain.push(timed(Command::new("ssh").args(["-F", &cfg, "spore-test", "true"])).0);
+    }
+    row("`spore run host -- true`, ssh, cache hit", ms(median(hit)), "`ssh host true`", ms(median(plain)));
+    row("`spore run host -- true`, ssh, cache miss", ms(median(miss)), "", String::new());
+    drop(sshd);
+
     // 2. Pings.
     let router = Router::new().unwrap();
     let a = router.local().unwrap();
