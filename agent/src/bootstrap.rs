@@ -104,6 +104,12 @@ impl AgentArgs {
     }
 }
 
+/// The shutdown grace a context gives its children: a second less than its
+/// own, so each level finishes, forcing included, inside its parent's bound.
+pub fn child_grace_ms(own_grace_ms: u64) -> u64 {
+    own_grace_ms.saturating_sub(1000).max(300)
+}
+
 /// Quote for a POSIX shell.
 pub fn sh_quote(s: &str) -> String {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=/.,:@%+".contains(&b)) {

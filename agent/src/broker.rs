@@ -310,6 +310,8 @@ const ROLE_OUT: usize = 1;
 const ROLE_ERR: usize = 2;
 const ROLE_CAPTURE_OUT: usize = 0;
 const ROLE_CAPTURE_ERR: usize = 1;
+/// Why a child stream was dropped when the shutdown grace ran out.
+const FORCED: &str = "forced at shutdown";
 /// Per-event read budget, so one busy stream can't starve the others.
 const READ_BUDGET: usize = 256 * 1024;
 
@@ -661,8 +663,18 @@ impl Loop {
             let _ = poller.delete(&src.file);
         }
         if let Some(child) = stream.child.take() {
-            let grace = Instant::now() + Duration::from_millis(500);
+            // A process that closed its stream is about to exit; one we
+            // forced gets a moment to act on SIGTERM. Then SIGKILL (`reap`).
+            let forced = why == FORCED;
+            let grace = Instant::now() + Duration::from_millis(if forced { 200 } else { 500 });
             self.reaping.push((child, stream.name.clone(), grace));
+        }
+        if let Some(started) = self.shutdown_started.filter(|_| !stream.is_parent) {
+            if why == FORCED {
+                warn!("{}: forced after the grace of {:?}", stream.name, self.cfg().grace);
+            } else {
+                info!("{}: disconnected gracefully, {:?} into the shutdown", stream.name, started.elapsed());
+            }
         }
         if stream.is_parent {
             self.parent = None;
@@ -858,6 +870,12 @@ impl Loop {
             msg.header.auth = self.cfg().id;
             self.enqueue(sid, &msg);
         }
+        // Our commands get SIGTERM now, while the children shut down, so
+        // every level's 300 ms before SIGKILL runs at once, not one after
+        // the other. What they wrote still arrives: their pipes drain.
+        for g in lock(&self.broker.shared.groups).iter() {
+            let _ = sys::killpg(*g, libc::SIGTERM);
+        }
         self.phase = Phase::Children { deadline: Instant::now() + self.cfg().grace };
     }
 
@@ -873,14 +891,10 @@ impl Loop {
                     return false;
                 }
                 for sid in children {
-                    warn!("child {} did not disconnect within the grace; forcing it", self.stream_name(sid));
                     self.force_child(sid);
                 }
-                let groups: Vec<i32> = lock(&self.broker.shared.groups).iter().copied().collect();
-                for g in &groups {
-                    let _ = sys::killpg(*g, libc::SIGTERM);
-                }
-                self.phase = Phase::Groups { deadline: now + Duration::from_millis(300) };
+                let started = self.shutdown_started.unwrap_or(now);
+                self.phase = Phase::Groups { deadline: started + Duration::from_millis(300) };
                 self.step_shutdown()
             }
             Phase::Groups { deadline } => {
@@ -909,17 +923,16 @@ impl Loop {
         }
     }
 
-    fn stream_name(&self, sid: usize) -> String {
-        self.streams.get(&sid).map(|s| s.name.clone()).unwrap_or_default()
-    }
-
     /// Close a child's pipes and end its connection process: SIGTERM now,
     /// SIGKILL from `reap` if it lingers.
     fn force_child(&mut self, sid: usize) {
         if let Some(child) = self.streams.get_mut(&sid).and_then(|s| s.child.as_mut()) {
-            let _ = sys::kill(child.id() as i32, libc::SIGTERM);
+            let pid = child.id() as i32;
+            let _ = sys::kill(pid, libc::SIGTERM);
+            // A stopped process only acts on SIGTERM once continued.
+            let _ = sys::kill(pid, libc::SIGCONT);
         }
-        self.drop_stream(sid, "forced at shutdown");
+        self.drop_stream(sid, FORCED);
     }
 
     fn half_close_capture(&mut self) {

@@ -192,6 +192,7 @@ fn int(n: Option<i32>) -> Value {
 }
 
 pub fn main() -> i32 {
+    crate::signals::block();
     let args = match parse(std::env::args().skip(1).collect()) {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -224,6 +225,7 @@ pub fn main() -> i32 {
             return EXIT_SPORE;
         }
     };
+    crate::signals::shut_down_on_signal(router.clone());
     let targets: Vec<String> = match &args.cmd {
         Cmd::Run { targets, .. } | Cmd::Info { targets } | Cmd::Put { targets, .. } => targets.clone(),
         Cmd::Get { target, .. } => vec![target.clone()],

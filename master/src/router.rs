@@ -138,9 +138,7 @@ impl Router {
             parent_ids,
             log_level: self.inner.log_level,
             max_message: self.inner.opts.max_message,
-            // Each level waits less than the one above, so the whole tree
-            // ends inside the master's bound.
-            grace_ms: (parent_grace.as_millis() as u64).saturating_sub(500).max(500),
+            grace_ms: bootstrap::child_grace_ms(parent_grace.as_millis() as u64),
         }
     }
 
@@ -149,10 +147,13 @@ impl Router {
     /// SIGTERM then SIGKILL the connection processes, reap them). Returns
     /// within the grace plus a second, whatever the children do.
     pub fn shutdown(&self) {
+        let started = Instant::now();
         if self.inner.shut.swap(true, Ordering::SeqCst) {
+            // Already under way (another thread, a signal): wait for it.
+            let bound = started + self.inner.opts.shutdown_grace + Duration::from_secs(1);
+            self.inner.broker.wait_done(bound);
             return;
         }
-        let started = Instant::now();
         let children = lock(&self.inner.children).clone();
         log::debug!("shutting down {} direct children", children.len());
         self.inner.broker.shutdown("master shutdown");

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test harness: a panic is a failed test")]
 
 pub mod docker;
+pub mod site;
 pub mod sshd;
 
 use std::collections::BTreeSet;
@@ -41,6 +42,13 @@ pub fn spore_bin() -> PathBuf {
 /// The custom test agent (built with the agent library).
 pub fn test_agent_path() -> PathBuf {
     let p = target_dir().join("debug/spore-test-agent");
+    assert!(p.is_file(), "{} is missing: run `cargo build -p spore-tests`", p.display());
+    p
+}
+
+/// The fake agent that stops reading its pipe.
+pub fn deaf_agent_path() -> PathBuf {
+    let p = target_dir().join("debug/spore-deaf-agent");
     assert!(p.is_file(), "{} is missing: run `cargo build -p spore-tests`", p.display());
     p
 }

@@ -310,6 +310,11 @@ impl Sshd {
         false
     }
 
+    /// The listener's pid.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     /// The config path as a string, for `-F`.
     pub fn config_str(&self) -> String {
         self.config.display().to_string()

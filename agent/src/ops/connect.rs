@@ -21,8 +21,7 @@ pub(crate) fn connect(call: &Call) -> OpResult {
         parent_ids,
         log_level: rt.args.log_level,
         max_message: rt.args.max_message,
-        // Children get a shorter grace, so the tree ends inside our bound.
-        grace_ms: rt.args.grace_ms.saturating_sub(500).max(500),
+        grace_ms: bootstrap::child_grace_ms(rt.args.grace_ms),
     };
     let command = bootstrap::method_command(&args, image, &child_args)
         .map_err(|e| OpError::new("invalid", format!("connect {}: {e}", args.name)))?;

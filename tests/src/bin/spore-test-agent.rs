@@ -1,8 +1,13 @@
 //! A custom agent built with the agent library, as a user would build one:
-//! the built-in operations plus `say` (writes to stdout, stderr and the
-//! log) and `hang` (never returns).
+//! the built-in operations plus
+//! - `say`: writes to stdout, stderr and the log;
+//! - `hang`: never returns (a dispatcher stuck in a call);
+//! - `burst`: `records` log records and `stderr_bytes` of stderr, at once;
+//! - `send_shutdown`: sends SHUTDOWN to context `dst` (which must ignore it).
 
-use spore_agent::{Agent, Call, OpResult};
+use miniserde::Deserialize;
+use spore_agent::{Agent, Call, OpError, OpResult};
+use spore_protocol::{handle, Message};
 use std::io::Write;
 
 fn say(_call: &Call) -> OpResult {
@@ -19,6 +24,47 @@ fn hang(_call: &Call) -> OpResult {
     }
 }
 
+#[derive(Deserialize)]
+struct Burst {
+    records: u64,
+    stderr_bytes: u64,
+}
+
+fn burst(call: &Call) -> OpResult {
+    let args: Burst = call.args("burst arguments")?;
+    for i in 0..args.records {
+        log::info!("burst record {i}");
+    }
+    // Lines of 100 bytes, numbered, so the test can count what arrived.
+    let mut err = std::io::stderr().lock();
+    let mut written = 0;
+    let mut line = 0u64;
+    while written < args.stderr_bytes {
+        let text = format!("burst line {line:08} {}\n", "e".repeat(79));
+        err.write_all(text.as_bytes()).map_err(|e| OpError::io("stderr", &e))?;
+        written += text.len() as u64;
+        line += 1;
+    }
+    err.flush().map_err(|e| OpError::io("stderr", &e))?;
+    Ok(format!("{{\"lines\":{line}}}").into_bytes())
+}
+
+#[derive(Deserialize)]
+struct Dst {
+    dst: u32,
+}
+
+fn send_shutdown(call: &Call) -> OpResult {
+    let args: Dst = call.args("send_shutdown arguments")?;
+    call.broker.send(Message::new(args.dst, handle::SHUTDOWN, Vec::new()));
+    Ok(b"{}".to_vec())
+}
+
 fn main() {
-    Agent::new().handler("say", say).handler("hang", hang).run()
+    Agent::new()
+        .handler("say", say)
+        .handler("hang", hang)
+        .handler("burst", burst)
+        .handler("send_shutdown", send_shutdown)
+        .run()
 }
