@@ -54,7 +54,18 @@ pub struct AgentArgs {
     pub max_message: u32,
     /// Grace for its own children at shutdown, in milliseconds.
     pub grace_ms: u64,
+    /// Keepalive interval for its children, in milliseconds (0: off).
+    pub keepalive_ms: u64,
+    /// Missed intervals before a child is declared dead.
+    pub keepalive_misses: u32,
 }
+
+/// Default keepalive: probe an idle child every 15 s, declare it dead after
+/// a minute of silence. Brokers answer probes themselves, so only a dead
+/// host or a cut network is that quiet.
+pub const KEEPALIVE_MS: u64 = 15_000;
+/// Default missed intervals before a child is declared dead.
+pub const KEEPALIVE_MISSES: u32 = 4;
 
 impl AgentArgs {
     /// The arguments after the program name.
@@ -67,6 +78,8 @@ impl AgentArgs {
             format!("--log={}", self.log_level),
             format!("--max-message={}", self.max_message),
             format!("--grace-ms={}", self.grace_ms),
+            format!("--keepalive-ms={}", self.keepalive_ms),
+            format!("--keepalive-misses={}", self.keepalive_misses),
         ]
     }
 
@@ -79,6 +92,8 @@ impl AgentArgs {
             log_level: 2,
             max_message: spore_protocol::DEFAULT_MAX_MESSAGE,
             grace_ms: 4000,
+            keepalive_ms: KEEPALIVE_MS,
+            keepalive_misses: KEEPALIVE_MISSES,
         };
         for arg in args {
             let (key, value) = arg.split_once('=').ok_or_else(|| format!("unexpected argument {arg:?}"))?;
@@ -94,6 +109,8 @@ impl AgentArgs {
                 "--log" => a.log_level = num(value)?.min(5) as u8,
                 "--max-message" => a.max_message = num(value)? as u32,
                 "--grace-ms" => a.grace_ms = num(value)?,
+                "--keepalive-ms" => a.keepalive_ms = num(value)?,
+                "--keepalive-misses" => a.keepalive_misses = num(value)?.min(1000) as u32,
                 _ => return Err(format!("unknown option {key}")),
             }
         }
@@ -607,6 +624,8 @@ mod tests {
             log_level: 4,
             max_message: 1 << 20,
             grace_ms: 3500,
+            keepalive_ms: 1500,
+            keepalive_misses: 3,
         };
         assert_eq!(AgentArgs::parse(a.to_argv()).unwrap(), a);
         assert!(AgentArgs::parse(vec!["--bogus=1".to_string()]).is_err());

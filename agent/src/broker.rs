@@ -36,6 +36,10 @@ pub struct Config {
     pub max_message: u32,
     /// How long a shutdown waits for children before forcing them.
     pub grace: Duration,
+    /// Probe each idle child this often (zero: never).
+    pub keepalive: Duration,
+    /// Declare a child dead after this many intervals without a word from it.
+    pub keepalive_misses: u32,
     /// End the process when the shutdown sequence completes (agents), or
     /// just stop the broker thread (the master).
     pub exit_process: bool,
@@ -327,6 +331,10 @@ struct Stream {
     stderr: Option<LineSource>,
     child: Option<Child>,
     is_parent: bool,
+    /// When we last read anything from the peer.
+    last_heard: Instant,
+    /// When we last probed it.
+    last_probe: Instant,
 }
 
 struct LineSource {
@@ -403,6 +411,7 @@ impl Loop {
             for (key, readable, writable) in keys {
                 self.on_event(key, readable, writable);
             }
+            self.keepalive();
             self.reap();
         }
         self.finish();
@@ -420,7 +429,60 @@ impl Loop {
             let tick = Instant::now() + Duration::from_millis(2);
             deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
         }
+        if let Some(probe) = self.next_probe() {
+            deadline = Some(deadline.map_or(probe, |d| d.min(probe)));
+        }
         deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    // ---- keepalive ------------------------------------------------------
+    //
+    // A child that has said nothing for a whole interval gets a probe; one
+    // silent for `keepalive_misses` intervals is declared dead: its stream
+    // is dropped (pending calls fail, DEL_ROUTE goes up, its connection
+    // process is killed) and the rest of the tree carries on.
+
+    fn next_probe(&self) -> Option<Instant> {
+        let every = self.cfg().keepalive;
+        if every.is_zero() || !matches!(self.phase, Phase::Running) {
+            return None;
+        }
+        self.streams.values().filter(|s| !s.is_parent).map(|s| s.last_heard.max(s.last_probe) + every).min()
+    }
+
+    fn keepalive(&mut self) {
+        let every = self.cfg().keepalive;
+        if every.is_zero() || !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        let limit = every * self.cfg().keepalive_misses.max(1);
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        let mut probe = Vec::new();
+        for (&sid, s) in self.streams.iter_mut().filter(|(_, s)| !s.is_parent) {
+            let silent = now.saturating_duration_since(s.last_heard);
+            if silent >= limit {
+                dead.push((sid, silent));
+            } else if silent >= every && now.saturating_duration_since(s.last_probe) >= every {
+                s.last_probe = now;
+                probe.push((sid, s.remote_id));
+            }
+        }
+        for (sid, remote) in probe {
+            let mut msg = Message::new(remote, handle::KEEPALIVE, Vec::new());
+            msg.header.src = self.cfg().id;
+            msg.header.auth = self.cfg().id;
+            msg.header.reply_to = handle::KEEPALIVE;
+            self.enqueue(sid, &msg);
+        }
+        for (sid, silent) in dead {
+            let why = format!("silent for {:.1}s (keepalive every {every:?})", silent.as_secs_f64());
+            warn!("{}: {why}; declaring it dead", self.streams.get(&sid).map_or("", |s| s.name.as_str()));
+            if let Some(child) = self.streams.get_mut(&sid).and_then(|s| s.child.as_mut()) {
+                let _ = sys::kill(child.id() as i32, libc::SIGTERM);
+            }
+            self.drop_stream(sid, &why);
+        }
     }
 
     fn take_commands(&mut self) {
@@ -470,6 +532,8 @@ impl Loop {
             stderr,
             child: s.child,
             is_parent: s.is_parent,
+            last_heard: Instant::now(),
+            last_probe: Instant::now(),
         };
         let poller = &self.broker.shared.poller;
         // SAFETY: each fd is owned by `stream`, which lives in
@@ -571,6 +635,7 @@ impl Loop {
                     }
                     Ok(n) => {
                         total += n;
+                        stream.last_heard = Instant::now();
                         stream.decoder.push(buf.get(..n).unwrap_or_default());
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -804,6 +869,14 @@ impl Loop {
                 self.route(reply, Origin::Local);
             }
             handle::FORWARD_LOG if self.cfg().parent_ids.is_empty() => emit_remote_log(&msg),
+            handle::KEEPALIVE => {
+                // A probe from our parent: echo it. An echo: reading it was
+                // the point (`last_heard`).
+                if from_parent && msg.header.reply_to == handle::KEEPALIVE {
+                    let echo = Message::new(msg.header.src, handle::KEEPALIVE, msg.body);
+                    self.route(echo, Origin::Local);
+                }
+            }
             handle::CALL_FUNCTION if !self.routes.privileged(msg.header.auth) => {
                 let reason = format!("context {} may not call context {}", msg.header.auth, self.cfg().id);
                 warn!("{reason}");

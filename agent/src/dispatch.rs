@@ -100,6 +100,8 @@ impl Agent {
             parent_ids: args.parent_ids.clone(),
             max_message: args.max_message,
             grace: Duration::from_millis(args.grace_ms),
+            keepalive: Duration::from_millis(args.keepalive_ms),
+            keepalive_misses: args.keepalive_misses,
             exit_process: true,
         })?;
         let calls = broker.listen(handle::CALL_FUNCTION);

@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 /// but never answers.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long past a command's own timeout the master waits for the remote
+/// to report it killed (SIGTERM, 2 s, SIGKILL, then the reply's trip back).
+const EXEC_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
+
 /// A remote agent. Cheap to clone.
 #[derive(Clone)]
 pub struct Context {
@@ -325,8 +329,11 @@ impl Context {
         let mut stdin = stdin;
         let mut consumed: u64 = 0;
         let mut peer_stream: Option<u32> = None;
+        // The remote enforces the command's timeout; if the remote itself
+        // is stuck (a paused host), we stop waiting a little after it.
+        let deadline = Instant::now() + cmd.timeout.map_or(FOREVER, |t| t + EXEC_TIMEOUT_SLACK);
         let result = loop {
-            let msg = match recv(&mb, &self.name, Instant::now() + FOREVER, "the command") {
+            let msg = match recv(&mb, &self.name, deadline, "the command") {
                 Ok(m) => m,
                 Err(e) => break Err(e),
             };

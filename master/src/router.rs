@@ -26,6 +26,11 @@ pub struct Options {
     /// A custom agent binary (built with the `spore-agent` library); default
     /// [`crate::default_image`].
     pub agent_image: Option<Vec<u8>>,
+    /// Every context probes its idle children this often (zero: never)...
+    pub keepalive: Duration,
+    /// ...and declares one dead after this many silent intervals: its calls
+    /// fail, its subtree is dropped, the rest of the tree carries on.
+    pub keepalive_misses: u32,
     /// The password for `sudo` prompts at any hop. Sent only inside the
     /// protocol to the context that runs sudo; never logged.
     pub become_password: Option<String>,
@@ -40,6 +45,8 @@ impl Default for Options {
             agent_log_level: None,
             agent_image: None,
             become_password: None,
+            keepalive: Duration::from_millis(bootstrap::KEEPALIVE_MS),
+            keepalive_misses: bootstrap::KEEPALIVE_MISSES,
         }
     }
 }
@@ -80,6 +87,8 @@ impl Router {
             parent_ids: Vec::new(),
             max_message: opts.max_message,
             grace: opts.shutdown_grace,
+            keepalive: opts.keepalive,
+            keepalive_misses: opts.keepalive_misses,
             exit_process: false,
         })
         .map_err(|e| Error::Local { what: "start the broker".into(), source: e })?;
@@ -139,6 +148,8 @@ impl Router {
             log_level: self.inner.log_level,
             max_message: self.inner.opts.max_message,
             grace_ms: bootstrap::child_grace_ms(parent_grace.as_millis() as u64),
+            keepalive_ms: self.inner.opts.keepalive.as_millis() as u64,
+            keepalive_misses: self.inner.opts.keepalive_misses,
         }
     }
 

@@ -110,6 +110,10 @@ pub mod handle {
     pub const DEL_ROUTE: u32 = 106;
     /// spore's addition: the agent's first message, naming version, pid, arch, context id.
     pub const HELLO: u32 = 107;
+    /// spore's addition: a parent's keepalive probe (`reply_to` set), and
+    /// the child broker's echo (`reply_to` 0). Answered by the broker itself,
+    /// so a busy dispatcher never looks like a dead host.
+    pub const KEEPALIVE: u32 = 108;
     /// Handles from here up are allocated at run time.
     pub const FIRST_DYNAMIC: u32 = 1000;
 }

@@ -37,6 +37,7 @@ local_and_ssh!(
     killing_the_master_takes_the_tree_with_it,
     logs_and_output_written_before_shutdown_arrive,
     shutdown_from_a_child_or_sibling_is_ignored,
+    a_silent_child_is_declared_dead_by_the_keepalive,
 );
 
 fn test_agent_router(grace: Duration) -> Router {
@@ -287,5 +288,37 @@ fn shutdown_from_a_child_or_sibling_is_ignored(site: Site) {
     }
     r.shutdown();
     drop((parent, a, b, r));
+    finish(site, guard);
+}
+
+fn a_silent_child_is_declared_dead_by_the_keepalive(site: Site) {
+    let guard = LeakGuard::new();
+    let every = Duration::from_millis(200);
+    let r = Router::with_options(Options { keepalive: every, keepalive_misses: 3, ..Options::default() }).unwrap();
+    let chain = site.chain(&r, 2);
+    let stuck = chain[1].info().unwrap().pid as i32;
+    let pending = chain[1]
+        .call_async(br#"{"op":"exec","argv":["sleep","30"],"stdin":false,"stream":false,"stderr_handle":0}"#.to_vec());
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(stuck, libc::SIGSTOP) };
+    let start = Instant::now();
+    let err = pending.wait_deadline(Instant::now() + Duration::from_secs(10)).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("a stopped agent declared dead after {took:?} (keepalive {every:?} x 3, {})", site.label());
+    assert!(
+        matches!(&err, Error::Disconnected { context, reason } if context == chain[1].name() && reason.contains("silent for")),
+        "{err:?}"
+    );
+    assert!(took < every * 3 + Duration::from_secs(1), "took {took:?}");
+    // The rest of the tree carries on.
+    chain[0].ping().unwrap();
+    assert!(chain[0].exec(&Command::new(["true"])).unwrap().status.success());
+    // Over ssh the stopped process is out of our reach; once it runs again
+    // it finds its parent gone and ends.
+    // SAFETY: as above.
+    unsafe { libc::kill(stuck, libc::SIGCONT) };
+    r.shutdown();
+    drop((chain, r));
     finish(site, guard);
 }

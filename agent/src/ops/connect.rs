@@ -22,6 +22,8 @@ pub(crate) fn connect(call: &Call) -> OpResult {
         log_level: rt.args.log_level,
         max_message: rt.args.max_message,
         grace_ms: bootstrap::child_grace_ms(rt.args.grace_ms),
+        keepalive_ms: rt.args.keepalive_ms,
+        keepalive_misses: rt.args.keepalive_misses,
     };
     let command = bootstrap::method_command(&args, image, &child_args)
         .map_err(|e| OpError::new("invalid", format!("connect {}: {e}", args.name)))?;
