@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test harness: a panic is a failed test")]
 
 pub mod docker;
+pub mod fleet;
 pub mod site;
 pub mod sshd;
 
