@@ -140,8 +140,28 @@ fn marker(image: &Image) -> String {
     format!("spore-{}", image.hash().get(..16).unwrap_or_default())
 }
 
-/// The POSIX `sh` script run on the target (see DESIGN.md, Bootstrap).
+/// The POSIX `sh` script run on the target (see DESIGN.md, Bootstrap), as
+/// one line: some login shells (csh) reject newlines inside a quoted
+/// remote command.
 pub fn script(image: &Image, args: &AgentArgs) -> String {
+    one_line(&script_lines(image, args))
+}
+
+/// Join a script's lines with `; `, or a space after a line that can't end
+/// a command (`then`, `do`, `else`, `{`, `&&`, `||`, `|`).
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            let open = ["then", "do", "else", "{", "&&", "||", "|"].iter().any(|w| out.ends_with(w));
+            out.push_str(if open { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+fn script_lines(image: &Image, args: &AgentArgs) -> String {
     let argv: Vec<String> = args.to_argv().iter().map(|a| sh_quote(a)).collect();
     let argv = argv.join(" ");
     format!(
@@ -630,6 +650,16 @@ mod tests {
         assert_eq!(AgentArgs::parse(a.to_argv()).unwrap(), a);
         assert!(AgentArgs::parse(vec!["--bogus=1".to_string()]).is_err());
         assert!(AgentArgs::parse(Vec::<String>::new()).is_err());
+    }
+
+    #[test]
+    fn the_script_is_one_line_of_valid_sh() {
+        let image = Image::new(b"not really an agent".to_vec());
+        let args = AgentArgs::parse(vec!["--id=1".to_string(), "--parents=0".to_string()]).unwrap();
+        let text = script(&image, &args);
+        assert!(!text.contains('\n'));
+        let checked = std::process::Command::new("sh").args(["-n", "-c", &text]).status().unwrap();
+        assert!(checked.success(), "sh -n rejects: {text}");
     }
 
     #[test]

@@ -96,16 +96,37 @@ struct HandleEntry {
     wake: Option<File>,
 }
 
+/// Local handles; once `closed` (the broker has finished) new ones are
+/// born closed, so nobody waits on a broker that is gone.
+#[derive(Default)]
+struct Handles {
+    map: HashMap<u32, HandleEntry>,
+    closed: bool,
+}
+
+impl Handles {
+    fn insert(&mut self, handle: u32, entry: HandleEntry) {
+        if self.closed {
+            entry.queue.close();
+        }
+        self.map.insert(handle, entry);
+    }
+}
+
 struct Shared {
     cfg: Config,
     poller: Poller,
     queue: Mutex<Vec<Cmd>>,
-    handles: Mutex<HashMap<u32, HandleEntry>>,
+    handles: Mutex<Handles>,
     next_handle: AtomicU32,
     next_context: AtomicU32,
     groups: Mutex<HashSet<i32>>,
+    /// Master only: context id → the context asked to start it.
+    expected: Mutex<HashMap<u32, u32>>,
     temps: Mutex<HashSet<std::path::PathBuf>>,
     shutting_down: AtomicBool,
+    /// The loop has ended; commands are no longer taken.
+    finished: AtomicBool,
     done: (Mutex<bool>, Condvar),
 }
 
@@ -128,12 +149,14 @@ impl Broker {
             cfg,
             poller: Poller::new()?,
             queue: Mutex::new(Vec::new()),
-            handles: Mutex::new(HashMap::new()),
+            handles: Mutex::new(Handles::default()),
             next_handle: AtomicU32::new(handle::FIRST_DYNAMIC),
             next_context: AtomicU32::new(1),
             groups: Mutex::new(HashSet::new()),
+            expected: Mutex::new(HashMap::new()),
             temps: Mutex::new(HashSet::new()),
             shutting_down: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
             done: (Mutex::new(false), Condvar::new()),
         });
         let broker = Broker { shared };
@@ -158,7 +181,21 @@ impl Broker {
     }
 
     fn push(&self, cmd: Cmd) {
-        lock(&self.shared.queue).push(cmd);
+        let mut queue = lock(&self.shared.queue);
+        if self.shared.finished.load(Ordering::SeqCst) {
+            drop(queue);
+            // Too late: the broker is gone. A connection handed over now
+            // must not outlive us unwatched.
+            if let Cmd::AddStream(mut s) = cmd {
+                if let Some(mut child) = s.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            return;
+        }
+        queue.push(cmd);
+        drop(queue);
         let _ = self.shared.poller.notify();
     }
 
@@ -206,6 +243,14 @@ impl Broker {
         self.shared.next_context.fetch_add(1, Ordering::SeqCst)
     }
 
+    /// Master: a fresh id for a context that `parent` will start. Only
+    /// `parent`'s stream may announce it (`ADD_ROUTE`).
+    pub fn allocate_child_id(&self, parent: u32) -> u32 {
+        let id = self.allocate_context_id();
+        lock(&self.shared.expected).insert(id, parent);
+        id
+    }
+
     /// Register a fresh handle. `peer` is the remote context whose loss
     /// should fail this handle with a `DEAD` "disconnected" message.
     pub fn mailbox(&self, peer: Option<u32>) -> Mailbox {
@@ -232,7 +277,7 @@ impl Broker {
     pub fn alias(&self, mb: &mut Mailbox) -> u32 {
         let handle = self.shared.next_handle.fetch_add(1, Ordering::SeqCst);
         let mut handles = lock(&self.shared.handles);
-        if let Some(entry) = handles.get(&mb.handle) {
+        if let Some(entry) = handles.map.get(&mb.handle) {
             let alias = HandleEntry { queue: entry.queue.clone(), peer: entry.peer, wake: None };
             handles.insert(handle, alias);
             mb.aliases.push(handle);
@@ -250,7 +295,7 @@ impl Broker {
     /// Forget a handle (its mailbox sees `Closed`); later messages for it
     /// get a `DEAD` reply.
     pub fn unregister(&self, handle: u32) {
-        if let Some(entry) = lock(&self.shared.handles).remove(&handle) {
+        if let Some(entry) = lock(&self.shared.handles).map.remove(&handle) {
             entry.queue.close();
         }
     }
@@ -279,9 +324,15 @@ impl Broker {
     /// Deliver to a local handle. Returns the message back if nobody listens.
     fn deliver(&self, msg: Message) -> Result<(), Message> {
         let handles = lock(&self.shared.handles);
-        let Some(entry) = handles.get(&msg.header.handle) else {
+        let Some(entry) = handles.map.get(&msg.header.handle) else {
             return Err(msg);
         };
+        // A handle waiting on one context takes answers from it alone. A
+        // DEAD notice may come from any router on the way (it can only fail
+        // the call, never answer it).
+        if entry.peer.is_some_and(|p| p != msg.header.src) && !msg.is_dead() {
+            return Err(msg);
+        }
         if entry.queue.push(msg) {
             if let Some(mut w) = entry.wake.as_ref() {
                 let _ = w.write(&[1]);
@@ -293,7 +344,7 @@ impl Broker {
     /// Fail every handle waiting on `peer` with a `DEAD` message.
     fn fail_peer(&self, peer: u32, reason: &str) {
         let handles = lock(&self.shared.handles);
-        for (&h, entry) in handles.iter() {
+        for (&h, entry) in handles.map.iter() {
             if entry.peer == Some(peer) {
                 let mut msg = Message::new(self.id(), h, format!("disconnected: {reason}").into_bytes());
                 msg.header.src = peer;
@@ -447,7 +498,11 @@ impl Loop {
         if every.is_zero() || !matches!(self.phase, Phase::Running) {
             return None;
         }
-        self.streams.values().filter(|s| !s.is_parent).map(|s| s.last_heard.max(s.last_probe) + every).min()
+        self.streams
+            .values()
+            .filter(|s| !s.is_parent)
+            .filter_map(|s| s.last_heard.max(s.last_probe).checked_add(every))
+            .min()
     }
 
     fn keepalive(&mut self) {
@@ -455,7 +510,7 @@ impl Loop {
         if every.is_zero() || !matches!(self.phase, Phase::Running) {
             return;
         }
-        let limit = every * self.cfg().keepalive_misses.max(1);
+        let limit = every.saturating_mul(self.cfg().keepalive_misses.max(1));
         let now = Instant::now();
         let mut dead = Vec::new();
         let mut probe = Vec::new();
@@ -548,9 +603,7 @@ impl Loop {
                     None => Ok(()),
                 })
         };
-        if let Err(e) = added {
-            warn!("stream {}: can't watch its fds: {e}", stream.name);
-        }
+        let unwatched = added.err();
         debug!("stream {} (context {}) connected", stream.name, stream.remote_id);
         if stream.is_parent {
             self.parent = Some(sid);
@@ -559,6 +612,13 @@ impl Loop {
             self.announce_route(stream.remote_id, &stream.name);
         }
         self.streams.insert(sid, stream);
+        if let Some(e) = unwatched {
+            // A stream we can't poll would never report its end.
+            let why = format!("can't watch its fds: {e}");
+            warn!("stream {}: {why}", self.streams.get(&sid).map_or("", |s| s.name.as_str()));
+            self.drop_stream(sid, &why);
+            return;
+        }
         if let Some(mut hello) = s.greeting {
             hello.header.src = self.cfg().id;
             hello.header.auth = self.cfg().id;
@@ -901,6 +961,10 @@ impl Loop {
                 warn!("bad ADD_ROUTE body from {}", msg.header.src);
                 return;
             };
+            if let Err(why) = self.may_add_route(add.id, sid) {
+                warn!("refused ADD_ROUTE for context {} from context {}: {why}", add.id, msg.header.src);
+                return;
+            }
             debug!("route to {} ({}) via stream {sid}", add.id, add.name);
             self.routes.add(add.id, sid);
             self.announce_route(add.id, &add.name);
@@ -917,6 +981,28 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// A child may announce only contexts below it: never us, an ancestor,
+    /// or a context already reached through another stream; and in the
+    /// master, only ids it allocated for a connect through that stream.
+    fn may_add_route(&self, id: u32, sid: usize) -> Result<(), &'static str> {
+        if id == self.cfg().id || self.cfg().parent_ids.contains(&id) {
+            return Err("that is us or an ancestor");
+        }
+        if self.routes.via(id).is_some_and(|s| s != sid) {
+            return Err("that context is reached through another stream");
+        }
+        if self.cfg().parent_ids.is_empty() {
+            let expected = lock(&self.broker.shared.expected).get(&id).copied();
+            let via_ok = expected.is_some_and(|parent| {
+                self.routes.via(parent) == Some(sid) || self.streams.get(&sid).is_some_and(|s| s.remote_id == parent)
+            });
+            if !via_ok {
+                return Err("the master allocated no such context below that stream");
+            }
+        }
+        Ok(())
     }
 
     // ---- shutdown ------------------------------------------------------
@@ -1014,7 +1100,8 @@ impl Loop {
         }
         match File::open("/dev/null") {
             Ok(null) => {
-                let _ = std::io::stdout().flush();
+                // No `stdout().flush()`: a call thread may hold std's stdout
+                // lock while blocked on the full pipe we are about to drain.
                 for fd in [1, 2] {
                     let _ = sys::dup_onto(std::os::fd::AsFd::as_fd(&null), fd);
                 }
@@ -1024,8 +1111,26 @@ impl Loop {
     }
 
     fn finish(mut self) {
-        // Whatever the logger queued during the last steps goes out too.
+        // Whatever the logger queued during the last steps goes out too;
+        // after this, `push` handles late commands itself.
         self.take_commands();
+        let late = {
+            let mut queue = lock(&self.broker.shared.queue);
+            self.broker.shared.finished.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *queue)
+        };
+        for cmd in late {
+            match cmd {
+                Cmd::Send(msg) => self.route(msg, Origin::Local),
+                Cmd::AddStream(mut s) => {
+                    if let Some(mut child) = s.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                }
+                Cmd::Capture { .. } | Cmd::Shutdown(_) => {}
+            }
+        }
         if let Some(p) = self.parent {
             let deadline = Instant::now() + Duration::from_millis(200);
             while self.streams.get(&p).is_some_and(|s| s.out_pos < s.out.len()) && Instant::now() < deadline {
@@ -1058,8 +1163,12 @@ impl Loop {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for (_, entry) in lock(&self.broker.shared.handles).drain() {
-            entry.queue.close();
+        {
+            let mut handles = lock(&self.broker.shared.handles);
+            handles.closed = true;
+            for (_, entry) in handles.map.drain() {
+                entry.queue.close();
+            }
         }
         for path in lock(&self.broker.shared.temps).drain() {
             let _ = std::fs::remove_file(path);

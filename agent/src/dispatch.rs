@@ -165,9 +165,21 @@ impl Pool {
         }
         drop(st);
         let pool = self.clone();
-        let spawned = std::thread::Builder::new().name("spore-call".into()).spawn(move || pool.work(call));
+        // The call travels in a slot so it can be answered here if the
+        // thread never starts.
+        let slot = Arc::new(Mutex::new(Some(call)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new().name("spore-call".into()).spawn(move || {
+            let call = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(call) = call {
+                pool.work(call);
+            }
+        });
         if let Err(e) = spawned {
             log::error!("can't start a thread for a call: {e}");
+            if let Some(call) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                call.finish(Err(OpError::new("io", format!("can't start a thread for the call: {e}"))));
+            }
         }
     }
 
@@ -200,7 +212,10 @@ impl Pool {
             Ok(CallOp { op }) => match self.handlers.get(&op) {
                 Some(h) => {
                     log::debug!("call {op} from context {}", call.caller());
-                    h(call)
+                    // A panicking handler (in an agent built with unwinding)
+                    // still answers its caller.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call)))
+                        .unwrap_or_else(|_| Err(OpError::new("panic", format!("operation {op:?} panicked"))))
                 }
                 None => Err(OpError::new("unsupported", format!("unknown operation {op:?}"))),
             },

@@ -90,11 +90,10 @@ impl Mailbox {
 
     /// The next message if one is queued.
     pub fn try_recv(&self) -> Result<Option<Message>, RecvError> {
-        let msg = self.queue.pop(None)?;
-        if msg.is_none() {
-            self.drain_wake();
-        }
-        Ok(msg)
+        // Drain the wake pipe first: a message arriving after this leaves
+        // its byte in the pipe, so a poller waiting on it can't miss it.
+        self.drain_wake();
+        self.queue.pop(None)
     }
 
     /// The pipe that turns readable when a message arrives (only for

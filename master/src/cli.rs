@@ -6,6 +6,7 @@
 use miniserde::json::{Number, Object, Value};
 use spore::{Command, Context, Error, Options, Router, Stream, Targets};
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -192,7 +193,6 @@ fn int(n: Option<i32>) -> Value {
 }
 
 pub fn main() -> i32 {
-    crate::signals::block();
     let args = match parse(std::env::args().skip(1).collect()) {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -218,6 +218,9 @@ pub fn main() -> i32 {
             }
         }
     }
+    // From here on Ctrl-C means an orderly shutdown. (At the prompt it just
+    // ends spore: nothing has started yet.) No thread exists before this.
+    crate::signals::block();
     let router = match Router::with_options(opts) {
         Ok(r) => r,
         Err(e) => {
@@ -282,6 +285,12 @@ fn run_one(args: &Args, target: &str, ctx: &Context, many: bool) -> Outcome {
         Cmd::Get { remote, local, .. } => cmd_get(ctx, remote, local, &mut o),
     };
     if let Err(e) = result {
+        if let Error::Local { source, .. } = &e {
+            if source.kind() == std::io::ErrorKind::BrokenPipe {
+                o.code = 128 + libc::SIGPIPE;
+                return o;
+            }
+        }
         if !args.json {
             eprintln!("spore: {e}");
         }
@@ -299,13 +308,13 @@ struct Prefixed<'a> {
 static OUTPUT: Mutex<()> = Mutex::new(());
 
 impl Prefixed<'_> {
-    fn write(&mut self, which: Stream, data: &[u8], flush_all: bool) {
+    fn write(&mut self, which: Stream, data: &[u8], flush_all: bool) -> std::io::Result<()> {
         let idx = usize::from(which == Stream::Stderr);
         let buf = &mut self.partial[idx];
         buf.extend_from_slice(data);
         let cut = if flush_all { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
         if cut == 0 {
-            return;
+            return Ok(());
         }
         let lines: Vec<u8> = buf.drain(..cut).collect();
         let mut text = Vec::new();
@@ -318,7 +327,11 @@ impl Prefixed<'_> {
             }
         }
         let _guard = OUTPUT.lock();
-        let _ = if idx == 0 { std::io::stdout().write_all(&text) } else { std::io::stderr().write_all(&text) };
+        if idx == 0 {
+            std::io::stdout().write_all(&text)
+        } else {
+            std::io::stderr().write_all(&text)
+        }
     }
 }
 
@@ -333,8 +346,8 @@ fn cmd_run(args: &Args, ctx: &Context, argv: &[String], many: bool, o: &mut Outc
     } else if many {
         let mut p = Prefixed { prefix: &o.target, partial: [Vec::new(), Vec::new()] };
         let status = ctx.exec_streaming(&cmd, None, &mut |which, data| p.write(which, data, false))?;
-        p.write(Stream::Stdout, &[], true);
-        p.write(Stream::Stderr, &[], true);
+        let flushed = p.write(Stream::Stdout, &[], true).and_then(|()| p.write(Stream::Stderr, &[], true));
+        flushed.map_err(|e| Error::Local { what: "write output".into(), source: e })?;
         status
     } else {
         // Like ssh: stdin goes to the command unless it is a terminal (or
@@ -344,14 +357,11 @@ fn cmd_run(args: &Args, ctx: &Context, argv: &[String], many: bool, o: &mut Outc
         } else {
             Some(Box::new(std::io::stdin()))
         };
-        let mut broken = false;
-        ctx.exec_streaming(&cmd, stdin, &mut |which, data| {
-            let r = match which {
-                Stream::Stdout => std::io::stdout().write_all(data).and_then(|()| std::io::stdout().flush()),
-                Stream::Stderr => std::io::stderr().write_all(data),
-            };
-            // A closed stdout (`| head`) is a normal end; keep draining.
-            broken |= r.is_err();
+        // A closed stdout (`| head`) ends the run, as it would end ssh: the
+        // call is abandoned and the remote kills the command.
+        ctx.exec_streaming(&cmd, stdin, &mut |which, data| match which {
+            Stream::Stdout => std::io::stdout().write_all(data).and_then(|()| std::io::stdout().flush()),
+            Stream::Stderr => std::io::stderr().write_all(data),
         })?
     };
     o.code = status.shell_code();
@@ -382,7 +392,9 @@ fn cmd_info(ctx: &Context, o: &mut Outcome) -> spore::Result<()> {
 
 fn cmd_put(args: &Args, ctx: &Context, local: &str, remote: &str, o: &mut Outcome) -> spore::Result<()> {
     let mut file = std::fs::File::open(local).map_err(|e| Error::Local { what: format!("open {local}"), source: e })?;
-    let mode = args.mode.or(Some(0o644));
+    // Without --mode, the file keeps the local file's permission bits.
+    let local_mode = file.metadata().map(|m| m.permissions().mode() & 0o7777).ok();
+    let mode = args.mode.or(local_mode);
     let n = ctx.write_file(remote, &mut file, mode)?;
     o.text = Some(format!("{}: wrote {n} bytes to {remote}", o.target));
     o.set("bytes", num(n));
@@ -391,26 +403,50 @@ fn cmd_put(args: &Args, ctx: &Context, local: &str, remote: &str, o: &mut Outcom
 }
 
 fn cmd_get(ctx: &Context, remote: &str, local: &str, o: &mut Outcome) -> spore::Result<()> {
-    // Into a temporary name beside the destination, renamed when complete:
-    // a failed transfer never leaves a half file under the real name.
-    let dest = std::path::Path::new(local);
+    // A directory as the destination gets the remote file's name.
+    let mut dest = std::path::PathBuf::from(local);
+    if local.ends_with('/') || dest.is_dir() {
+        let name = std::path::Path::new(remote)
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("get: {remote:?} names no file to put in {local}")))?;
+        dest.push(name);
+    }
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Into a private temporary name beside the destination (created new,
+    // never through a symlink), renamed when complete: a failed transfer
+    // never leaves a half file under the real name.
     let tmp = dir.join(format!(".{name}.spore-{}", std::process::id()));
     let local_err = |what: String| move |e| Error::Local { what, source: e };
-    let mut file = std::fs::File::create(&tmp).map_err(local_err(format!("create {}", tmp.display())))?;
-    let result = ctx.read_file(remote, &mut std::io::BufWriter::with_capacity(1 << 20, &mut file));
-    let n = match result.and_then(|n| file.sync_all().map(|()| n).map_err(local_err(format!("sync {local}")))) {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(local_err(format!("create {}", tmp.display())))?;
+    let mut fetch = || -> spore::Result<u64> {
+        let reply = {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+            let reply = ctx.download(remote, &mut w)?;
+            w.flush().map_err(local_err(format!("write {}", dest.display())))?;
+            reply
+        };
+        file.set_permissions(std::fs::Permissions::from_mode(reply.mode & 0o7777))
+            .map_err(local_err(format!("chmod {}", dest.display())))?;
+        file.sync_all().map_err(local_err(format!("sync {}", dest.display())))?;
+        std::fs::rename(&tmp, &dest).map_err(local_err(format!("rename into {}", dest.display())))?;
+        Ok(reply.size)
+    };
+    let n = match fetch() {
         Ok(n) => n,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
     };
-    std::fs::rename(&tmp, dest).map_err(local_err(format!("rename into {local}")))?;
-    o.text = Some(format!("{}: read {n} bytes into {local}", o.target));
+    o.text = Some(format!("{}: read {n} bytes into {}", o.target, dest.display()));
     o.set("bytes", num(n));
-    o.set("path", Value::String(local.into()));
+    o.set("path", Value::String(dest.display().to_string()));
     Ok(())
 }
 

@@ -263,7 +263,7 @@ impl Context {
 
     /// Start a child context through a parsed hop, named `name`.
     pub fn connect_hop(&self, hop: &Hop, name: &str) -> Result<Context> {
-        let id = self.router.allocate_id();
+        let id = self.router.allocate_child_id(self.id);
         let timeout = self.router.options().connect_timeout;
         let mut args = hop.connect_args(self.router.options().become_password.as_deref());
         args.context_id = id;
@@ -287,20 +287,25 @@ impl Context {
     pub fn exec(&self, cmd: &Command) -> Result<Output> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
-        let status = self.exec_inner(cmd, None, false, &mut |which, data| match which {
-            Stream::Stdout => stdout.extend_from_slice(data),
-            Stream::Stderr => stderr.extend_from_slice(data),
+        let status = self.exec_inner(cmd, None, false, &mut |which, data| {
+            match which {
+                Stream::Stdout => stdout.extend_from_slice(data),
+                Stream::Stderr => stderr.extend_from_slice(data),
+            }
+            Ok(())
         })?;
         Ok(Output { status, stdout, stderr })
     }
 
     /// Run a command, feeding it `stdin` (if any) and handing its output to
-    /// `sink` chunk by chunk as it is produced.
+    /// `sink` chunk by chunk as it is produced. If `sink` fails (a closed
+    /// pipe), the call is abandoned: the remote kills the command's group,
+    /// and the error is returned as `Error::Local`.
     pub fn exec_streaming(
         &self,
         cmd: &Command,
         stdin: Option<Box<dyn Read + Send>>,
-        sink: &mut dyn FnMut(Stream, &[u8]),
+        sink: &mut dyn FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<ExitStatus> {
         self.exec_inner(cmd, stdin, true, sink)
     }
@@ -310,7 +315,7 @@ impl Context {
         cmd: &Command,
         stdin: Option<Box<dyn Read + Send>>,
         stream: bool,
-        sink: &mut dyn FnMut(Stream, &[u8]),
+        sink: &mut dyn FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<ExitStatus> {
         let mut mb = self.router.broker().mailbox(Some(self.id));
         let err_handle = self.router.broker().alias(&mut mb);
@@ -339,7 +344,12 @@ impl Context {
             };
             if msg.is_binary() {
                 let which = if msg.header.handle == err_handle { Stream::Stderr } else { Stream::Stdout };
-                sink(which, &msg.body);
+                if let Err(e) = sink(which, &msg.body) {
+                    if let Some(s) = peer_stream {
+                        self.abandon(s, &format!("the caller stopped reading: {e}"));
+                    }
+                    break Err(Error::Local { what: "write the command's output".into(), source: e });
+                }
                 consumed += msg.body.len() as u64;
                 if let Some(s) = peer_stream {
                     ack(self.router.broker(), self.id, s, consumed);
@@ -422,6 +432,11 @@ impl Context {
 
     /// Stream a remote file into `sink`; returns the bytes read.
     pub fn read_file(&self, path: &str, sink: &mut dyn Write) -> Result<u64> {
+        self.download(path, sink).map(|r| r.size)
+    }
+
+    /// Stream a remote file into `sink`; returns its size and mode.
+    pub fn download(&self, path: &str, sink: &mut dyn Write) -> Result<ReadReply> {
         let mb = self.router.broker().mailbox(Some(self.id));
         self.send_call(&mb, body::to_json(&PathArgs { op: "read_file".into(), path: path.into() }));
         let mut peer_stream = None;
@@ -429,7 +444,12 @@ impl Context {
         loop {
             let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "file data")?;
             if msg.is_binary() {
-                sink.write_all(&msg.body).map_err(|e| Error::Local { what: "write the download".into(), source: e })?;
+                if let Err(e) = sink.write_all(&msg.body) {
+                    if let Some(s) = peer_stream {
+                        self.abandon(s, &format!("the download failed here: {e}"));
+                    }
+                    return Err(Error::Local { what: "write the download".into(), source: e });
+                }
                 consumed += msg.body.len() as u64;
                 if let Some(s) = peer_stream {
                     ack(self.router.broker(), self.id, s, consumed);
@@ -442,7 +462,7 @@ impl Context {
                         message: format!("read {path}: {consumed} bytes arrived of {}", reply.size),
                     });
                 }
-                return Ok(consumed);
+                return Ok(reply);
             } else if let Ok(Control { stream: Some(s), .. }) = body::from_json(&msg.body, "control") {
                 peer_stream = Some(s);
             }
@@ -467,13 +487,18 @@ impl Context {
         };
         let result = self.upload(&mb, peer, source);
         if let Err(e) = &result {
-            // Tell the remote to give up, so it removes its temporary file
-            // rather than wait for bytes that will never come.
-            let mut abandon = Message::new(self.id, peer, format!("upload abandoned: {e}").into_bytes());
-            abandon.header.flags = spore_protocol::FLAG_DEAD;
-            self.router.send(abandon);
+            // The remote removes its temporary file rather than wait for
+            // bytes that will never come.
+            self.abandon(peer, &format!("upload abandoned: {e}"));
         }
         result
+    }
+
+    /// Tell the remote side of a stream that we have given up on it.
+    fn abandon(&self, peer_handle: u32, why: &str) {
+        let mut msg = Message::new(self.id, peer_handle, why.as_bytes().to_vec());
+        msg.header.flags = spore_protocol::FLAG_DEAD;
+        self.router.send(msg);
     }
 
     fn upload(&self, mb: &Mailbox, peer: u32, source: &mut dyn Read) -> Result<u64> {

@@ -32,5 +32,5 @@ pub use context::{Command, Context, ExitStatus, Output, Pending, Stream};
 pub use error::{Error, Result};
 pub use image::default_image;
 pub use router::{Options, Router};
-pub use spore_protocol::body::{DirEntry, InfoReply, ListReply, StatReply};
+pub use spore_protocol::body::{DirEntry, InfoReply, ListReply, ReadReply, StatReply};
 pub use target::{Hop, SshHop, Targets};

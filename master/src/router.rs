@@ -183,9 +183,10 @@ impl Router {
         &self.inner.broker
     }
 
-    /// Ask the master's allocator for a context id (as `ALLOCATE_ID` does).
-    pub(crate) fn allocate_id(&self) -> u32 {
-        self.inner.broker.allocate_context_id()
+    /// A context id for a child that context `parent` will start; only
+    /// `parent`'s branch of the tree may announce it.
+    pub(crate) fn allocate_child_id(&self, parent: u32) -> u32 {
+        self.inner.broker.allocate_child_id(parent)
     }
 }
 

@@ -207,3 +207,55 @@ fn the_agent_needs_spores_arguments() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("started by spore"));
 }
+
+#[test]
+fn a_closed_stdout_ends_the_run_and_the_command() {
+    let guard = LeakGuard::new();
+    let mut child = Command::new(spore_bin())
+        .args(["run", "local", "--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 2];
+    let mut stdout = child.stdout.take().unwrap();
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"y\n");
+    drop(stdout); // `| head -1` has what it wanted
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "spore kept running after its stdout closed");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGPIPE));
+    drop(child);
+    guard.check();
+}
+
+#[test]
+fn get_into_a_directory_keeps_the_mode_and_put_keeps_the_local_mode() {
+    let guard = LeakGuard::new();
+    let dir = Scratch::new("cli-modes");
+    let script = dir.path("tool.sh");
+    std::fs::write(&script, "#!/bin/sh\necho tool\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    std::fs::create_dir(dir.0.join("remote")).unwrap();
+    let out = spore(&["put", "local", &script, &dir.path("remote/tool.sh")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = |p: &str| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
+    assert_eq!(mode(&dir.path("remote/tool.sh")), 0o750);
+    std::fs::create_dir(dir.0.join("back")).unwrap();
+    let out = spore(&["get", "local", &dir.path("remote/tool.sh"), &format!("{}/", dir.path("back"))]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&dir.path("back/tool.sh")), 0o750);
+    assert_eq!(std::fs::read_dir(dir.0.join("back")).unwrap().count(), 1, "a temporary file was left");
+    // A failed get leaves nothing behind.
+    let out = spore(&["get", "local", "/no/such/file", &format!("{}/", dir.path("back"))]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(std::fs::read_dir(dir.0.join("back")).unwrap().count(), 1);
+    guard.check();
+}

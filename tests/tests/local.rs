@@ -83,6 +83,7 @@ fn exec_streams_stdin_and_output_with_flow_control() {
             assert_eq!(w, Stream::Stdout);
             got.extend_from_slice(d);
             chunks += 1;
+            Ok(())
         })
         .unwrap();
     assert!(status.success());
@@ -90,7 +91,7 @@ fn exec_streams_stdin_and_output_with_flow_control() {
     assert!(chunks > 10, "output came in {chunks} chunks");
     // A command that never reads its stdin still ends.
     let status = ctx
-        .exec_streaming(&sh("exec 0<&-; echo done"), Some(Box::new(std::io::Cursor::new(data))), &mut |_, _| {})
+        .exec_streaming(&sh("exec 0<&-; echo done"), Some(Box::new(std::io::Cursor::new(data))), &mut |_, _| Ok(()))
         .unwrap();
     assert!(status.success());
     r.shutdown();
@@ -305,5 +306,88 @@ fn shutdown_ends_every_agent_and_command() {
         other => panic!("unexpected {other:?}"),
     }
     drop((a, b, r));
+    guard.check();
+}
+
+#[test]
+fn streamed_output_to_a_slow_reader_arrives_whole() {
+    let guard = LeakGuard::new();
+    let r = router();
+    let ctx = r.local().unwrap();
+    let mut got = 0usize;
+    let status = ctx
+        .exec_streaming(&Command::new(["head", "-c", "3000000", "/dev/zero"]), None, &mut |_, d| {
+            got += d.len();
+            std::thread::sleep(Duration::from_millis(3));
+            Ok(())
+        })
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(got, 3_000_000, "output was cut short");
+    r.shutdown();
+    drop((ctx, r));
+    guard.check();
+}
+
+#[test]
+fn collected_output_is_bounded_in_the_agent() {
+    let guard = LeakGuard::new();
+    let r = router();
+    let ctx = r.local().unwrap();
+    let pid = ctx.info().unwrap().pid;
+    let out = ctx.exec(&Command::new(["head", "-c", "200000000", "/dev/zero"])).unwrap();
+    assert_eq!(out.stdout.len(), 200_000_000);
+    let peak = spore_tests::peak_rss_kib(pid);
+    assert!(peak < 48 * 1024, "the agent held {peak} KiB for a collected command");
+    r.shutdown();
+    drop((ctx, r, out));
+    guard.check();
+}
+
+#[test]
+fn calls_after_shutdown_fail_at_once() {
+    let guard = LeakGuard::new();
+    let r = router();
+    let ctx = r.local().unwrap();
+    r.shutdown();
+    let start = Instant::now();
+    let err = ctx.ping().unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(matches!(err, Error::ShuttingDown | Error::Disconnected { .. } | Error::Dead { .. }), "{err:?}");
+    assert!(matches!(r.local(), Err(Error::ShuttingDown)));
+    drop((ctx, r));
+    guard.check();
+}
+
+#[test]
+fn a_child_cannot_claim_other_contexts() {
+    let guard = LeakGuard::new();
+    let opts = Options {
+        agent_image: Some(std::fs::read(spore_tests::test_agent_path()).unwrap()),
+        agent_log_level: Some(log::LevelFilter::Info),
+        ..Options::default()
+    };
+    let r = Router::with_options(opts).unwrap();
+    let top = r.local().unwrap();
+    let a = top.connect("local").unwrap();
+    let b = top.connect("local").unwrap();
+    // a claims the master, its parent, its sibling; top claims an id the
+    // master never gave out.
+    for (who, id) in [(&a, 0), (&a, top.id()), (&a, b.id()), (&top, 999)] {
+        let body = format!(r#"{{"op":"claim_route","id":{id}}}"#);
+        who.call_async(body.into_bytes()).wait_deadline(Instant::now() + Duration::from_secs(5)).unwrap();
+    }
+    assert!(wait_for_record("spore@local", "refused ADD_ROUTE for context 0", Duration::from_secs(5)));
+    assert!(wait_for_record(
+        "spore@local",
+        &format!("refused ADD_ROUTE for context {}", b.id()),
+        Duration::from_secs(5)
+    ));
+    assert!(wait_for_record("spore_agent::broker", "refused ADD_ROUTE for context 999", Duration::from_secs(5)));
+    for ctx in [&top, &a, &b] {
+        ctx.ping().unwrap();
+    }
+    r.shutdown();
+    drop((top, a, b, r));
     guard.check();
 }

@@ -2,7 +2,6 @@
 //! caller, send its stdout/stderr back (streamed or collected), and kill the
 //! group when the timeout expires.
 
-use super::next_message;
 use crate::call::{ok, Call, OpError, OpResult};
 use crate::flow::{ack, Outflow};
 use crate::sys;
@@ -18,13 +17,63 @@ use std::time::{Duration, Instant};
 /// After SIGTERM on timeout, SIGKILL follows this much later.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// After the command exits, output still held open by a background
-/// grandchild is read for this long, then left behind.
+/// grandchild is read until it has been idle this long, then left behind.
 const LINGER: Duration = Duration::from_millis(200);
+/// Collected output is held until the command exits, up to this much per
+/// stream; past it the agent sends what it has (within the window) rather
+/// than grow without bound.
+const COLLECT_LIMIT: usize = 8 << 20;
 
 struct Output {
     file: Option<File>,
     flow: Outflow,
-    collected: Vec<u8>,
+    /// Read from the command, not yet sent.
+    pending: Vec<u8>,
+    /// Collected mode gave up holding everything back.
+    spilled: bool,
+}
+
+impl Output {
+    fn new(file: Option<File>, flow: Outflow) -> Output {
+        Output { file, flow, pending: Vec::new(), spilled: false }
+    }
+
+    /// How much may wait here before we stop reading the pipe.
+    fn limit(&self, stream: bool) -> usize {
+        if stream || self.spilled {
+            CHUNK_SIZE
+        } else {
+            COLLECT_LIMIT
+        }
+    }
+
+    /// Read what the pipe has (within the limit); bytes read.
+    fn read(&mut self, stream: bool) -> usize {
+        let Some(file) = self.file.as_ref() else { return 0 };
+        let room = self.limit(stream).saturating_sub(self.pending.len()).min(CHUNK_SIZE);
+        if room == 0 {
+            return 0;
+        }
+        let mut buf = vec![0u8; room];
+        match (&*file).read(&mut buf) {
+            Ok(0) => {
+                self.file = None;
+                0
+            }
+            Ok(n) => {
+                self.pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+                if !stream && self.pending.len() >= COLLECT_LIMIT {
+                    self.spilled = true;
+                }
+                n
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
+            Err(_) => {
+                self.file = None;
+                0
+            }
+        }
+    }
 }
 
 pub(crate) fn exec(call: &Call) -> OpResult {
@@ -97,16 +146,8 @@ impl Runner {
             stdin_queue: VecDeque::new(),
             stdin_end: !args.stdin,
             stdin_consumed: 0,
-            out: Output {
-                file: stdout,
-                flow: Outflow::new(broker.clone(), call.caller(), call.request.header.reply_to),
-                collected: Vec::new(),
-            },
-            err: Output {
-                file: stderr,
-                flow: Outflow::new(broker, call.caller(), args.stderr_handle),
-                collected: Vec::new(),
-            },
+            out: Output::new(stdout, Outflow::new(broker.clone(), call.caller(), call.request.header.reply_to)),
+            err: Output::new(stderr, Outflow::new(broker, call.caller(), args.stderr_handle)),
             acked: 0,
         })
     }
@@ -120,20 +161,32 @@ impl Runner {
         let deadline = args.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut timed_out = false;
         let mut kill_at: Option<Instant> = None;
-        let mut exited: Option<(ExitStatus, Instant)> = None;
+        let mut exited: Option<ExitStatus> = None;
+        // The last time output moved, or waited on the caller's acks: the
+        // linger after exit counts from here, so nothing is cut off merely
+        // because the window was full.
+        let mut progress = Instant::now();
         loop {
             self.take_messages(call)?;
             self.feed_stdin(call);
             if exited.is_none() {
                 if let Some(status) = child.try_wait().map_err(|e| OpError::io("wait", &e))? {
-                    exited = Some((status, Instant::now() + LINGER));
+                    exited = Some(status);
                     self.stdin = None;
+                    progress = Instant::now();
                 }
             }
+            if self.send_pending(args.stream, exited.is_some()) {
+                progress = Instant::now();
+            }
             let now = Instant::now();
-            if let Some((_, linger)) = exited {
+            let unsent = !self.out.pending.is_empty() || !self.err.pending.is_empty();
+            if unsent && self.in_flight() >= WINDOW {
+                progress = now;
+            }
+            if exited.is_some() && !unsent {
                 let pipes_open = self.out.file.is_some() || self.err.file.is_some();
-                if !pipes_open || now >= linger {
+                if !pipes_open || now.duration_since(progress) >= LINGER {
                     break;
                 }
             }
@@ -149,16 +202,13 @@ impl Runner {
                     kill_at = None;
                 }
             }
-            self.wait(args.stream, exited.is_some(), deadline.filter(|_| !timed_out).or(kill_at))?;
+            if self.wait(args.stream, exited.is_some(), deadline.filter(|_| !timed_out).or(kill_at))? {
+                progress = Instant::now();
+            }
         }
-        let Some((status, _)) = exited else {
+        let Some(status) = exited else {
             return Err(OpError::new("io", "lost track of the command"));
         };
-        self.out.file = None;
-        self.err.file = None;
-        if !args.stream {
-            self.flush_collected(call)?;
-        }
         ok(&ExecReply {
             status: status.code(),
             signal: status.signal(),
@@ -166,6 +216,27 @@ impl Runner {
             stdout_len: self.out.flow.sent(),
             stderr_len: self.err.flow.sent(),
         })
+    }
+
+    /// Send what we hold, as the mode and the window allow: streaming sends
+    /// at once; collecting holds back until exit (or the limit). True if
+    /// anything went out.
+    fn send_pending(&mut self, stream: bool, exited: bool) -> bool {
+        let mut sent = false;
+        for which in [0, 1] {
+            loop {
+                let in_flight = self.in_flight();
+                let o = if which == 0 { &mut self.out } else { &mut self.err };
+                if o.pending.is_empty() || !(stream || o.spilled || exited) || in_flight >= WINDOW {
+                    break;
+                }
+                let n = o.pending.len().min(CHUNK_SIZE);
+                let chunk: Vec<u8> = o.pending.drain(..n).collect();
+                o.flow.send(&chunk, false);
+                sent = true;
+            }
+        }
+        sent
     }
 
     /// Acks for our output, stdin chunks, or the news that the caller is gone.
@@ -223,12 +294,12 @@ impl Runner {
         }
     }
 
-    /// Poll the command's pipes and our mailbox until something happens or
-    /// a tick passes (exit is noticed by `try_wait` on each turn).
-    fn wait(&mut self, stream: bool, exited: bool, deadline: Option<Instant>) -> Result<(), OpError> {
-        let credit = !stream || self.in_flight() < WINDOW;
-        let fd = |f: &Option<File>, on: bool| match f {
-            Some(f) if on => f.as_raw_fd(),
+    /// Poll the command's pipes (those we may read now) and our mailbox
+    /// until something happens or a tick passes (exit is noticed by
+    /// `try_wait` on each turn). True if output was read.
+    fn wait(&mut self, stream: bool, exited: bool, deadline: Option<Instant>) -> Result<bool, OpError> {
+        let readable = |o: &Output| match &o.file {
+            Some(f) if o.pending.len() < o.limit(stream) => f.as_raw_fd(),
             _ => -1,
         };
         let pipes_open = self.out.file.is_some() || self.err.file.is_some();
@@ -237,60 +308,26 @@ impl Runner {
             tick = tick.min(d.saturating_duration_since(Instant::now()));
         }
         let waker = self.mb.waker().map_or(-1, |w| w.as_raw_fd());
+        let stdin_fd = match &self.stdin {
+            Some(f) if !self.stdin_queue.is_empty() => f.as_raw_fd(),
+            _ => -1,
+        };
         let mut fds = [
-            pollfd(fd(&self.out.file, credit), libc::POLLIN),
-            pollfd(fd(&self.err.file, credit), libc::POLLIN),
-            pollfd(fd(&self.stdin, !self.stdin_queue.is_empty()), libc::POLLOUT),
+            pollfd(readable(&self.out), libc::POLLIN),
+            pollfd(readable(&self.err), libc::POLLIN),
+            pollfd(stdin_fd, libc::POLLOUT),
             pollfd(waker, libc::POLLIN),
         ];
         sys::poll(&mut fds, tick.as_millis() as i32).map_err(|e| OpError::io("poll", &e))?;
         let [o, e, _, _] = fds;
+        let mut read = 0;
         if o.revents != 0 {
-            read_output(&mut self.out, stream);
+            read += self.out.read(stream);
         }
         if e.revents != 0 {
-            read_output(&mut self.err, stream);
+            read += self.err.read(stream);
         }
-        Ok(())
-    }
-
-    /// Collected mode: everything goes out after the command has exited,
-    /// still in chunks and still within the window.
-    fn flush_collected(&mut self, call: &Call) -> Result<(), OpError> {
-        for which in [0, 1] {
-            let data = std::mem::take(if which == 0 { &mut self.out.collected } else { &mut self.err.collected });
-            for chunk in data.chunks(CHUNK_SIZE) {
-                while self.in_flight() >= WINDOW {
-                    let msg = next_message(&self.mb, "send output")?;
-                    if let Ok(Control { ack: Some(a), .. }) = body::from_json(&msg.body, "ack") {
-                        self.acked = self.acked.max(a);
-                    }
-                }
-                let flow = if which == 0 { &mut self.out.flow } else { &mut self.err.flow };
-                flow.send(chunk, false);
-            }
-        }
-        let _ = call;
-        Ok(())
-    }
-}
-
-/// Read one chunk of output: send it (streaming) or keep it (collecting).
-fn read_output(out: &mut Output, stream: bool) {
-    let Some(file) = out.file.as_ref() else { return };
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    match (&*file).read(&mut buf) {
-        Ok(0) => out.file = None,
-        Ok(n) => {
-            let data = buf.get(..n).unwrap_or_default();
-            if stream {
-                out.flow.send(data, false);
-            } else {
-                out.collected.extend_from_slice(data);
-            }
-        }
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-        Err(_) => out.file = None,
+        Ok(read > 0)
     }
 }
 

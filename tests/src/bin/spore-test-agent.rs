@@ -3,7 +3,9 @@
 //! - `say`: writes to stdout, stderr and the log;
 //! - `hang`: never returns (a dispatcher stuck in a call);
 //! - `burst`: `records` log records and `stderr_bytes` of stderr, at once;
-//! - `send_shutdown`: sends SHUTDOWN to context `dst` (which must ignore it).
+//! - `send_shutdown`: sends SHUTDOWN to context `dst` (which must ignore it);
+//! - `claim_route`: announces context `id` as its own child (a lie the
+//!   routers above must refuse).
 
 use miniserde::Deserialize;
 use spore_agent::{Agent, Call, OpError, OpResult};
@@ -60,11 +62,28 @@ fn send_shutdown(call: &Call) -> OpResult {
     Ok(b"{}".to_vec())
 }
 
+#[derive(Deserialize)]
+struct Claim {
+    id: u32,
+}
+
+fn claim_route(call: &Call) -> OpResult {
+    let args: Claim = call.args("claim_route arguments")?;
+    let body = spore_protocol::body::to_json(&spore_protocol::body::AddRoute { id: args.id, name: "fake".into() });
+    // Route changes go to the immediate parent (the caller may be further up).
+    let up = std::env::args()
+        .find_map(|a| a.strip_prefix("--parents=").map(|p| p.rsplit(',').next().unwrap_or("0").parse().unwrap_or(0)))
+        .unwrap_or(0);
+    call.broker.send(Message::new(up, handle::ADD_ROUTE, body));
+    Ok(b"{}".to_vec())
+}
+
 fn main() {
     Agent::new()
         .handler("say", say)
         .handler("hang", hang)
         .handler("burst", burst)
         .handler("send_shutdown", send_shutdown)
+        .handler("claim_route", claim_route)
         .run()
 }
