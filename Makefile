@@ -6,7 +6,7 @@ CARGO     ?= cargo
 # The master embeds the agent found here at build time.
 export SPORE_AGENT_BIN := $(CURDIR)/$(AGENT)
 
-.PHONY: all agent master deps test test-local lint bench clean musl-target
+.PHONY: all agent master deps test test-local docker-check lint bench clean musl-target
 
 all: master
 
@@ -28,12 +28,20 @@ lint:
 deps:
 	sh tests/scripts/install-deps.sh
 
-test: deps agent lint
+# Everything, the Docker fleet included.
+test: deps agent lint docker-check
 	$(CARGO) build --locked -p spore
 	$(CARGO) nextest run --locked --workspace --no-fail-fast
 	$(CARGO) test --locked --workspace --doc
 
-test-local: test
+# Everything but the tests that need a Docker engine.
+test-local: deps agent lint
+	$(CARGO) build --locked -p spore
+	$(CARGO) nextest run --locked --workspace --no-fail-fast -E 'not (binary(fleet) | binary(containers))'
+	$(CARGO) test --locked --workspace --doc
+
+docker-check:
+	@docker info >/dev/null 2>&1 || { echo "make test: the fleet tests need a running Docker engine (docker info failed); make test-local runs everything else"; exit 1; }
 
 bench: master
 	$(CARGO) run --locked --release -p spore-tests --bin spore-bench
