@@ -6,7 +6,7 @@ CARGO     ?= cargo
 # The master embeds the agent found here at build time.
 export SPORE_AGENT_BIN := $(CURDIR)/$(AGENT)
 
-.PHONY: all agent master deps test test-local docker-check lint bench clean musl-target
+.PHONY: all agent master deps test test-local docker-check lint bench size clean musl-target
 
 all: master
 
@@ -43,8 +43,23 @@ test-local: deps agent lint
 docker-check:
 	@docker info >/dev/null 2>&1 || { echo "make test: the fleet tests need a running Docker engine (docker info failed); make test-local runs everything else"; exit 1; }
 
-bench: master
-	$(CARGO) run --locked --release -p spore-tests --bin spore-bench
+BENCH_VENV := target/bench-venv
+
+# spore against mitogen (from PyPI, in the bench's own virtualenv) and plain
+# ssh; writes bench/results/latest.{md,json}.
+bench: master deps
+	@[ -x $(BENCH_VENV)/bin/python ] || python3 -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -c 'import mitogen' 2>/dev/null || $(BENCH_VENV)/bin/pip install -q mitogen
+	$(CARGO) build --locked --release -p spore-tests --bin spore-bench
+	SPORE_BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python target/release/spore-bench
+
+# The agent's size and its largest symbols; fails above the budget.
+AGENT_BUDGET := 700000
+size: agent
+	$(CARGO) build --locked -p spore-agent --profile agent-syms --target $(MUSL)
+	@nm --size-sort -r -S -C target/$(MUSL)/agent-syms/spore-agent | head -25
+	@size=$$(stat -c %s $(AGENT)); echo "agent: $$size bytes (budget $(AGENT_BUDGET))"; \
+	  [ $$size -le $(AGENT_BUDGET) ] || { echo "the agent is over its size budget"; exit 1; }
 
 clean:
 	$(CARGO) clean

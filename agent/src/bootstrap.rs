@@ -5,7 +5,7 @@
 use crate::broker::NewStream;
 use crate::sys;
 use spore_protocol::body::{self, ConnectArgs, Hello};
-use spore_protocol::{handle, hex, sha256, Header, HEADER_LEN};
+use spore_protocol::{handle, hex, posix_cksum, sha256, Header, HEADER_LEN};
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 pub struct Image {
     bytes: Arc<Vec<u8>>,
     hash: OnceLock<String>,
+    cksum: OnceLock<u32>,
 }
 
 impl Image {
     /// Wrap the bytes of a static agent binary.
     pub fn new(bytes: Vec<u8>) -> Image {
-        Image { bytes: Arc::new(bytes), hash: OnceLock::new() }
+        Image { bytes: Arc::new(bytes), hash: OnceLock::new(), cksum: OnceLock::new() }
     }
 
     /// The binary.
@@ -33,9 +34,14 @@ impl Image {
         &self.bytes
     }
 
-    /// Lower-case hex SHA-256 of the binary.
+    /// Lower-case hex SHA-256 of the binary: its name in the cache.
     pub fn hash(&self) -> &str {
         self.hash.get_or_init(|| hex(&sha256(&self.bytes)))
+    }
+
+    /// Its POSIX `cksum`: how the target checks a cached copy, cheaply.
+    pub fn cksum(&self) -> u32 {
+        *self.cksum.get_or_init(|| posix_cksum(&self.bytes))
     }
 }
 
@@ -165,12 +171,21 @@ fn script_lines(image: &Image, args: &AgentArgs) -> String {
     let argv: Vec<String> = args.to_argv().iter().map(|a| sh_quote(a)).collect();
     let argv = argv.join(" ");
     format!(
-        r#"h={hash} n={size} m={marker}
+        r#"h={hash} n={size} k={cksum} m={marker}
 umask 077
+ok() {{
+  [ -f "$1" ] && [ -O "$1" ] && [ ! -L "$1" ] && [ -x "$1" ] || return 1
+  if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$1"); [ "$1 $2" = "$k $n" ]; return; fi
+  s=$(wc -c <"$1") && [ "$((s))" -eq $n ]
+}}
+for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}"; do
+  if [ -n "$c" ] && [ -O "$c" ] && ok "$c/spore-agent-$h"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
+done
 u=$(id -u 2>/dev/null) || u=x
 d=
 for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}" /tmp/spore-$u /var/tmp/spore-$u /dev/shm/spore-$u; do
   [ -n "$c" ] || continue
+  if [ -O "$c" ] && ok "$c/spore-agent-$h"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
   [ -d "$c" ] || mkdir -p "$c" 2>/dev/null || continue
   [ -O "$c" ] && [ ! -L "$c" ] && chmod 700 "$c" 2>/dev/null || continue
   t=$c/.probe.$$
@@ -179,12 +194,6 @@ for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/s
 done
 if [ -z "$d" ]; then echo "spore: no writable exec directory (tried \$XDG_RUNTIME_DIR/spore, ~/.cache/spore, /tmp, /var/tmp and /dev/shm)" >&2; exit 97; fi
 f=$d/spore-agent-$h
-ok=
-if [ -f "$f" ] && [ -O "$f" ] && [ ! -L "$f" ] && s=$(wc -c <"$f") && [ "$((s))" -eq $n ]; then
-  ok=1
-  if command -v sha256sum >/dev/null 2>&1; then set -- $(sha256sum <"$f"); [ "$1" = "$h" ] || ok=; fi
-fi
-if [ -n "$ok" ] && chmod 700 "$f"; then echo "$m:HAVE"; exec "$f" {argv}; fi
 rm -f "$f"
 echo "$m:NEED"
 t=$f.$$.part
@@ -198,6 +207,7 @@ exec "$f" {argv}
 "#,
         hash = image.hash(),
         size = image.bytes().len(),
+        cksum = image.cksum(),
         marker = marker(image),
     )
 }

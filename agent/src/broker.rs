@@ -421,6 +421,8 @@ struct Loop {
     reaping: Vec<(Child, String, Instant)>,
     phase: Phase,
     shutdown_started: Option<Instant>,
+    /// Reused for every read: no allocation per event.
+    read_buf: Vec<u8>,
 }
 
 impl Loop {
@@ -437,6 +439,7 @@ impl Loop {
             reaping: Vec::new(),
             phase: Phase::Running,
             shutdown_started: None,
+            read_buf: vec![0; 64 * 1024],
         }
     }
 
@@ -679,7 +682,8 @@ impl Loop {
     }
 
     fn read_stream(&mut self, sid: usize) {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = std::mem::take(&mut self.read_buf);
+        buf.resize(64 * 1024, 0);
         let mut total = 0;
         let mut gone: Option<String> = None;
         {
@@ -707,6 +711,7 @@ impl Loop {
                 }
             }
         }
+        self.read_buf = buf;
         self.decode(sid);
         match gone {
             Some(why) => self.drop_stream(sid, &why),

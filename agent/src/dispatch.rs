@@ -4,13 +4,15 @@
 use crate::bootstrap::{AgentArgs, Image};
 use crate::broker::{Broker, Config, NewStream};
 use crate::call::{Call, OpError, OpResult};
+use crate::mailbox::Mailbox;
 use crate::{ops, sys};
 use spore_protocol::body::{self, CallOp, Hello, LogRecord};
 use spore_protocol::{handle, Message};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// An operation: decode the call's arguments, do the work, return the result.
@@ -80,6 +82,7 @@ impl Agent {
         // The protocol pipes move to high fds; 0 becomes /dev/null and 1, 2
         // become pipes the broker forwards as log lines, so a stray write
         // (ours or a library's) can never corrupt the protocol.
+        sys::reset_signals();
         sys::cloexec_inherited();
         let parent_in = File::from(sys::dup_at_least(0, 10)?);
         let parent_out = File::from(sys::dup_at_least(1, 10)?);
@@ -126,84 +129,59 @@ impl Agent {
         log::debug!("agent {} up: pid {}", args.name, sys::getpid());
         let _ = RUNTIME.set(Runtime { args, image });
 
-        let pool =
-            Arc::new(Pool { handlers: self.handlers, state: Mutex::new((VecDeque::new(), 0)), cv: Condvar::new() });
-        // The dispatcher: each call runs on a worker thread of its own, so a
-        // slow command doesn't hold up a ping or a sibling's connect. Idle
-        // workers are reused. The mailbox closes when the broker begins its
-        // shutdown; calls still running are abandoned when it ends the process.
-        loop {
-            let request = match calls.recv_deadline(Instant::now() + Duration::from_secs(3600)) {
-                Ok(request) => request,
-                Err(crate::RecvError::Timeout) => continue, // idle is fine
-                Err(crate::RecvError::Closed) => break,     // shutting down
-            };
-            pool.run(Call { broker: broker.clone(), request });
-        }
+        // The dispatcher is a pool of worker threads that take calls straight
+        // from the broker: each call runs on a worker of its own, so a slow
+        // command doesn't hold up a ping or a sibling's connect, and there is
+        // always one worker waiting (one thread hop per call). The mailbox
+        // closes when the broker begins its shutdown; calls still running
+        // are abandoned when it ends the process.
+        let pool = Arc::new(Pool { handlers: self.handlers, calls, idle: AtomicUsize::new(0), broker: broker.clone() });
+        pool.work(true);
         broker.wait_done(Instant::now() + Duration::from_secs(3600));
         Ok(())
     }
 }
 
-/// Worker threads for calls: (queued calls, idle workers).
+/// The worker threads, sharing the `CALL_FUNCTION` mailbox.
 struct Pool {
     handlers: HashMap<String, Handler>,
-    state: Mutex<(VecDeque<Call>, usize)>,
-    cv: Condvar,
+    calls: Mailbox,
+    /// Workers waiting for a call.
+    idle: AtomicUsize,
+    broker: Broker,
 }
 
-/// An idle worker ends after this long without work.
+/// A spare worker ends after this long without work.
 const WORKER_IDLE: Duration = Duration::from_secs(60);
 
 impl Pool {
-    fn run(self: &Arc<Self>, call: Call) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.1 > st.0.len() {
-            st.0.push_back(call);
-            self.cv.notify_one();
-            return;
-        }
-        drop(st);
-        let pool = self.clone();
-        // The call travels in a slot so it can be answered here if the
-        // thread never starts.
-        let slot = Arc::new(Mutex::new(Some(call)));
-        let theirs = slot.clone();
-        let spawned = std::thread::Builder::new().name("spore-call".into()).spawn(move || {
-            let call = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(call) = call {
-                pool.work(call);
+    /// Take calls until the mailbox closes. The main thread (`first`) never
+    /// retires; spare workers do when idle.
+    fn work(self: &Arc<Self>, first: bool) {
+        loop {
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            let wait = if first { Duration::from_secs(3600) } else { WORKER_IDLE };
+            let got = self.calls.recv_deadline(Instant::now() + wait);
+            let idle_before = self.idle.fetch_sub(1, Ordering::SeqCst);
+            let request = match got {
+                Ok(request) => request,
+                Err(crate::RecvError::Timeout) if first => continue,
+                Err(_) => return,
+            };
+            if idle_before == 1 {
+                // Nobody is left waiting: start the next worker now.
+                self.spare();
             }
-        });
-        if let Err(e) = spawned {
-            log::error!("can't start a thread for a call: {e}");
-            if let Some(call) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                call.finish(Err(OpError::new("io", format!("can't start a thread for the call: {e}"))));
-            }
+            self.serve(&Call { broker: self.broker.clone(), request });
         }
     }
 
-    fn work(&self, first: Call) {
-        let mut call = first;
-        loop {
-            self.serve(&call);
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.1 += 1;
-            let next = loop {
-                if let Some(c) = st.0.pop_front() {
-                    break Some(c);
-                }
-                let (guard, timeout) = self.cv.wait_timeout(st, WORKER_IDLE).unwrap_or_else(|p| p.into_inner());
-                st = guard;
-                if timeout.timed_out() && st.0.is_empty() {
-                    break None;
-                }
-            };
-            st.1 -= 1;
-            match next {
-                Some(c) => call = c,
-                None => return,
-            }
+    fn spare(self: &Arc<Self>) {
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new().name("spore-call".into()).spawn(move || pool.work(false));
+        if let Err(e) = spawned {
+            // The current worker takes the next call when it is done.
+            log::warn!("can't start a worker thread: {e}");
         }
     }
 

@@ -162,6 +162,23 @@ pub fn reset_signal(sig: i32) {
     }
 }
 
+/// Start from a clean slate whatever the parent left: no blocked signals,
+/// and the default action for the signals that end processes. (A master
+/// that blocks SIGINT/SIGTERM for its own signal thread must not pass that
+/// on to the agent, or through it to the commands it runs.)
+pub fn reset_signals() {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; setting an
+    // empty mask and default dispositions has no memory effects.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
 /// Ignore SIGPIPE: a write to a closed pipe must be an `EPIPE` error the
 /// broker handles, not a silent death.
 pub fn ignore_sigpipe() {

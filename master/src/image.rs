@@ -32,6 +32,19 @@ pub fn default_image() -> Result<Vec<u8>> {
     }
 }
 
+/// The default image, read and hashed once per process: every router
+/// shares it, so a new router costs no SHA-256 of the agent.
+pub fn default_image_shared() -> Result<std::sync::Arc<spore_agent::bootstrap::Image>> {
+    static SHARED: std::sync::OnceLock<std::sync::Arc<spore_agent::bootstrap::Image>> = std::sync::OnceLock::new();
+    if let Some(image) = SHARED.get() {
+        return Ok(image.clone());
+    }
+    let image = std::sync::Arc::new(spore_agent::bootstrap::Image::new(default_image()?));
+    image.hash();
+    image.cksum();
+    Ok(SHARED.get_or_init(|| image).clone())
+}
+
 /// Was an agent embedded at build time?
 pub fn embedded() -> bool {
     !EMBEDDED.is_empty()

@@ -53,7 +53,7 @@ impl Default for Options {
 
 pub(crate) struct Inner {
     pub(crate) broker: Broker,
-    pub(crate) image: Image,
+    pub(crate) image: Arc<Image>,
     pub(crate) opts: Options,
     log_level: u8,
     /// Direct children, to SHUTDOWN in order.
@@ -77,9 +77,9 @@ impl Router {
 
     /// Start a router.
     pub fn with_options(opts: Options) -> Result<Router> {
-        let bytes = match &opts.agent_image {
-            Some(b) => b.clone(),
-            None => crate::image::default_image()?,
+        let image = match &opts.agent_image {
+            Some(b) => Arc::new(Image::new(b.clone())),
+            None => crate::image::default_image_shared()?,
         };
         let broker = Broker::start(Config {
             id: MASTER_ID,
@@ -95,7 +95,7 @@ impl Router {
         let level = opts.agent_log_level.unwrap_or_else(log::max_level);
         let inner = Inner {
             broker,
-            image: Image::new(bytes),
+            image,
             log_level: level as u8,
             opts,
             children: Mutex::new(Vec::new()),

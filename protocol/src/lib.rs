@@ -63,7 +63,7 @@ mod sha256;
 
 pub use decoder::Decoder;
 pub use header::{FrameError, Header, Message};
-pub use sha256::{hex, sha256, Sha256};
+pub use sha256::{hex, posix_cksum, sha256, Sha256};
 
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 28;

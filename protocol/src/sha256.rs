@@ -265,3 +265,47 @@ mod tests {
         assert!(text.ends_with("fdfeff"));
     }
 }
+
+/// The POSIX `cksum` CRC of `data` (CRC-32, polynomial 0x04C11DB7, the
+/// length appended, complemented), as `cksum` prints it. The bootstrap
+/// checks a cached agent with it: every POSIX system has `cksum`, and it is
+/// far cheaper than `sha256sum` (the file's name already carries the
+/// SHA-256; the CRC catches a damaged copy).
+pub fn posix_cksum(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = (i as u32) << 24;
+            let mut bit = 0;
+            while bit < 8 {
+                c = if c & 0x8000_0000 != 0 { (c << 1) ^ 0x04C1_1DB7 } else { c << 1 };
+                bit += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let step = |crc: u32, byte: u8| (crc << 8) ^ TABLE[((crc >> 24) as u8 ^ byte) as usize];
+    let mut crc = data.iter().fold(0u32, |c, &b| step(c, b));
+    let mut len = data.len() as u64;
+    while len != 0 {
+        crc = step(crc, (len & 0xff) as u8);
+        len >>= 8;
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod cksum_tests {
+    use super::posix_cksum;
+
+    #[test]
+    fn matches_the_cksum_utility() {
+        // Values printed by GNU coreutils `cksum` (and busybox's).
+        assert_eq!(posix_cksum(b""), 4_294_967_295);
+        assert_eq!(posix_cksum(b"abc\n"), 1_112_837_078);
+        assert_eq!(posix_cksum(&[0u8; 100_000]), 1_260_869_142);
+    }
+}

@@ -36,6 +36,10 @@ pub const USER_BASH: &str = "spore-bash";
 pub const USER_SHORT: &str = "spore-short";
 /// Its login shell hangs forever.
 pub const USER_HANG: &str = "spore-hang";
+/// Users of their own for the tests that watch the agent cache.
+pub const USER_CACHE_A: &str = "spore-cache-a";
+/// See [`USER_CACHE_A`].
+pub const USER_CACHE_B: &str = "spore-cache-b";
 
 const SHELLS: &str = "/usr/local/lib/spore-test";
 
@@ -132,6 +136,8 @@ pub fn setup_machine() {
         (USER_BASH, bash.as_str()),
         (USER_SHORT, short.as_str()),
         (USER_HANG, hang.as_str()),
+        (USER_CACHE_A, "/bin/sh"),
+        (USER_CACHE_B, "/bin/sh"),
     ] {
         let exists = Command::new("id").arg(user).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
         if !exists.success() {

@@ -7,8 +7,8 @@
 
 use spore::{Command, Error, Hop, Options, Router, SshHop};
 use spore_tests::sshd::{
-    Sshd, PASSWORD, USER_ASH, USER_BASH, USER_HANG, USER_NOCACHE, USER_NOEXEC, USER_NOHEAD, USER_NOISY, USER_NOPW,
-    USER_PW, USER_SHORT,
+    Sshd, PASSWORD, USER_ASH, USER_BASH, USER_CACHE_A, USER_CACHE_B, USER_HANG, USER_NOCACHE, USER_NOEXEC, USER_NOHEAD,
+    USER_NOISY, USER_NOPW, USER_PW, USER_SHORT,
 };
 use spore_tests::{spore_bin, wait_for_record, LeakGuard};
 use std::os::unix::fs::MetadataExt;
@@ -46,8 +46,10 @@ impl World {
         })
     }
 
-    fn cached_agent(&self) -> std::path::PathBuf {
-        let dir = std::path::Path::new(&self.xdg).join("spore");
+    /// The agent cached for `user` (in its home: the test's XDG directory
+    /// belongs to root, so other users skip it).
+    fn cached_agent(&self, user: &str) -> std::path::PathBuf {
+        let dir = std::path::PathBuf::from(format!("/home/{user}/.cache/spore"));
         let entry = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()
@@ -84,20 +86,22 @@ fn stdout(ctx: &spore::Context, script: &str) -> String {
 #[test]
 fn first_connect_uploads_and_the_second_hits_the_cache() {
     let w = World::new();
+    let user = USER_CACHE_A;
+    Sshd::clear_cache(user);
     let r = router();
-    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    let ctx = r.connect(&w.hop(Some(user), &[]), "spore-test").unwrap();
     assert!(ctx.uploaded(), "a fresh cache must be filled");
     let info = ctx.info().unwrap();
-    assert_eq!((info.uid, info.name.as_str()), (0, "spore-test"));
+    assert_eq!((info.uid, info.name.as_str()), (spore_tests::sshd::uid_of(user), "spore-test"));
     r.shutdown();
     drop((ctx, r));
-    let cached = w.cached_agent();
+    let cached = w.cached_agent(user);
     let meta = std::fs::metadata(&cached).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(cached.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
     // Second time: HAVE, no upload, the very same file (same inode).
     let r = router();
-    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    let ctx = r.connect(&w.hop(Some(user), &[]), "spore-test").unwrap();
     assert!(!ctx.uploaded(), "the second connect sent the agent again");
     assert_eq!(std::fs::metadata(&cached).unwrap().ino(), meta.ino());
     ctx.ping().unwrap();
@@ -109,40 +113,49 @@ fn first_connect_uploads_and_the_second_hits_the_cache() {
 #[test]
 fn a_corrupted_or_foreign_cached_agent_is_replaced_never_run() {
     let w = World::new();
+    let user = USER_CACHE_B;
+    Sshd::clear_cache(user);
+    let hop = w.hop(Some(user), &[]);
     let r = router();
-    r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    r.connect(&hop, "spore-test").unwrap();
     r.shutdown();
     drop(r);
-    let cached = w.cached_agent();
+    let cached = w.cached_agent(user);
     let len = std::fs::metadata(&cached).unwrap().len() as usize;
-    let marker = w.sshd.dir.join("executed");
+    let marker = format!("/home/{user}/executed");
+    let _ = std::fs::remove_file(&marker);
     // Same size, different bytes: a script that would leave a mark.
-    let mut evil = format!("#!/bin/sh\ntouch {}\n", marker.display()).into_bytes();
+    let mut evil = format!("#!/bin/sh\ntouch {marker}\n").into_bytes();
     evil.resize(len, b'#');
     evil[len - 1] = b'\n';
-    std::fs::write(&cached, &evil).unwrap();
+    let uid = spore_tests::sshd::uid_of(user);
+    let write_as_user = |path: &str, mode: u32| {
+        std::fs::write(path, &evil).unwrap();
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    write_as_user(cached.to_str().unwrap(), 0o700);
     // A stale partial upload beside it, executable and tempting.
-    let part = format!("{}.999.part", cached.display());
-    std::fs::write(&part, &evil).unwrap();
-    std::fs::set_permissions(&part, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    write_as_user(&format!("{}.999.part", cached.display()), 0o700);
     let r = router();
-    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    let ctx = r.connect(&hop, "spore-test").unwrap();
     assert!(ctx.uploaded(), "a corrupted cache entry must be replaced");
     ctx.ping().unwrap();
     r.shutdown();
     drop((ctx, r));
-    assert!(!marker.exists(), "a corrupted or partial agent was executed");
+    assert!(!std::path::Path::new(&marker).exists(), "a corrupted or partial agent was executed");
     assert_ne!(std::fs::read(&cached).unwrap(), evil);
     // Owned by someone else: never executed either.
     std::fs::write(&cached, &evil).unwrap();
     std::os::unix::fs::chown(&cached, Some(65534), Some(65534)).unwrap();
     let r = router();
-    let ctx = r.connect(&w.hop(None, &[]), "spore-test").unwrap();
+    let ctx = r.connect(&hop, "spore-test").unwrap();
     assert!(ctx.uploaded());
     r.shutdown();
     drop((ctx, r));
-    assert!(!marker.exists(), "an agent owned by another user was executed");
-    assert_eq!(std::fs::metadata(&cached).unwrap().uid(), 0);
+    assert!(!std::path::Path::new(&marker).exists(), "an agent owned by another user was executed");
+    assert_eq!(std::fs::metadata(&cached).unwrap().uid(), uid);
+    Sshd::clear_cache(user);
     w.finish();
 }
 

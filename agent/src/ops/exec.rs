@@ -95,10 +95,13 @@ pub(crate) fn exec(call: &Call) -> OpResult {
     // If this agent is killed outright (SIGKILL, OOM), its command must not
     // outlive it. The thread that spawns the command waits for it, so the
     // parent-death signal fires only when the agent itself is gone.
-    // SAFETY: the closure runs between fork and exec and only calls prctl,
-    // which is async-signal-safe.
+    // SAFETY: the closure runs between fork and exec and only calls
+    // sigemptyset, pthread_sigmask, signal and prctl, all async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| sys::set_parent_death_signal(libc::SIGKILL));
+        cmd.pre_exec(|| {
+            sys::reset_signals();
+            sys::set_parent_death_signal(libc::SIGKILL)
+        });
     }
     let mut child = cmd.spawn().map_err(|e| OpError::io(format!("exec {cmdline}"), &e))?;
     let pgid = child.id() as i32;

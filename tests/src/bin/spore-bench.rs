@@ -1,190 +1,631 @@
-//! `make bench`: spore's timings, each beside a baseline measured in the
-//! same run. Figures go to stdout as a small table.
+//! `make bench`: spore against mitogen and plain ssh, side by side, in one
+//! run, alternating the tools so machine noise hits both alike. Prints a
+//! table and writes `bench/results/latest.{json,md}`.
 //!
-//! - `spore run local -- true` (the release CLI, end to end) beside
-//!   `sh -c true` spawned the same way;
-//! - 1,000 sequential pings to `local` and to `local/local`, and 1,000
-//!   pipelined ones, beside a pipe round trip to a `cat` child;
-//! - a 1 GiB `spore put` and `spore get`, with the peak memory of the CLI,
-//!   beside `cp` of the same file.
+//! mitogen runs from a private virtualenv (`$SPORE_BENCH_PYTHON`, made by
+//! `make bench`) through `bench/mitogen_bench.py`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark tool")]
 
-use spore::Router;
+use spore::{Command as SporeCommand, Context, Hop, Options, Router, SshHop};
+use spore_tests::sshd::Sshd;
+use spore_tests::{peak_rss_kib, PatternReader};
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn release_spore() -> PathBuf {
-    let p = spore_tests::target_dir().join("release/spore");
-    assert!(p.is_file(), "{} missing: `make bench` builds it", p.display());
-    p
+/// Median and spread of some samples.
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Stat {
+        assert!(!v.is_empty());
+        v.sort_by(|a, b| a.total_cmp(b));
+        Stat { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+    }
+
+    fn one(x: f64) -> Stat {
+        Stat { median: x, min: x, max: x }
+    }
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+#[derive(Clone, Copy)]
+enum Unit {
+    Secs,
+    BytesPerSec,
+    KiB,
+    Bytes,
 }
 
-/// Run a command to completion; wall time and peak RSS (KiB) of the child.
-fn timed(cmd: &mut Command) -> (Duration, i64) {
-    let start = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
-    let pid = child.id() as i32;
-    let mut status = 0;
-    // SAFETY: rusage is plain old data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `status` and `usage` are valid for writes; pid is our child.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed: {status}");
-    std::mem::forget(child);
-    (start.elapsed(), usage.ru_maxrss)
+fn show(unit: Unit, x: f64) -> String {
+    match unit {
+        Unit::Secs if x < 1e-3 => format!("{:.1} µs", x * 1e6),
+        Unit::Secs if x < 1.0 => format!("{:.2} ms", x * 1e3),
+        Unit::Secs => format!("{x:.2} s"),
+        Unit::BytesPerSec => format!("{:.0} MiB/s", x / (1 << 20) as f64),
+        Unit::KiB => format!("{x:.0} KiB"),
+        Unit::Bytes => format!("{x:.0} B"),
+    }
 }
 
-fn row(what: &str, spore: String, baseline: &str, base: String) {
-    println!("| {what:<44} | {spore:>14} | {baseline:<26} | {base:>12} |");
+fn show_stat(unit: Unit, s: &Stat) -> String {
+    if s.min == s.max {
+        show(unit, s.median)
+    } else {
+        format!("{} ({}–{})", show(unit, s.median), show(unit, s.min), show(unit, s.max))
+    }
 }
+
+struct Row {
+    workload: String,
+    unit: Unit,
+    spore: Stat,
+    baseline: Option<(String, Stat)>,
+    /// How much better spore is (baseline ÷ spore, or spore ÷ baseline for
+    /// throughput), as the target states it.
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, row: Row) {
+        let base = row.baseline.as_ref().map(|(n, s)| format!("{n}: {}", show_stat(row.unit, s))).unwrap_or_default();
+        eprintln!(
+            "  {:<52} spore {:<28} {base} {}",
+            row.workload,
+            show_stat(row.unit, &row.spore),
+            row.ratio.map(|r| format!("ratio {r:.2}")).unwrap_or_default()
+        );
+        self.rows.push(row);
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::from(
+            "| workload | spore median (min–max) | baseline median (min–max) | ratio | target | met |\n|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            let base = r.baseline.as_ref().map(|(n, s)| format!("{n}: {}", show_stat(r.unit, s))).unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.workload,
+                show_stat(r.unit, &r.spore),
+                base,
+                r.ratio.map(|x| format!("{x:.2}×")).unwrap_or_default(),
+                r.target,
+                match r.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "",
+                }
+            );
+        }
+        md
+    }
+
+    fn json(&self) -> String {
+        use miniserde::json::{Number, Object, Value};
+        let num = |x: f64| Value::Number(Number::F64(x));
+        let stat = |s: &Stat| {
+            let mut o = Object::new();
+            o.insert("median".into(), num(s.median));
+            o.insert("min".into(), num(s.min));
+            o.insert("max".into(), num(s.max));
+            Value::Object(o)
+        };
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let mut o = Object::new();
+                o.insert("workload".into(), Value::String(r.workload.clone()));
+                let unit = match r.unit {
+                    Unit::Secs => "seconds",
+                    Unit::BytesPerSec => "bytes/second",
+                    Unit::KiB => "KiB",
+                    Unit::Bytes => "bytes",
+                };
+                o.insert("unit".into(), Value::String(unit.into()));
+                o.insert("spore".into(), stat(&r.spore));
+                if let Some((n, s)) = &r.baseline {
+                    o.insert("baseline_name".into(), Value::String(n.clone()));
+                    o.insert("baseline".into(), stat(s));
+                }
+                if let Some(x) = r.ratio {
+                    o.insert("ratio".into(), num(x));
+                }
+                o.insert("target".into(), Value::String(r.target.clone()));
+                if let Some(m) = r.met {
+                    o.insert("met".into(), Value::Bool(m));
+                }
+                Value::Object(o)
+            })
+            .collect();
+        miniserde::json::to_string(&Value::Array(rows.into_iter().collect()))
+    }
+}
+
+fn python() -> String {
+    std::env::var("SPORE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Run mitogen's side of a workload; its JSON output.
+fn mitogen(args: &[&str]) -> miniserde::json::Object {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/mitogen_bench.py");
+    let out = Command::new(python()).arg(script).args(args).stderr(Stdio::inherit()).output().expect("python");
+    assert!(out.status.success(), "mitogen_bench.py {args:?} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    match miniserde::json::from_str::<miniserde::json::Value>(text.trim()).expect("json") {
+        miniserde::json::Value::Object(o) => o,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn num(o: &miniserde::json::Object, k: &str) -> f64 {
+    match o.get(k) {
+        Some(miniserde::json::Value::Number(n)) => match *n {
+            miniserde::json::Number::F64(f) => f,
+            miniserde::json::Number::I64(i) => i as f64,
+            miniserde::json::Number::U64(u) => u as f64,
+        },
+        _ => panic!("no {k} in mitogen's answer"),
+    }
+}
+
+fn samples(o: &miniserde::json::Object) -> Vec<f64> {
+    match o.get("samples") {
+        Some(miniserde::json::Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                miniserde::json::Value::Number(miniserde::json::Number::F64(f)) => *f,
+                _ => 0.0,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+const ROUNDS: usize = 3;
 
 fn main() {
     spore_tests::init_logger();
     log::set_max_level(log::LevelFilter::Warn);
-    let spore = release_spore();
-    println!(
-        "| measurement                                  |          spore | baseline                   |              |"
-    );
-    println!(
-        "|----------------------------------------------|---------------:|----------------------------|-------------:|"
-    );
+    raise_fd_limit();
+    let mut report = Report::default();
+    let started = Instant::now();
+    eprintln!("spore bench: spore vs mitogen {} and plain ssh, {ROUNDS} alternating rounds", mitogen_version());
 
-    // 1. End to end CLI.
-    let runs = 30;
-    let mut sp = Vec::new();
-    let mut sh = Vec::new();
-    for _ in 0..runs {
-        sp.push(timed(Command::new(&spore).args(["run", "local", "--", "true"])).0);
-        sh.push(timed(Command::new("sh").args(["-c", "true"])).0);
-    }
-    row("`spore run local -- true` (median of 30)", ms(median(sp)), "`sh -c true`", ms(median(sh)));
-    let mut sp2 = Vec::new();
-    for _ in 0..10 {
-        sp2.push(timed(Command::new(&spore).args(["run", "local/local", "--", "true"])).0);
-    }
-    row("`spore run local/local -- true` (median of 10)", ms(median(sp2)), "", String::new());
-
-    // 1b. Over ssh to a loopback sshd, beside plain ssh.
-    let sshd = spore_tests::sshd::Sshd::start();
-    let cfg = sshd.config_str();
-    let xdg_dir = sshd.dir.join("xdg");
-    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", xdg_dir.display());
-    let spore_ssh = || {
-        let mut c = Command::new(&spore);
-        c.args(["-F", &cfg, "-o", &xdg, "run", "spore-test", "--", "true"]);
-        c
-    };
-    let (mut hit, mut miss, mut plain) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..10 {
-        let _ = std::fs::remove_dir_all(&xdg_dir);
-        miss.push(timed(&mut spore_ssh()).0);
-        hit.push(timed(&mut spore_ssh()).0);
-        plain.push(timed(Command::new("ssh").args(["-F", &cfg, "spore-test", "true"])).0);
-    }
-    row("`spore run host -- true`, ssh, cache hit", ms(median(hit)), "`ssh host true`", ms(median(plain)));
-    row("`spore run host -- true`, ssh, cache miss", ms(median(miss)), "", String::new());
-    drop(sshd);
-
-    // 2. Pings.
-    let router = Router::new().unwrap();
-    let a = router.local().unwrap();
-    let b = a.connect("local").unwrap();
-    for ctx in [&a, &b] {
-        let start = Instant::now();
-        for _ in 0..1000 {
-            ctx.ping().unwrap();
+    // 1. Start a local context and make one call.
+    let (mut sp, mut mi) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for _ in 0..5 {
+            let r = Router::new().unwrap();
+            let t = Instant::now();
+            let c = r.local().unwrap();
+            c.ping().unwrap();
+            sp.push(secs(t.elapsed()));
+            r.shutdown();
         }
-        let seq = start.elapsed();
-        let start = Instant::now();
-        let pending: Vec<_> = (0..1000).map(|_| ctx.call_async(br#"{"op":"ping"}"#.to_vec())).collect();
-        for p in pending {
-            p.wait().unwrap();
-        }
-        let par = start.elapsed();
-        let base = pipe_round_trips(1000);
-        row(&format!("1,000 pings to {} (sequential)", ctx.name()), ms(seq), "1,000 pipe round trips", ms(base));
-        row(&format!("1,000 pings to {} (pipelined)", ctx.name()), ms(par), "", String::new());
+        mi.extend(samples(&mitogen(&["spawn", "5"])));
     }
-    let start = Instant::now();
-    router.shutdown();
-    row("Router::shutdown, tree local/local", ms(start.elapsed()), "", String::new());
-    drop((a, b, router));
+    let (s, m) = (Stat::of(sp), Stat::of(mi));
+    let ratio = m.median / s.median;
+    report.add(Row {
+        workload: "spawn a local context + first call".into(),
+        unit: Unit::Secs,
+        spore: s,
+        baseline: Some(("mitogen".into(), m)),
+        ratio: Some(ratio),
+        target: "≥ 30× faster than mitogen".into(),
+        met: Some(ratio >= 30.0),
+    });
 
-    // 3. A GiB each way.
+    // 2. 10,000 no-op calls, direct and through one intermediate.
+    for via in [false, true] {
+        let (mut sp, mut mi) = (Vec::new(), Vec::new());
+        let r = Router::new().unwrap();
+        let mut c = r.local().unwrap();
+        if via {
+            c = c.connect("local").unwrap();
+        }
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            for _ in 0..10_000 {
+                c.ping().unwrap();
+            }
+            sp.push(secs(t.elapsed()) / 10_000.0);
+            let args: &[&str] = if via { &["calls", "10000", "via"] } else { &["calls", "10000"] };
+            mi.push(num(&mitogen(args), "per_call"));
+        }
+        r.shutdown();
+        let (s, m) = (Stat::of(sp), Stat::of(mi));
+        let ratio = m.median / s.median;
+        report.add(Row {
+            workload: format!("no-op call latency, {} (10,000 calls)", if via { "local/local" } else { "local" }),
+            unit: Unit::Secs,
+            spore: s,
+            baseline: Some(("mitogen".into(), m)),
+            ratio: Some(ratio),
+            target: "≥ 8× lower than mitogen".into(),
+            met: Some(ratio >= 8.0),
+        });
+    }
+
+    // 3. Read 1 GiB from a remote file, beside `dd | dd`.
     let dir = std::env::temp_dir().join(format!("spore-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let big = dir.join("big");
     make_file(&big, 1 << 30);
-    let put_to = dir.join("put");
-    let get_to = dir.join("get");
-    let cp_to = dir.join("cp");
-    let (put, put_rss) = timed(Command::new(&spore).args(["put", "local"]).arg(&big).arg(&put_to));
-    let (get, get_rss) = timed(Command::new(&spore).args(["get", "local"]).arg(&put_to).arg(&get_to));
-    let (cp, cp_rss) = timed(Command::new("cp").arg(&big).arg(&cp_to));
-    assert!(same(&big, &get_to), "the round trip changed the file");
-    let rate = |d: Duration| format!("{:.0} MiB/s", 1024.0 / d.as_secs_f64());
-    row(
-        "`spore put local` 1 GiB",
-        format!("{} {}", ms(put), rate(put)),
-        "`cp` 1 GiB",
-        format!("{} {}", ms(cp), rate(cp)),
-    );
-    row("`spore get local` 1 GiB", format!("{} {}", ms(get), rate(get)), "", String::new());
-    row("peak RSS of the CLI: put / get", format!("{put_rss} / {get_rss} KiB"), "`cp`", format!("{cp_rss} KiB"));
+    let (mut sp, mut raw) = (Vec::new(), Vec::new());
+    let r = Router::new().unwrap();
+    let c = r.local().unwrap();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let n = c.read_file(big.to_str().unwrap(), &mut Discard).unwrap();
+        sp.push(n as f64 / secs(t.elapsed()));
+        raw.push(
+            (1u64 << 30) as f64
+                / secs(timed(
+                    Command::new("sh")
+                        .arg("-c")
+                        .arg(format!("dd if={} bs=1M 2>/dev/null | dd of=/dev/null bs=1M 2>/dev/null", big.display())),
+                )),
+        );
+    }
+    let peak = peak_rss_kib(c.info().unwrap().pid);
+    r.shutdown();
+    drop((c, r));
+    let (s, b) = (Stat::of(sp), Stat::of(raw));
+    let ratio = s.median / b.median;
+    report.add(Row {
+        workload: format!("read 1 GiB from a file on a local context (agent peak RSS {peak} KiB)"),
+        unit: Unit::BytesPerSec,
+        spore: s,
+        baseline: Some(("dd | dd".into(), b)),
+        ratio: Some(ratio),
+        target: "≥ 70% of the raw pipe".into(),
+        met: Some(ratio >= 0.7),
+    });
     let _ = std::fs::remove_dir_all(&dir);
+
+    // 4. ssh to a loopback sshd.
+    ssh_workloads(&mut report);
+
+    // 5. Fan-out.
+    for n in [10usize, 100, 1000] {
+        let (t, rss) = spore_fanout(n);
+        let per = rss as f64 / n as f64;
+        let mito = (n <= 100).then(|| mitogen(&["fanout", &n.to_string()]));
+        report.add(Row {
+            workload: format!("start {n} local contexts + one call each"),
+            unit: Unit::Secs,
+            spore: Stat::one(t),
+            baseline: mito.as_ref().map(|o| ("mitogen".to_string(), Stat::one(num(o, "seconds")))),
+            ratio: mito.as_ref().map(|o| num(o, "seconds") / t),
+            target: if n == 1000 { "≤ 3 s".into() } else { String::new() },
+            met: (n == 1000).then_some(t <= 3.0),
+        });
+        report.add(Row {
+            workload: format!("  memory of {n} contexts (all agents + master)"),
+            unit: Unit::KiB,
+            spore: Stat::one(rss as f64),
+            baseline: mito.as_ref().map(|o| ("mitogen".to_string(), Stat::one(num(o, "rss_kib")))),
+            ratio: mito.as_ref().map(|o| num(o, "rss_kib") / rss as f64),
+            target: format!("≤ 2 MiB per context (spore: {:.0} KiB)", per),
+            met: Some(per <= 2048.0),
+        });
+    }
+
+    // 6. The agent.
     let agent = spore_tests::agent_path();
-    println!("\nagent binary: {} bytes ({})", std::fs::metadata(&agent).unwrap().len(), agent.display());
+    let size = std::fs::metadata(&agent).unwrap().len();
+    report.add(Row {
+        workload: "agent binary, stripped".into(),
+        unit: Unit::Bytes,
+        spore: Stat::one(size as f64),
+        baseline: None,
+        ratio: None,
+        target: "(budget: `make size`)".into(),
+        met: None,
+    });
+    let r = Router::new().unwrap();
+    let c = r.local().unwrap();
+    let pid = c.info().unwrap().pid;
+    let after_connect = rss_kib(pid);
+    for _ in 0..10_000 {
+        c.ping().unwrap();
+    }
+    let after_calls = rss_kib(pid);
+    r.shutdown();
+    drop((c, r));
+    let m = mitogen(&["rss", "10000"]);
+    for (what, spore_kib, key) in
+        [("after connect", after_connect, "after_connect_kib"), ("after 10,000 calls", after_calls, "after_calls_kib")]
+    {
+        let mk = num(&m, key);
+        report.add(Row {
+            workload: format!("agent RSS {what}"),
+            unit: Unit::KiB,
+            spore: Stat::one(spore_kib as f64),
+            baseline: Some(("mitogen child".into(), Stat::one(mk))),
+            ratio: Some(mk / spore_kib as f64),
+            target: "≤ 1.5 MiB".into(),
+            met: Some(spore_kib <= 1536),
+        });
+    }
+
+    // 7. Shutdown.
+    for hung in [false, true] {
+        let t = spore_shutdown_tree(10, 2, hung);
+        let mut args = vec!["shutdown", "10", "2"];
+        if hung {
+            args.push("hung");
+        }
+        let m = num(&mitogen(&args), "seconds");
+        report.add(Row {
+            workload: format!("shutdown of a 110-context tree{}", if hung { " with hung commands" } else { "" }),
+            unit: Unit::Secs,
+            spore: Stat::one(t),
+            baseline: Some(("mitogen".into(), Stat::one(m))),
+            ratio: Some(m / t),
+            target: String::new(),
+            met: None,
+        });
+    }
+
+    let md = report.markdown();
+    println!("\n{md}");
+    println!("bench took {:.0} s", started.elapsed().as_secs_f64());
+    let out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/results"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("latest.md"), format!("# spore bench\n\n{md}")).unwrap();
+    std::fs::write(out.join("latest.json"), report.json()).unwrap();
+    eprintln!("wrote {}/latest.{{md,json}}", out.display());
 }
 
-/// Baseline for a ping: one write and one read through a pipe to `cat`.
-fn pipe_round_trips(n: usize) -> Duration {
-    let mut cat = Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut w = cat.stdin.take().unwrap();
-    let mut r = cat.stdout.take().unwrap();
-    let msg = [7u8; 41];
-    let mut buf = [0u8; 41];
-    let start = Instant::now();
-    for _ in 0..n {
-        w.write_all(&msg).unwrap();
-        r.read_exact(&mut buf).unwrap();
+fn mitogen_version() -> String {
+    let out =
+        Command::new(python()).args(["-c", "import mitogen; print('.'.join(map(str, mitogen.__version__)))"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+fn ssh_workloads(report: &mut Report) {
+    let sshd = Sshd::start();
+    let cfg = sshd.config_str();
+    let xdg = sshd.dir.join("xdg");
+    let hop = Hop::Ssh(SshHop {
+        host: "spore-test".into(),
+        config: Some(cfg.clone()),
+        options: vec![format!("SetEnv=XDG_RUNTIME_DIR={}", xdg.display())],
+        ..SshHop::default()
+    });
+    let cm = sshd.dir.join("cm");
+    let _ = Command::new("ssh")
+        .args(["-F", &cfg, "-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-o"])
+        .arg(format!("ControlPath={}", cm.display()))
+        .args(["-N", "-f", "spore-test"])
+        .status();
+    let (mut hit, mut miss, mut plain, mut muxed, mut mito) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut per_call = Vec::new();
+    let mut mito_call = Vec::new();
+    for round in 0..ROUNDS {
+        for _ in 0..3 {
+            // A real miss: no cached agent anywhere the script looks.
+            let _ = std::fs::remove_dir_all(&xdg);
+            if let Ok(home) = std::env::var("HOME") {
+                for e in std::fs::read_dir(format!("{home}/.cache/spore")).into_iter().flatten().flatten() {
+                    if e.file_name().to_string_lossy().starts_with("spore-agent-") {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            let r = Router::new().unwrap();
+            let t = Instant::now();
+            let c = r.connect(&hop, "spore-test").unwrap();
+            c.ping().unwrap();
+            miss.push(secs(t.elapsed()));
+            r.shutdown();
+            let r = Router::new().unwrap();
+            let t = Instant::now();
+            let c = r.connect(&hop, "spore-test").unwrap();
+            c.ping().unwrap();
+            hit.push(secs(t.elapsed()));
+            if round == 0 {
+                let t = Instant::now();
+                for _ in 0..1000 {
+                    c.ping().unwrap();
+                }
+                per_call.push(secs(t.elapsed()) / 1000.0);
+            }
+            r.shutdown();
+            plain.push(secs(timed(Command::new("ssh").args(["-F", &cfg, "spore-test", "true"]))));
+            muxed.push(secs(timed(
+                Command::new("ssh")
+                    .args(["-F", &cfg, "-o"])
+                    .arg(format!("ControlPath={}", cm.display()))
+                    .args(["spore-test", "true"]),
+            )));
+        }
+        let m = mitogen(&["ssh", "3", &cfg, if round == 0 { "1000" } else { "0" }]);
+        mito.extend(samples(&m));
+        if round == 0 {
+            mito_call.push(num(&m, "per_call"));
+        }
     }
-    let took = start.elapsed();
-    drop(w);
-    cat.wait().unwrap();
+    let _ = Command::new("ssh")
+        .args(["-F", &cfg, "-o"])
+        .arg(format!("ControlPath={}", cm.display()))
+        .args(["-O", "exit", "spore-test"])
+        .stderr(Stdio::null())
+        .status();
+    let (hit, miss, plain, muxed, mito) =
+        (Stat::of(hit), Stat::of(miss), Stat::of(plain), Stat::of(muxed), Stat::of(mito));
+    report.add(Row {
+        workload: "ssh connect + one call, agent cached".into(),
+        unit: Unit::Secs,
+        spore: hit,
+        baseline: Some(("`ssh host true`".into(), plain)),
+        ratio: Some(plain.median / hit.median),
+        target: "≤ `ssh host true` + 15 ms".into(),
+        met: Some(hit.median <= plain.median + 0.015),
+    });
+    report.add(Row {
+        workload: "ssh connect + one call, agent uploaded".into(),
+        unit: Unit::Secs,
+        spore: miss,
+        baseline: Some(("mitogen".into(), mito)),
+        ratio: Some(mito.median / miss.median),
+        target: String::new(),
+        met: None,
+    });
+    report.add(Row {
+        workload: "  (for reference: ssh through a ControlMaster)".into(),
+        unit: Unit::Secs,
+        spore: hit,
+        baseline: Some(("`ssh -S cm host true`".into(), muxed)),
+        ratio: Some(muxed.median / hit.median),
+        target: String::new(),
+        met: None,
+    });
+    let (s, m) = (Stat::of(per_call), Stat::of(mito_call));
+    report.add(Row {
+        workload: "no-op call latency over ssh (1,000 calls)".into(),
+        unit: Unit::Secs,
+        spore: s,
+        baseline: Some(("mitogen".into(), m)),
+        ratio: Some(m.median / s.median),
+        target: String::new(),
+        met: None,
+    });
+}
+
+fn spore_fanout(n: usize) -> (f64, u64) {
+    let r = Router::with_options(Options { connect_timeout: Duration::from_secs(120), ..Options::default() }).unwrap();
+    let t = Instant::now();
+    let pids: Vec<u32> = std::thread::scope(|s| {
+        let workers = 32.min(n);
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let r = r.clone();
+                s.spawn(move || {
+                    let mut pids = Vec::new();
+                    let mut i = w;
+                    while i < n {
+                        let c = r.local().unwrap();
+                        pids.push(c.info().unwrap().pid);
+                        i += workers;
+                    }
+                    pids
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let took = secs(t.elapsed());
+    let rss: u64 = pids.iter().map(|&p| rss_kib(p)).sum::<u64>() + rss_kib(std::process::id());
+    r.shutdown();
+    (took, rss)
+}
+
+fn spore_shutdown_tree(width: usize, depth: usize, hung: bool) -> f64 {
+    let r = Router::new().unwrap();
+    let mut level: Vec<Option<Context>> = vec![None];
+    let mut all: Vec<Context> = Vec::new();
+    for _ in 0..depth {
+        let mut next = Vec::new();
+        for parent in &level {
+            for _ in 0..width {
+                let c = match parent {
+                    None => r.local().unwrap(),
+                    Some(p) => p.connect("local").unwrap(),
+                };
+                next.push(Some(c.clone()));
+                all.push(c);
+            }
+        }
+        level = next;
+    }
+    let mut pending = Vec::new();
+    if hung {
+        for c in all.iter().step_by(10) {
+            let c = c.clone();
+            pending.push(std::thread::spawn(move || c.exec(&SporeCommand::new(["sleep", "1000"]))));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let t = Instant::now();
+    r.shutdown();
+    let took = secs(t.elapsed());
+    for p in pending {
+        let _ = p.join();
+    }
     took
+}
+
+struct Discard;
+
+impl Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn timed(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(status.success(), "{cmd:?} failed");
+    t.elapsed()
 }
 
 fn make_file(path: &Path, len: u64) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut src = spore_tests::PatternReader::new(len, 99);
-    std::io::copy(&mut src, &mut f).unwrap();
+    std::io::copy(&mut PatternReader::new(len, 99), &mut f).unwrap();
     f.flush().unwrap();
+    drop(f);
+    // Read it once so both tools start from the page cache.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut file = std::fs::File::open(path).unwrap();
+    while file.read(&mut buf).unwrap() > 0 {}
 }
 
-fn same(a: &Path, b: &Path) -> bool {
-    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    loop {
-        let na = fa.read(&mut ba).unwrap();
-        fb.read_exact(&mut bb[..na]).unwrap();
-        if ba[..na] != bb[..na] {
-            return false;
-        }
-        if na == 0 {
-            return fb.read(&mut bb).unwrap() == 0;
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }
