@@ -365,6 +365,10 @@ const ROLE_OUT: usize = 1;
 const ROLE_ERR: usize = 2;
 const ROLE_CAPTURE_OUT: usize = 0;
 const ROLE_CAPTURE_ERR: usize = 1;
+/// Every fd is polled level-triggered: no re-arming after each event, and a
+/// short read is enough to know a pipe is drained for now.
+const LEVEL: polling::PollMode = polling::PollMode::Level;
+
 /// Why a child stream was dropped when the shutdown grace ran out.
 const FORCED: &str = "forced at shutdown";
 /// Per-event read budget, so one busy stream can't starve the others.
@@ -599,10 +603,12 @@ impl Loop {
         // before dropping (closing) it.
         let added = unsafe {
             poller
-                .add(stream.input.as_raw_fd(), Event::readable(sid << 2 | ROLE_IN))
-                .and_then(|()| poller.add(stream.output.as_raw_fd(), Event::none(sid << 2 | ROLE_OUT)))
+                .add_with_mode(stream.input.as_raw_fd(), Event::readable(sid << 2 | ROLE_IN), LEVEL)
+                .and_then(|()| poller.add_with_mode(stream.output.as_raw_fd(), Event::none(sid << 2 | ROLE_OUT), LEVEL))
                 .and_then(|()| match &stream.stderr {
-                    Some(src) => poller.add(src.file.as_raw_fd(), Event::readable(sid << 2 | ROLE_ERR)),
+                    Some(src) => {
+                        poller.add_with_mode(src.file.as_raw_fd(), Event::readable(sid << 2 | ROLE_ERR), LEVEL)
+                    }
                     None => Ok(()),
                 })
         };
@@ -637,7 +643,9 @@ impl Loop {
         let level = if role == ROLE_CAPTURE_OUT { log::Level::Info } else { log::Level::Warn };
         // SAFETY: the fd is owned by the LineSource stored in
         // `self.captures`, deleted from the poller before it is dropped.
-        if let Err(e) = unsafe { self.broker.shared.poller.add(file.as_raw_fd(), Event::readable(role)) } {
+        if let Err(e) =
+            unsafe { self.broker.shared.poller.add_with_mode(file.as_raw_fd(), Event::readable(role), LEVEL) }
+        {
             warn!("capture {target}: {e}");
             return;
         }
@@ -701,6 +709,11 @@ impl Loop {
                         total += n;
                         stream.last_heard = Instant::now();
                         stream.decoder.push(buf.get(..n).unwrap_or_default());
+                        if n < buf.len() {
+                            // Drained for now; level-triggered polling says
+                            // when there is more (no EAGAIN read needed).
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -713,15 +726,8 @@ impl Loop {
         }
         self.read_buf = buf;
         self.decode(sid);
-        match gone {
-            Some(why) => self.drop_stream(sid, &why),
-            None => self.arm_read(sid),
-        }
-    }
-
-    fn arm_read(&mut self, sid: usize) {
-        if let Some(stream) = self.streams.get(&sid) {
-            let _ = self.broker.shared.poller.modify(&stream.input, Event::readable(sid << 2 | ROLE_IN));
+        if let Some(why) = gone {
+            self.drop_stream(sid, &why);
         }
     }
 
@@ -773,7 +779,7 @@ impl Loop {
             let want = stream.out_pos < stream.out.len();
             if want || stream.write_armed {
                 let ev = if want { Event::writable(sid << 2 | ROLE_OUT) } else { Event::none(sid << 2 | ROLE_OUT) };
-                let _ = self.broker.shared.poller.modify(&stream.output, ev);
+                let _ = self.broker.shared.poller.modify_with_mode(&stream.output, ev, LEVEL);
                 stream.write_armed = want;
             }
         }
@@ -832,9 +838,7 @@ impl Loop {
         let Some(stream) = self.streams.get_mut(&sid) else { return };
         let Some(src) = stream.stderr.as_mut() else { return };
         let open = drain_lines(src, &cfg, &self.broker, false);
-        if open {
-            let _ = self.broker.shared.poller.modify(&src.file, Event::readable(sid << 2 | ROLE_ERR));
-        } else {
+        if !open {
             let _ = self.broker.shared.poller.delete(&src.file);
             stream.stderr = None;
         }
@@ -843,9 +847,7 @@ impl Loop {
     fn read_capture(&mut self, role: usize) {
         let cfg = self.broker.shared.cfg.clone();
         let Some(src) = self.captures.get_mut(&role) else { return };
-        if drain_lines(src, &cfg, &self.broker, false) {
-            let _ = self.broker.shared.poller.modify(&src.file, Event::readable(role));
-        } else {
+        if !drain_lines(src, &cfg, &self.broker, false) {
             let _ = self.broker.shared.poller.delete(&src.file);
             self.captures.remove(&role);
         }

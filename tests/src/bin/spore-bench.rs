@@ -220,34 +220,39 @@ fn main() {
     let mut report = Report::default();
     let started = Instant::now();
     eprintln!("spore bench: spore vs mitogen {} and plain ssh, {ROUNDS} alternating rounds", mitogen_version());
+    // SPORE_BENCH_ONLY=spawn,calls,read,ssh,fanout,agent,shutdown picks workloads.
+    let only = std::env::var("SPORE_BENCH_ONLY").ok();
+    let run = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
 
     // 1. Start a local context and make one call.
-    let (mut sp, mut mi) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        for _ in 0..5 {
-            let r = Router::new().unwrap();
-            let t = Instant::now();
-            let c = r.local().unwrap();
-            c.ping().unwrap();
-            sp.push(secs(t.elapsed()));
-            r.shutdown();
+    if run("spawn") {
+        let (mut sp, mut mi) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            for _ in 0..5 {
+                let r = Router::new().unwrap();
+                let t = Instant::now();
+                let c = r.local().unwrap();
+                c.ping().unwrap();
+                sp.push(secs(t.elapsed()));
+                r.shutdown();
+            }
+            mi.extend(samples(&mitogen(&["spawn", "5"])));
         }
-        mi.extend(samples(&mitogen(&["spawn", "5"])));
+        let (s, m) = (Stat::of(sp), Stat::of(mi));
+        let ratio = m.median / s.median;
+        report.add(Row {
+            workload: "spawn a local context + first call".into(),
+            unit: Unit::Secs,
+            spore: s,
+            baseline: Some(("mitogen".into(), m)),
+            ratio: Some(ratio),
+            target: "≥ 30× faster than mitogen".into(),
+            met: Some(ratio >= 30.0),
+        });
     }
-    let (s, m) = (Stat::of(sp), Stat::of(mi));
-    let ratio = m.median / s.median;
-    report.add(Row {
-        workload: "spawn a local context + first call".into(),
-        unit: Unit::Secs,
-        spore: s,
-        baseline: Some(("mitogen".into(), m)),
-        ratio: Some(ratio),
-        target: "≥ 30× faster than mitogen".into(),
-        met: Some(ratio >= 30.0),
-    });
 
     // 2. 10,000 no-op calls, direct and through one intermediate.
-    for via in [false, true] {
+    for via in [false, true].into_iter().filter(|_| run("calls")) {
         let (mut sp, mut mi) = (Vec::new(), Vec::new());
         let r = Router::new().unwrap();
         let mut c = r.local().unwrap();
@@ -278,47 +283,50 @@ fn main() {
     }
 
     // 3. Read 1 GiB from a remote file, beside `dd | dd`.
-    let dir = std::env::temp_dir().join(format!("spore-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let big = dir.join("big");
-    make_file(&big, 1 << 30);
-    let (mut sp, mut raw) = (Vec::new(), Vec::new());
-    let r = Router::new().unwrap();
-    let c = r.local().unwrap();
-    for _ in 0..ROUNDS {
-        let t = Instant::now();
-        let n = c.read_file(big.to_str().unwrap(), &mut Discard).unwrap();
-        sp.push(n as f64 / secs(t.elapsed()));
-        raw.push(
-            (1u64 << 30) as f64
-                / secs(timed(
-                    Command::new("sh")
-                        .arg("-c")
-                        .arg(format!("dd if={} bs=1M 2>/dev/null | dd of=/dev/null bs=1M 2>/dev/null", big.display())),
-                )),
-        );
+    if run("read") {
+        let dir = std::env::temp_dir().join(format!("spore-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big");
+        make_file(&big, 1 << 30);
+        let (mut sp, mut raw) = (Vec::new(), Vec::new());
+        let r = Router::new().unwrap();
+        let c = r.local().unwrap();
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            let n = c.read_file(big.to_str().unwrap(), &mut Discard).unwrap();
+            sp.push(n as f64 / secs(t.elapsed()));
+            raw.push(
+                (1u64 << 30) as f64
+                    / secs(timed(Command::new("sh").arg("-c").arg(format!(
+                        "dd if={} bs=1M 2>/dev/null | dd of=/dev/null bs=1M 2>/dev/null",
+                        big.display()
+                    )))),
+            );
+        }
+        let peak = peak_rss_kib(c.info().unwrap().pid);
+        r.shutdown();
+        drop((c, r));
+        let (s, b) = (Stat::of(sp), Stat::of(raw));
+        let ratio = s.median / b.median;
+        report.add(Row {
+            workload: format!("read 1 GiB from a file on a local context (agent peak RSS {peak} KiB)"),
+            unit: Unit::BytesPerSec,
+            spore: s,
+            baseline: Some(("`dd \\| dd`".into(), b)),
+            ratio: Some(ratio),
+            target: "≥ 70% of the raw pipe".into(),
+            met: Some(ratio >= 0.7),
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let peak = peak_rss_kib(c.info().unwrap().pid);
-    r.shutdown();
-    drop((c, r));
-    let (s, b) = (Stat::of(sp), Stat::of(raw));
-    let ratio = s.median / b.median;
-    report.add(Row {
-        workload: format!("read 1 GiB from a file on a local context (agent peak RSS {peak} KiB)"),
-        unit: Unit::BytesPerSec,
-        spore: s,
-        baseline: Some(("dd | dd".into(), b)),
-        ratio: Some(ratio),
-        target: "≥ 70% of the raw pipe".into(),
-        met: Some(ratio >= 0.7),
-    });
-    let _ = std::fs::remove_dir_all(&dir);
 
     // 4. ssh to a loopback sshd.
-    ssh_workloads(&mut report);
+    if run("ssh") {
+        ssh_workloads(&mut report);
+    }
 
     // 5. Fan-out.
-    for n in [10usize, 100, 1000] {
+    for n in [10usize, 100, 1000].into_iter().filter(|_| run("fanout")) {
         let (t, rss) = spore_fanout(n);
         let per = rss as f64 / n as f64;
         let mito = (n <= 100).then(|| mitogen(&["fanout", &n.to_string()]));
@@ -343,45 +351,48 @@ fn main() {
     }
 
     // 6. The agent.
-    let agent = spore_tests::agent_path();
-    let size = std::fs::metadata(&agent).unwrap().len();
-    report.add(Row {
-        workload: "agent binary, stripped".into(),
-        unit: Unit::Bytes,
-        spore: Stat::one(size as f64),
-        baseline: None,
-        ratio: None,
-        target: "(budget: `make size`)".into(),
-        met: None,
-    });
-    let r = Router::new().unwrap();
-    let c = r.local().unwrap();
-    let pid = c.info().unwrap().pid;
-    let after_connect = rss_kib(pid);
-    for _ in 0..10_000 {
-        c.ping().unwrap();
-    }
-    let after_calls = rss_kib(pid);
-    r.shutdown();
-    drop((c, r));
-    let m = mitogen(&["rss", "10000"]);
-    for (what, spore_kib, key) in
-        [("after connect", after_connect, "after_connect_kib"), ("after 10,000 calls", after_calls, "after_calls_kib")]
-    {
-        let mk = num(&m, key);
+    if run("agent") {
+        let agent = spore_tests::agent_path();
+        let size = std::fs::metadata(&agent).unwrap().len();
         report.add(Row {
-            workload: format!("agent RSS {what}"),
-            unit: Unit::KiB,
-            spore: Stat::one(spore_kib as f64),
-            baseline: Some(("mitogen child".into(), Stat::one(mk))),
-            ratio: Some(mk / spore_kib as f64),
-            target: "≤ 1.5 MiB".into(),
-            met: Some(spore_kib <= 1536),
+            workload: "agent binary, stripped".into(),
+            unit: Unit::Bytes,
+            spore: Stat::one(size as f64),
+            baseline: None,
+            ratio: None,
+            target: "(budget: `make size`)".into(),
+            met: None,
         });
+        let r = Router::new().unwrap();
+        let c = r.local().unwrap();
+        let pid = c.info().unwrap().pid;
+        let after_connect = rss_kib(pid);
+        for _ in 0..10_000 {
+            c.ping().unwrap();
+        }
+        let after_calls = rss_kib(pid);
+        r.shutdown();
+        drop((c, r));
+        let m = mitogen(&["rss", "10000"]);
+        for (what, spore_kib, key) in [
+            ("after connect", after_connect, "after_connect_kib"),
+            ("after 10,000 calls", after_calls, "after_calls_kib"),
+        ] {
+            let mk = num(&m, key);
+            report.add(Row {
+                workload: format!("agent RSS {what}"),
+                unit: Unit::KiB,
+                spore: Stat::one(spore_kib as f64),
+                baseline: Some(("mitogen child".into(), Stat::one(mk))),
+                ratio: Some(mk / spore_kib as f64),
+                target: "≤ 1.5 MiB".into(),
+                met: Some(spore_kib <= 1536),
+            });
+        }
     }
 
     // 7. Shutdown.
-    for hung in [false, true] {
+    for hung in [false, true].into_iter().filter(|_| run("shutdown")) {
         let t = spore_shutdown_tree(10, 2, hung);
         let mut args = vec!["shutdown", "10", "2"];
         if hung {
