@@ -329,10 +329,73 @@ impl std::io::Write for PatternChecker {
 
 /// Peak resident memory of a process, in KiB (`VmHWM`).
 pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Run the `spore` CLI (with `SPORE_LOG` unset) and collect its output;
+/// fails the test if it runs longer than a minute.
+pub fn run_spore(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(spore_bin())
+        .args(args)
+        .env_remove("SPORE_LOG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    wait_bounded(child, Duration::from_secs(60))
+}
+
+/// Wait for a child (reading its stdout and stderr, so it can't block on a
+/// full pipe) at most `limit`; kill it and fail the test past that.
+pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() }
+}
+
+/// Resident memory of a process now, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
 }

@@ -3,61 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use spore_protocol::{handle, Message};
-use spore_tests::{agent_path, pattern, spore_bin, LeakGuard, Scratch};
+use spore_tests::{agent_path, pattern, run_spore, spore_bin, wait_bounded, LeakGuard, Scratch};
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Run the CLI with a deadline; kill it (and fail) if it overstays.
 fn spore(args: &[&str]) -> Output {
-    spore_with(args, None)
+    run_spore(args, None)
 }
 
 fn spore_with(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(spore_bin())
-        .args(args)
-        .env_remove("SPORE_LOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(data) = stdin {
-        let mut w = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = w.write_all(&data);
-        });
-    }
-    wait_bounded(child, Duration::from_secs(60))
-}
-
-fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("command did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() }
+    run_spore(args, stdin)
 }
 
 fn text(b: &[u8]) -> String {

@@ -10,8 +10,7 @@
 
 use spore::{Command, Error, Hop, Options, Router, SshHop};
 use spore_tests::fleet::{self, Fleet, FleetOptions, SUDO_PASSWORD};
-use spore_tests::{spore_bin, LeakGuard, PatternChecker, PatternReader};
-use std::process::Stdio;
+use spore_tests::{LeakGuard, PatternChecker, PatternReader};
 use std::time::{Duration, Instant};
 
 /// Fast keepalive for the fault tests: dead after 3 silent seconds.
@@ -29,24 +28,7 @@ fn bastion_hop(f: &Fleet) -> Hop {
 }
 
 fn cli(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = std::process::Command::new(spore_bin())
-        .args(args)
-        .env_remove("SPORE_LOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "spore {args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    spore_tests::run_spore(args, stdin.map(str::as_bytes))
 }
 
 fn text(b: &[u8]) -> String {

@@ -5,7 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
-use spore::{Command, Error, Hop, Options, Router, SshHop};
+use spore::{Command, Error, Hop, Options, Router};
+use spore_tests::site::Site;
 use spore_tests::sshd::{
     Sshd, PASSWORD, USER_ASH, USER_BASH, USER_CACHE_A, USER_CACHE_B, USER_HANG, USER_NOCACHE, USER_NOEXEC, USER_NOHEAD,
     USER_NOISY, USER_NOPW, USER_PW, USER_SHORT,
@@ -19,31 +20,23 @@ use std::time::{Duration, Instant};
 /// that nothing is left.
 struct World {
     guard: LeakGuard,
-    sshd: Sshd,
-    /// Per-test agent cache on the "remote" (root's XDG_RUNTIME_DIR).
-    xdg: String,
+    site: Site,
 }
 
 impl World {
     fn new() -> World {
         let guard = LeakGuard::new();
-        let sshd = Sshd::start();
-        let xdg = sshd.dir.join("xdg").display().to_string();
-        World { guard, sshd, xdg }
+        World { guard, site: Site::ssh() }
+    }
+
+    fn sshd(&self) -> &Sshd {
+        self.site.sshd()
     }
 
     /// An ssh hop to the test server, as `user` (root by default), with
     /// this test's private cache directory.
     fn hop(&self, user: Option<&str>, extra: &[&str]) -> Hop {
-        let mut options: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        options.push(format!("SetEnv=XDG_RUNTIME_DIR={}", self.xdg));
-        Hop::Ssh(SshHop {
-            host: "spore-test".into(),
-            user: user.map(String::from),
-            port: None,
-            config: Some(self.sshd.config_str()),
-            options,
-        })
+        self.site.hop_as(user, extra)
     }
 
     /// The agent cached for `user` (in its home: the test's XDG directory
@@ -62,9 +55,9 @@ impl World {
     }
 
     fn finish(mut self) {
-        self.sshd.stop();
-        let World { guard, sshd, .. } = self;
-        drop(sshd);
+        self.site.stop();
+        let World { guard, site } = self;
+        drop(site);
         guard.check();
     }
 }
@@ -171,7 +164,7 @@ fn two_ssh_hops_and_a_local_child_behind_them() {
     assert!(pids[0] != pids[1] && pids[1] != pids[2], "{pids:?}");
     assert_eq!(stdout(&third, "echo deep"), "deep");
     let data = spore_tests::pattern(3 << 20, 5);
-    let path = w.sshd.dir.join("through-two-hops").display().to_string();
+    let path = w.sshd().dir.join("through-two-hops").display().to_string();
     third.write_file(&path, &mut &data[..], None).unwrap();
     let mut back = Vec::new();
     third.read_file(&path, &mut back).unwrap();
@@ -313,31 +306,14 @@ fn connection_failures_name_the_hop_and_the_cause() {
 }
 
 fn cli(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = std::process::Command::new(spore_bin())
-        .args(args)
-        .env_remove("SPORE_LOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "spore {args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    spore_tests::run_spore(args, stdin.map(str::as_bytes))
 }
 
 #[test]
 fn the_cli_over_ssh() {
     let w = World::new();
-    let cfg = w.sshd.config_str();
-    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", w.xdg);
+    let cfg = w.sshd().config_str();
+    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", w.site.xdg);
     let base = ["-F", cfg.as_str(), "-o", xdg.as_str()];
     let run = |extra: &[&str], stdin: Option<&str>| {
         let mut args: Vec<&str> = base.to_vec();
@@ -373,8 +349,8 @@ fn the_cli_over_ssh() {
 #[test]
 fn interrupting_the_cli_leaves_nothing_behind() {
     let w = World::new();
-    let cfg = w.sshd.config_str();
-    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", w.xdg);
+    let cfg = w.sshd().config_str();
+    let xdg = format!("SetEnv=XDG_RUNTIME_DIR={}", w.site.xdg);
     let mut child = std::process::Command::new(spore_bin())
         .args(["-F", &cfg, "-o", &xdg, "run", "spore-test/local", "--", "sleep", "60"])
         .stdin(Stdio::null())

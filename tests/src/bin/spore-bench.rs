@@ -9,7 +9,7 @@
 
 use spore::{Command as SporeCommand, Context, Hop, Options, Router, SshHop};
 use spore_tests::sshd::Sshd;
-use spore_tests::{peak_rss_kib, PatternReader};
+use spore_tests::{peak_rss_kib, rss_kib, PatternReader};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -196,15 +196,6 @@ fn samples(o: &miniserde::json::Object) -> Vec<f64> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn secs(d: Duration) -> f64 {
