@@ -538,7 +538,8 @@ impl Loop {
             self.enqueue(sid, &msg);
         }
         for (sid, silent) in dead {
-            let why = format!("silent for {:.1}s (keepalive every {every:?})", silent.as_secs_f64());
+            // Whole milliseconds: no float formatting in the agent.
+            let why = format!("silent for {} ms (keepalive every {} ms)", silent.as_millis(), every.as_millis());
             warn!("{}: {why}; declaring it dead", self.streams.get(&sid).map_or("", |s| s.name.as_str()));
             if let Some(child) = self.streams.get_mut(&sid).and_then(|s| s.child.as_mut()) {
                 let _ = sys::kill(child.id() as i32, libc::SIGTERM);
@@ -807,9 +808,13 @@ impl Loop {
         }
         if let Some(started) = self.shutdown_started.filter(|_| !stream.is_parent) {
             if why == FORCED {
-                warn!("{}: forced after the grace of {:?}", stream.name, self.cfg().grace);
+                warn!("{}: forced after the grace of {} ms", stream.name, self.cfg().grace.as_millis());
             } else {
-                info!("{}: disconnected gracefully, {:?} into the shutdown", stream.name, started.elapsed());
+                info!(
+                    "{}: disconnected gracefully, {} ms into the shutdown",
+                    stream.name,
+                    started.elapsed().as_millis()
+                );
             }
         }
         if stream.is_parent {

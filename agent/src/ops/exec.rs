@@ -194,8 +194,8 @@ impl Runner {
                 }
             }
             if exited.is_none() {
-                if let Some(d) = deadline.filter(|&d| now >= d && !timed_out) {
-                    log::debug!("timeout after {:?}; SIGTERM to group {pgid}", d.duration_since(now));
+                if deadline.is_some_and(|d| now >= d) && !timed_out {
+                    log::debug!("timeout: SIGTERM to group {pgid}");
                     timed_out = true;
                     let _ = sys::killpg(pgid, libc::SIGTERM);
                     kill_at = Some(now + KILL_GRACE);
