@@ -18,8 +18,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// How this broker sits in the tree.
@@ -84,7 +84,7 @@ pub struct NewStream {
 
 enum Cmd {
     Send(Message),
-    AddStream(Box<NewStream>),
+    AddStream(Box<Prepared>),
     Capture { file: File, target: &'static str },
     Shutdown(String),
 }
@@ -94,6 +94,126 @@ struct HandleEntry {
     /// A remote context this handle waits on: its loss fails the handle.
     peer: Option<u32>,
     wake: Option<File>,
+}
+
+/// The write side of a stream. The broker and the threads sending from this
+/// context append to it; whoever finds it drained writes at once, so a
+/// call's request and its reply go out without waking the broker.
+struct Out {
+    file: File,
+    key: usize,
+    state: Mutex<OutState>,
+}
+
+#[derive(Default)]
+struct OutState {
+    buf: Vec<u8>,
+    pos: usize,
+    /// Writable interest is set in the poller.
+    armed: bool,
+    /// The poller knows the fd (from registration until the stream drops).
+    watched: bool,
+    /// A write failed; the broker drops the stream.
+    failed: Option<String>,
+}
+
+impl Out {
+    /// Queue a message and write what the pipe takes now. False if the
+    /// stream has failed.
+    fn send(&self, msg: &Message, poller: &Poller) -> bool {
+        let mut st = lock(&self.state);
+        if st.failed.is_some() {
+            return false;
+        }
+        msg.encode_into(&mut st.buf);
+        self.write(&mut st, poller);
+        st.failed.is_none()
+    }
+
+    /// Write what is pending (on a writable event); the failure, if any.
+    fn flush(&self, poller: &Poller) -> Option<String> {
+        let mut st = lock(&self.state);
+        self.write(&mut st, poller);
+        st.failed.clone()
+    }
+
+    fn write(&self, st: &mut OutState, poller: &Poller) {
+        while st.pos < st.buf.len() {
+            match (&self.file).write(st.buf.get(st.pos..).unwrap_or_default()) {
+                Ok(n) => st.pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    st.failed = Some(format!("write failed: {e}"));
+                    st.buf = Vec::new();
+                    st.pos = 0;
+                }
+            }
+        }
+        if st.pos == st.buf.len() {
+            st.buf.clear();
+            st.pos = 0;
+        } else if st.pos > 1 << 20 {
+            let done = st.pos;
+            st.buf.drain(..done);
+            st.pos = 0;
+        }
+        let want = st.pos < st.buf.len();
+        if want != st.armed && st.watched {
+            let ev = if want { Event::writable(self.key) } else { Event::none(self.key) };
+            let _ = poller.modify_with_mode(&self.file, ev, LEVEL);
+            st.armed = want;
+        }
+    }
+
+    fn pending(&self) -> bool {
+        let st = lock(&self.state);
+        st.pos < st.buf.len()
+    }
+
+    /// Start polling the fd (broker thread, once).
+    fn watch(&self, poller: &Poller) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        // SAFETY: the fd is owned by this Out, which `unwatch` deletes from
+        // the poller before the stream lets go of it; the Out (and its fd)
+        // outlives any Arc a sender still holds.
+        unsafe { poller.add_with_mode(self.file.as_raw_fd(), Event::none(self.key), LEVEL)? };
+        st.watched = true;
+        if st.pos < st.buf.len() {
+            let _ = poller.modify_with_mode(&self.file, Event::writable(self.key), LEVEL);
+            st.armed = true;
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, poller: &Poller) {
+        let mut st = lock(&self.state);
+        if st.watched {
+            let _ = poller.delete(&self.file);
+            st.watched = false;
+        }
+    }
+}
+
+/// Which `Out` a message from this context takes: the route's, else the
+/// parent's (the same decision `Routes::decide` makes for local messages).
+#[derive(Default)]
+struct OutRoutes {
+    parent: Option<Arc<Out>>,
+    via: HashMap<u32, Arc<Out>>,
+}
+
+/// A stream prepared by `Broker::add_stream` in the caller's thread.
+struct Prepared {
+    sid: usize,
+    remote_id: u32,
+    name: String,
+    input: File,
+    out: Arc<Out>,
+    stderr: Option<File>,
+    child: Option<Child>,
+    leftover: Vec<u8>,
+    is_parent: bool,
 }
 
 /// Local handles; once `closed` (the broker has finished) new ones are
@@ -127,6 +247,15 @@ struct Shared {
     shutting_down: AtomicBool,
     /// The loop has ended; commands are no longer taken.
     finished: AtomicBool,
+    /// Where this context's own messages go without waking the broker.
+    outs: RwLock<OutRoutes>,
+    /// A sending thread saw a stream's write fail: the broker drops it.
+    out_failed: AtomicBool,
+    /// Commands queued or being carried out. A thread takes the fast path
+    /// only when there are none, so its message can't overtake what they
+    /// send (a connect's reply must follow its ADD_ROUTE).
+    pending: AtomicUsize,
+    next_sid: AtomicUsize,
     done: (Mutex<bool>, Condvar),
 }
 
@@ -157,6 +286,10 @@ impl Broker {
             temps: Mutex::new(HashSet::new()),
             shutting_down: AtomicBool::new(false),
             finished: AtomicBool::new(false),
+            outs: RwLock::new(OutRoutes::default()),
+            out_failed: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
+            next_sid: AtomicUsize::new(1),
             done: (Mutex::new(false), Condvar::new()),
         });
         let broker = Broker { shared };
@@ -194,19 +327,65 @@ impl Broker {
             }
             return;
         }
+        self.shared.pending.fetch_add(1, Ordering::SeqCst);
         queue.push(cmd);
         drop(queue);
         let _ = self.shared.poller.notify();
     }
 
-    /// Queue a message from this context; the broker stamps `src`/`auth`.
-    pub fn send(&self, msg: Message) {
+    /// Send a message from this context (`src`/`auth` are stamped). It is
+    /// written at once from this thread when its stream's pipe has room;
+    /// the broker handles the rest (local delivery, DEAD replies, a full
+    /// pipe).
+    pub fn send(&self, mut msg: Message) {
+        let me = self.id();
+        msg.header.src = me;
+        msg.header.auth = me;
+        if msg.header.dst != me && self.shared.pending.load(Ordering::SeqCst) == 0 {
+            let out = {
+                let outs = self.shared.outs.read().unwrap_or_else(|p| p.into_inner());
+                outs.via.get(&msg.header.dst).cloned().or_else(|| outs.parent.clone())
+            };
+            if let Some(out) = out {
+                if out.send(&msg, &self.shared.poller) {
+                    return;
+                }
+                self.shared.out_failed.store(true, Ordering::SeqCst);
+            }
+        }
         self.push(Cmd::Send(msg));
     }
 
-    /// Hand a connected stream to the broker.
-    pub fn add_stream(&self, stream: NewStream) {
-        self.push(Cmd::AddStream(Box::new(stream)));
+    /// Hand a connected stream to the broker. From the moment this returns,
+    /// messages to its context go out through it (the greeting first).
+    pub fn add_stream(&self, s: NewStream) {
+        let sid = self.shared.next_sid.fetch_add(1, Ordering::SeqCst);
+        let NewStream { remote_id, name, input, output, stderr, child, leftover, is_parent, greeting } = s;
+        let _ = sys::set_nonblocking(std::os::fd::AsFd::as_fd(&output), true);
+        let out = Arc::new(Out { file: output, key: sid << 2 | ROLE_OUT, state: Mutex::new(OutState::default()) });
+        if let Some(mut hello) = greeting {
+            hello.header.src = self.id();
+            hello.header.auth = self.id();
+            out.send(&hello, &self.shared.poller);
+        }
+        {
+            let mut outs = self.shared.outs.write().unwrap_or_else(|p| p.into_inner());
+            if is_parent {
+                outs.parent = Some(out.clone());
+            } else {
+                outs.via.insert(remote_id, out.clone());
+            }
+        }
+        let prepared = Prepared { sid, remote_id, name, input, out, stderr, child, leftover, is_parent };
+        self.push(Cmd::AddStream(Box::new(prepared)));
+    }
+
+    fn set_route(&self, id: u32, out: Option<Arc<Out>>) {
+        let mut outs = self.shared.outs.write().unwrap_or_else(|p| p.into_inner());
+        match out {
+            Some(out) => outs.via.insert(id, out),
+            None => outs.via.remove(&id),
+        };
     }
 
     /// Forward lines written to `file` as log records tagged `target`.
@@ -378,11 +557,8 @@ struct Stream {
     remote_id: u32,
     name: String,
     input: File,
-    output: File,
+    out: Arc<Out>,
     decoder: Decoder,
-    out: Vec<u8>,
-    out_pos: usize,
-    write_armed: bool,
     stderr: Option<LineSource>,
     child: Option<Child>,
     is_parent: bool,
@@ -418,7 +594,6 @@ enum Phase {
 struct Loop {
     broker: Broker,
     streams: HashMap<usize, Stream>,
-    next_sid: usize,
     parent: Option<usize>,
     routes: Routes,
     captures: HashMap<usize, LineSource>,
@@ -436,7 +611,6 @@ impl Loop {
         Loop {
             broker,
             streams: HashMap::new(),
-            next_sid: 1,
             parent: None,
             routes,
             captures: HashMap::new(),
@@ -469,6 +643,7 @@ impl Loop {
             for (key, readable, writable) in keys {
                 self.on_event(key, readable, writable);
             }
+            self.drop_failed_outs();
             self.keepalive();
             self.reap();
         }
@@ -561,16 +736,16 @@ impl Loop {
                     Cmd::Capture { file, target } => self.add_capture(file, target),
                     Cmd::Shutdown(why) => self.begin_shutdown(&why),
                 }
+                self.broker.shared.pending.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 
     // ---- streams -------------------------------------------------------
 
-    fn add_stream(&mut self, s: NewStream) {
-        let sid = self.next_sid;
-        self.next_sid += 1;
-        for f in [&s.input, &s.output].into_iter().chain(s.stderr.as_ref()) {
+    fn add_stream(&mut self, s: Prepared) {
+        let sid = s.sid;
+        for f in [&s.input].into_iter().chain(s.stderr.as_ref()) {
             if let Err(e) = sys::set_nonblocking(std::os::fd::AsFd::as_fd(f), true) {
                 warn!("stream {}: can't make fd non-blocking: {e}", s.name);
             }
@@ -587,11 +762,8 @@ impl Loop {
             remote_id: s.remote_id,
             name: s.name,
             input: s.input,
-            output: s.output,
+            out: s.out,
             decoder,
-            out: Vec::new(),
-            out_pos: 0,
-            write_armed: false,
             stderr,
             child: s.child,
             is_parent: s.is_parent,
@@ -605,7 +777,7 @@ impl Loop {
         let added = unsafe {
             poller
                 .add_with_mode(stream.input.as_raw_fd(), Event::readable(sid << 2 | ROLE_IN), LEVEL)
-                .and_then(|()| poller.add_with_mode(stream.output.as_raw_fd(), Event::none(sid << 2 | ROLE_OUT), LEVEL))
+                .and_then(|()| stream.out.watch(poller))
                 .and_then(|()| match &stream.stderr {
                     Some(src) => {
                         poller.add_with_mode(src.file.as_raw_fd(), Event::readable(sid << 2 | ROLE_ERR), LEVEL)
@@ -628,11 +800,6 @@ impl Loop {
             warn!("stream {}: {why}", self.streams.get(&sid).map_or("", |s| s.name.as_str()));
             self.drop_stream(sid, &why);
             return;
-        }
-        if let Some(mut hello) = s.greeting {
-            hello.header.src = self.cfg().id;
-            hello.header.auth = self.cfg().id;
-            self.enqueue(sid, &hello);
         }
         // Bytes that arrived with the handshake may already hold messages.
         self.decode(sid);
@@ -749,42 +916,31 @@ impl Loop {
     }
 
     fn enqueue(&mut self, sid: usize, msg: &Message) {
-        let Some(stream) = self.streams.get_mut(&sid) else { return };
-        msg.encode_into(&mut stream.out);
-        self.flush(sid);
+        let Some(out) = self.streams.get(&sid).map(|s| s.out.clone()) else { return };
+        if !out.send(msg, &self.broker.shared.poller) {
+            let why = out.flush(&self.broker.shared.poller).unwrap_or_default();
+            self.drop_stream(sid, &why);
+        }
     }
 
     fn flush(&mut self, sid: usize) {
-        let mut failed = None;
-        {
-            let Some(stream) = self.streams.get_mut(&sid) else { return };
-            while stream.out_pos < stream.out.len() {
-                let pending = stream.out.get(stream.out_pos..).unwrap_or_default();
-                match (&stream.output).write(pending) {
-                    Ok(n) => stream.out_pos += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failed = Some(format!("write failed: {e}"));
-                        break;
-                    }
-                }
-            }
-            if stream.out_pos == stream.out.len() {
-                stream.out.clear();
-                stream.out_pos = 0;
-            } else if stream.out_pos > 1 << 20 {
-                stream.out.drain(..stream.out_pos);
-                stream.out_pos = 0;
-            }
-            let want = stream.out_pos < stream.out.len();
-            if want || stream.write_armed {
-                let ev = if want { Event::writable(sid << 2 | ROLE_OUT) } else { Event::none(sid << 2 | ROLE_OUT) };
-                let _ = self.broker.shared.poller.modify_with_mode(&stream.output, ev, LEVEL);
-                stream.write_armed = want;
-            }
+        let Some(out) = self.streams.get(&sid).map(|s| s.out.clone()) else { return };
+        if let Some(why) = out.flush(&self.broker.shared.poller) {
+            self.drop_stream(sid, &why);
         }
-        if let Some(why) = failed {
+    }
+
+    /// Drop the streams whose writes failed in a sending thread.
+    fn drop_failed_outs(&mut self) {
+        if !self.broker.shared.out_failed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let failed: Vec<(usize, String)> = self
+            .streams
+            .iter()
+            .filter_map(|(&sid, s)| lock(&s.out.state).failed.clone().map(|why| (sid, why)))
+            .collect();
+        for (sid, why) in failed {
             self.drop_stream(sid, &why);
         }
     }
@@ -793,7 +949,14 @@ impl Loop {
         let Some(mut stream) = self.streams.remove(&sid) else { return };
         let poller = &self.broker.shared.poller;
         let _ = poller.delete(&stream.input);
-        let _ = poller.delete(&stream.output);
+        stream.out.unwatch(poller);
+        {
+            let mut outs = self.broker.shared.outs.write().unwrap_or_else(|p| p.into_inner());
+            if outs.parent.as_ref().is_some_and(|o| Arc::ptr_eq(o, &stream.out)) {
+                outs.parent = None;
+            }
+            outs.via.retain(|_, o| !Arc::ptr_eq(o, &stream.out));
+        }
         if let Some(src) = stream.stderr.as_mut() {
             // Whatever the process printed last is its explanation.
             drain_lines(src, self.cfg(), &self.broker, true);
@@ -979,6 +1142,7 @@ impl Loop {
             }
             debug!("route to {} ({}) via stream {sid}", add.id, add.name);
             self.routes.add(add.id, sid);
+            self.broker.set_route(add.id, self.streams.get(&sid).map(|s| s.out.clone()));
             self.announce_route(add.id, &add.name);
         } else {
             let Ok(del) = body::from_json::<DelRoute>(&msg.body, "DEL_ROUTE") else {
@@ -987,6 +1151,7 @@ impl Loop {
             };
             if self.routes.via(del.id) == Some(sid) {
                 self.routes.remove(del.id, &del.reason);
+                self.broker.set_route(del.id, None);
                 self.broker.fail_peer(del.id, &del.reason);
                 if self.parent.is_some() {
                     self.send_up(Message::new(self.parent_id(), handle::DEL_ROUTE, msg.body));
@@ -1085,8 +1250,7 @@ impl Loop {
             }
             Phase::Flush { deadline } => {
                 let captures_open = !self.captures.is_empty();
-                let parent_pending =
-                    self.parent.and_then(|p| self.streams.get(&p)).is_some_and(|s| s.out_pos < s.out.len());
+                let parent_pending = self.parent.and_then(|p| self.streams.get(&p)).is_some_and(|s| s.out.pending());
                 let queue_pending = !lock(&self.broker.shared.queue).is_empty();
                 let reaping = !self.reaping.is_empty();
                 (!captures_open && !parent_pending && !queue_pending && !reaping) || now >= deadline
@@ -1145,10 +1309,17 @@ impl Loop {
         }
         if let Some(p) = self.parent {
             let deadline = Instant::now() + Duration::from_millis(200);
-            while self.streams.get(&p).is_some_and(|s| s.out_pos < s.out.len()) && Instant::now() < deadline {
+            while self.streams.get(&p).is_some_and(|s| s.out.pending()) && Instant::now() < deadline {
                 self.flush(p);
                 std::thread::sleep(Duration::from_millis(2));
             }
+        }
+        {
+            // From here on, a thread's message takes the slow path, which
+            // the finished broker drops.
+            let mut outs = self.broker.shared.outs.write().unwrap_or_else(|p| p.into_inner());
+            outs.parent = None;
+            outs.via.clear();
         }
         let sids: Vec<usize> = self.streams.keys().copied().collect();
         for sid in sids {
@@ -1157,7 +1328,7 @@ impl Loop {
             }
             if let Some(s) = self.streams.remove(&sid) {
                 let _ = self.broker.shared.poller.delete(&s.input);
-                let _ = self.broker.shared.poller.delete(&s.output);
+                s.out.unwatch(&self.broker.shared.poller);
                 if let Some(src) = &s.stderr {
                     let _ = self.broker.shared.poller.delete(&src.file);
                 }
