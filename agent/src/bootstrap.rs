@@ -175,6 +175,8 @@ fn script_lines(image: &Image, args: &AgentArgs) -> String {
 umask 077
 ok() {{
   [ -f "$1" ] && [ -O "$1" ] && [ ! -L "$1" ] && [ -x "$1" ] || return 1
+  set -- "$1" $(ls -ld "$1" 2>/dev/null)
+  case $2 in ?????w*|????????w*) return 1;; esac
   if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$1"); [ "$1 $2" = "$k $n" ]; return; fi
   s=$(wc -c <"$1") && [ "$((s))" -eq $n ]
 }}

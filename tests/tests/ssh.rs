@@ -138,6 +138,18 @@ fn a_corrupted_or_foreign_cached_agent_is_replaced_never_run() {
     drop((ctx, r));
     assert!(!std::path::Path::new(&marker).exists(), "a corrupted or partial agent was executed");
     assert_ne!(std::fs::read(&cached).unwrap(), evil);
+    // Ours but writable by others: replaced, never executed.
+    let good = std::fs::read(&cached).unwrap();
+    std::fs::write(&cached, &evil).unwrap();
+    std::fs::set_permissions(&cached, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&cached, Some(uid), Some(uid)).unwrap();
+    let r = router();
+    let ctx = r.connect(&hop, "spore-test").unwrap();
+    assert!(ctx.uploaded(), "a cached agent writable by others must be replaced");
+    r.shutdown();
+    drop((ctx, r));
+    assert!(!std::path::Path::new(&marker).exists(), "an agent writable by others was executed");
+    assert_eq!(std::fs::read(&cached).unwrap(), good);
     // Owned by someone else: never executed either.
     std::fs::write(&cached, &evil).unwrap();
     std::os::unix::fs::chown(&cached, Some(65534), Some(65534)).unwrap();
