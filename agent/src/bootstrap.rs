@@ -197,6 +197,7 @@ done
 if [ -z "$d" ]; then echo "spore: no writable exec directory (tried \$XDG_RUNTIME_DIR/spore, ~/.cache/spore, /tmp, /var/tmp and /dev/shm)" >&2; exit 97; fi
 f=$d/spore-agent-$h
 rm -f "$f"
+if command -v find >/dev/null 2>&1; then find "$d" -maxdepth 1 -name 'spore-agent-*' ! -name "spore-agent-$h*" -mtime +30 -exec rm -f {{}} \; 2>/dev/null; find "$d" -maxdepth 1 -name 'spore-agent-*.part' -mmin +60 -exec rm -f {{}} \; 2>/dev/null; fi
 echo "$m:NEED"
 t=$f.$$.part
 if command -v head >/dev/null 2>&1; then head -c $n >"$t"

@@ -81,9 +81,31 @@ fn first_connect_uploads_and_the_second_hits_the_cache() {
     let w = World::new();
     let user = USER_CACHE_A;
     Sshd::clear_cache(user);
+    // Leftovers of other versions: installing this one removes the old.
+    let dir = format!("/home/{user}/.cache/spore");
+    std::fs::create_dir_all(&dir).unwrap();
+    let uid = spore_tests::sshd::uid_of(user);
+    let day = Duration::from_secs(24 * 3600);
+    let plant = |name: &str, age: Duration| {
+        let path = format!("{dir}/{name}");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - age).unwrap();
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+        path
+    };
+    let old = plant("spore-agent-0123old", day * 40);
+    let stale_part = plant("spore-agent-0123new.77.part", Duration::from_secs(7200));
+    let recent = plant("spore-agent-0123new", day);
+    for d in [format!("/home/{user}/.cache"), dir.clone()] {
+        std::os::unix::fs::chown(&d, Some(uid), Some(uid)).unwrap();
+    }
     let r = router();
     let ctx = r.connect(&w.hop(Some(user), &[]), "spore-test").unwrap();
     assert!(ctx.uploaded(), "a fresh cache must be filled");
+    assert!(!std::path::Path::new(&old).exists(), "an agent installed 40 days ago was kept");
+    assert!(!std::path::Path::new(&stale_part).exists(), "a stale partial upload was kept");
+    assert!(std::path::Path::new(&recent).exists(), "a recent agent of another version was removed");
+    std::fs::remove_file(&recent).unwrap();
     let info = ctx.info().unwrap();
     assert_eq!((info.uid, info.name.as_str()), (spore_tests::sshd::uid_of(user), "spore-test"));
     r.shutdown();
