@@ -161,9 +161,22 @@ impl Out {
         let want = st.pos < st.buf.len();
         if want != st.armed && st.watched {
             let ev = if want { Event::writable(self.key) } else { Event::none(self.key) };
-            let _ = poller.modify_with_mode(&self.file, ev, LEVEL);
-            st.armed = want;
+            match poller.modify_with_mode(&self.file, ev, LEVEL) {
+                Ok(()) => st.armed = want,
+                // Without writable interest a full buffer would never drain.
+                Err(e) if want => st.failed = Some(format!("can't watch for room in the pipe: {e}")),
+                Err(_) => {}
+            }
         }
+    }
+
+    /// Has the peer closed its end? (Epoll reports ERR/HUP on an output fd
+    /// even with no interest set; a zero-timeout poll tells them apart from
+    /// a stale writable event.)
+    fn peer_closed(&self) -> bool {
+        let mut fds = [libc::pollfd { fd: self.file.as_raw_fd(), events: 0, revents: 0 }];
+        matches!(sys::poll(&mut fds, 0), Ok(n) if n > 0)
+            && fds.iter().any(|f| f.revents & (libc::POLLERR | libc::POLLHUP) != 0)
     }
 
     fn pending(&self) -> bool {
@@ -180,7 +193,7 @@ impl Out {
         unsafe { poller.add_with_mode(self.file.as_raw_fd(), Event::none(self.key), LEVEL)? };
         st.watched = true;
         if st.pos < st.buf.len() {
-            let _ = poller.modify_with_mode(&self.file, Event::writable(self.key), LEVEL);
+            poller.modify_with_mode(&self.file, Event::writable(self.key), LEVEL)?;
             st.armed = true;
         }
         Ok(())
@@ -360,16 +373,34 @@ impl Broker {
     /// messages to its context go out through it (the greeting first).
     pub fn add_stream(&self, s: NewStream) {
         let sid = self.shared.next_sid.fetch_add(1, Ordering::SeqCst);
-        let NewStream { remote_id, name, input, output, stderr, child, leftover, is_parent, greeting } = s;
-        let _ = sys::set_nonblocking(std::os::fd::AsFd::as_fd(&output), true);
+        let NewStream { remote_id, name, input, output, stderr, mut child, leftover, is_parent, greeting } = s;
+        let refuse = |child: &mut Option<Child>, why: String| {
+            warn!("stream {name}: {why}");
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        };
+        // A blocking write would stall every thread that sends through it.
+        if let Err(e) = sys::set_nonblocking(std::os::fd::AsFd::as_fd(&output), true) {
+            return refuse(&mut child, format!("can't make its pipe non-blocking: {e}"));
+        }
         let out = Arc::new(Out { file: output, key: sid << 2 | ROLE_OUT, state: Mutex::new(OutState::default()) });
         if let Some(mut hello) = greeting {
             hello.header.src = self.id();
             hello.header.auth = self.id();
-            out.send(&hello, &self.shared.poller);
+            if !out.send(&hello, &self.shared.poller) {
+                self.shared.out_failed.store(true, Ordering::SeqCst);
+            }
         }
         {
             let mut outs = self.shared.outs.write().unwrap_or_else(|p| p.into_inner());
+            // `finish` sets `finished` before it clears `outs`: checked under
+            // the lock, a stream is never registered with a gone broker.
+            if self.shared.finished.load(Ordering::SeqCst) {
+                drop(outs);
+                return refuse(&mut child, "the broker has finished".into());
+            }
             if is_parent {
                 outs.parent = Some(out.clone());
             } else {
@@ -851,7 +882,7 @@ impl Loop {
         }
         match role {
             ROLE_IN if readable => self.read_stream(sid),
-            ROLE_OUT if writable => self.flush(sid),
+            ROLE_OUT if writable => self.on_writable(sid),
             ROLE_ERR => self.read_stream_stderr(sid),
             _ => {}
         }
@@ -921,6 +952,16 @@ impl Loop {
             let why = out.flush(&self.broker.shared.poller).unwrap_or_default();
             self.drop_stream(sid, &why);
         }
+    }
+
+    /// Room in the pipe, or (with nothing pending) the peer closed it.
+    fn on_writable(&mut self, sid: usize) {
+        let Some(out) = self.streams.get(&sid).map(|s| s.out.clone()) else { return };
+        if !out.pending() && out.peer_closed() {
+            self.drop_stream(sid, "the peer closed its input");
+            return;
+        }
+        self.flush(sid);
     }
 
     fn flush(&mut self, sid: usize) {
@@ -1296,6 +1337,7 @@ impl Loop {
             std::mem::take(&mut *queue)
         };
         for cmd in late {
+            self.broker.shared.pending.fetch_sub(1, Ordering::SeqCst);
             match cmd {
                 Cmd::Send(msg) => self.route(msg, Origin::Local),
                 Cmd::AddStream(mut s) => {

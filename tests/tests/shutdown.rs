@@ -322,3 +322,31 @@ fn a_silent_child_is_declared_dead_by_the_keepalive(site: Site) {
     drop((chain, r));
     finish(site, guard);
 }
+
+#[test]
+fn a_child_that_closes_its_input_is_dropped_without_spinning() {
+    let guard = LeakGuard::new();
+    let r = Router::with_options(Options {
+        agent_image: Some(std::fs::read(spore_tests::deaf_agent_path()).unwrap()),
+        shutdown_grace: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .unwrap();
+    let cpu = || {
+        // SAFETY: getrusage fills a plain struct.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        Duration::from_secs(u.ru_utime.tv_sec as u64) + Duration::from_micros(u.ru_utime.tv_usec as u64)
+    };
+    let ctx = r.connect(&spore::Hop::Local, "halfclose").unwrap();
+    // Idle: nothing is sent, yet the broker must notice and not spin.
+    let before = cpu();
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu() - before;
+    assert!(used < Duration::from_millis(200), "the master spun: {used:?} of CPU in 0.5 s");
+    let err = ctx.ping().unwrap_err();
+    assert!(err.to_string().contains("the peer closed its input"), "{err}");
+    r.shutdown();
+    drop((ctx, r));
+    guard.check();
+}

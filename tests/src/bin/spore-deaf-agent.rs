@@ -1,6 +1,7 @@
 //! A fake agent for the shutdown tests: it says a proper hello, then never
 //! reads its stdin again and ignores SIGTERM — a context that stops reading
-//! its pipe. Only SIGKILL ends it.
+//! its pipe. Only SIGKILL ends it. Started with a name containing
+//! `halfclose`, it also closes its stdin (and keeps its stdout open).
 
 use spore_agent::bootstrap::AgentArgs;
 use spore_protocol::body::{self, Hello};
@@ -21,6 +22,10 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&msg.encode());
     let _ = out.flush();
+    if args.name.contains("halfclose") {
+        // SAFETY: closing our own stdin; nothing else uses fd 0.
+        unsafe { libc::close(0) };
+    }
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
