@@ -264,19 +264,16 @@ pub fn method_command(how: &ConnectArgs, image: &Image, args: &AgentArgs) -> Res
             cmd
         }
         "su" => {
-            if how.password.is_some() {
-                return Err("su with a password needs a terminal, which spore does not fake; use sudo".into());
-            }
             let mut cmd = Command::new("su");
             cmd.args(["-s", "/bin/sh", user.unwrap_or("root"), "-c"]).arg(script);
             cmd
         }
         "doas" => {
-            if how.password.is_some() {
-                return Err("doas with a password needs a terminal, which spore does not fake; use sudo".into());
-            }
             let mut cmd = Command::new("doas");
-            cmd.args(["-n", "-u", user.unwrap_or("root"), "sh", "-c"]).arg(script);
+            if how.password.is_none() {
+                cmd.arg("-n");
+            }
+            cmd.args(["-u", user.unwrap_or("root"), "sh", "-c"]).arg(script);
             cmd
         }
         "docker" | "podman" => {
@@ -309,8 +306,11 @@ fn classify(method: &str, last_words: &[String]) -> Option<&'static str> {
         || said("Operation timed out")
     {
         Some("host unreachable")
-    } else if said("a password is required") || said("a terminal is required") {
-        Some(if method == "sudo" { "sudo needs a password (use --ask-become-pass)" } else { "a password is required" })
+    } else if said("a password is required") || said("a terminal is required") || said("must be run from a terminal") {
+        Some(match method {
+            "sudo" => "sudo needs a password (use --ask-become-pass)",
+            _ => "a password is required (use --ask-become-pass)",
+        })
     } else if said("incorrect password") || said("Authentication failure") || said("Authentication failed") {
         Some("wrong password")
     } else if said("is not in the sudoers file") || said("is not allowed to") || said("Operation not permitted") {
@@ -367,15 +367,42 @@ pub fn connect(
     timeout: Duration,
 ) -> Result<Connected, ConnectError> {
     let deadline = Instant::now() + timeout;
-    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // Its own process group: a Ctrl-C on the operator's terminal reaches
-    // the master, which shuts the tree down in order, not every agent at once.
-    command.process_group(0);
+    let setup = |e: io::Error| ConnectError { cause: format!("can't set up pipes: {e}"), last_words: Vec::new() };
+    // su and doas read a password only from a terminal: give them a pty
+    // (raw, so the agent passes through unchanged) as stdin and stdout.
+    let pty = how.password.is_some() && matches!(how.method.as_str(), "su" | "doas");
+    let mut master = None;
+    if pty {
+        let (m, slave) = sys::raw_pty().map_err(setup)?;
+        let other = slave.try_clone().map_err(setup)?;
+        command.stdin(Stdio::from(OwnedFd::from(slave))).stdout(Stdio::from(OwnedFd::from(other)));
+        // SAFETY: the closure runs between fork and exec and calls only
+        // setsid and ioctl, which are async-signal-safe.
+        unsafe {
+            command.pre_exec(sys::take_terminal);
+        }
+        master = Some(m);
+    } else {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        // Its own process group: a Ctrl-C on the operator's terminal reaches
+        // the master, which shuts the tree down in order, not every agent
+        // at once. (A pty child gets a session of its own instead.)
+        command.process_group(0);
+    }
+    command.stderr(Stdio::piped());
     let program = format!("{:?}", command.get_program());
     let mut child = command
         .spawn()
         .map_err(|e| ConnectError { cause: format!("can't start {program}: {e}"), last_words: Vec::new() })?;
-    let mut hs = match Handshake::new(&mut child, image, args, deadline, how.password.clone()) {
+    // The command holds the pty's slave side now; ours closed with `command`.
+    drop(command);
+    let pipes = match master {
+        Some(m) => m.try_clone().map(|w| (w, m)),
+        None => take_fd(child.stdin.take()).and_then(|w| take_fd(child.stdout.take()).map(|r| (w, r))),
+    };
+    let pipes = pipes.and_then(|(w, r)| take_fd(child.stderr.take()).map(|e| (w, r, e)));
+    let hs = pipes.and_then(|(w, r, e)| Handshake::new(w, r, e, image, args, deadline, how.password.clone(), pty));
+    let mut hs = match hs {
         Ok(hs) => hs,
         Err(e) => {
             kill_and_reap(&mut child);
@@ -435,6 +462,8 @@ struct Handshake<'a> {
     /// The become password, and whether it has been typed already.
     password: Option<String>,
     typed: bool,
+    /// stdin/stdout are a pty where su/doas prompt for the password.
+    pty: bool,
 }
 
 const LAST_WORDS: usize = 8;
@@ -444,16 +473,17 @@ fn take_fd<T: Into<OwnedFd>>(t: Option<T>) -> io::Result<File> {
 }
 
 impl<'a> Handshake<'a> {
+    #[allow(clippy::too_many_arguments, reason = "one constructor, called once")]
     fn new(
-        child: &mut Child,
+        stdin: File,
+        stdout: File,
+        stderr: File,
         image: &'a Image,
         args: &'a AgentArgs,
         deadline: Instant,
         password: Option<String>,
+        pty: bool,
     ) -> io::Result<Self> {
-        let stdin = take_fd(child.stdin.take())?;
-        let stdout = take_fd(child.stdout.take())?;
-        let stderr = take_fd(child.stderr.take())?;
         for f in [&stdin, &stdout, &stderr] {
             sys::set_nonblocking(f.as_fd(), true)?;
         }
@@ -470,6 +500,7 @@ impl<'a> Handshake<'a> {
             uploaded: false,
             password,
             typed: false,
+            pty,
         })
     }
 
@@ -498,6 +529,12 @@ impl<'a> Handshake<'a> {
                 if let Some(needed) = needed {
                     break needed;
                 }
+                continue;
+            }
+            if self.pty && !self.typed && is_password_prompt(&self.buf) {
+                // su's "Password: ", doas's "doas (me@host) password: ".
+                self.buf.clear();
+                self.type_password()?;
                 continue;
             }
             self.wait_io(None, "the bootstrap marker")?;
@@ -594,9 +631,13 @@ impl<'a> Handshake<'a> {
             }
             self.err_buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
-        // A password prompt ends without a newline.
+        // A password prompt ends without a newline: sudo's own marker, or
+        // (with a pty) su's PAM prompt, which goes to stderr.
         if let Some(at) = find(&self.err_buf, PROMPT.as_bytes()) {
             self.err_buf.drain(..at + PROMPT.len());
+            self.type_password()?;
+        } else if self.pty && !self.typed && is_password_prompt(&self.err_buf) {
+            self.err_buf.clear();
             self.type_password()?;
         }
         while let Some(nl) = self.err_buf.iter().position(|&b| b == b'\n') {
@@ -634,6 +675,12 @@ impl<'a> Handshake<'a> {
             self.remember(line.trim().to_string());
         }
     }
+}
+
+/// A partial line that asks for a password.
+fn is_password_prompt(partial: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(partial).to_ascii_lowercase();
+    text.contains("password") && text.trim_end().ends_with(':')
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -83,6 +83,9 @@ impl Agent {
         // become pipes the broker forwards as log lines, so a stray write
         // (ours or a library's) can never corrupt the protocol.
         sys::reset_signals();
+        // Started through a pty (su, doas with a password), we would get
+        // SIGHUP when it closes; our end comes from the parent stream's EOF.
+        sys::ignore_signal(libc::SIGHUP);
         sys::cloexec_inherited();
         let parent_in = File::from(sys::dup_at_least(0, 10)?);
         let parent_out = File::from(sys::dup_at_least(1, 10)?);

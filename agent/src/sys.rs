@@ -68,6 +68,51 @@ pub fn cloexec_inherited() {
     }
 }
 
+/// A new pseudo-terminal, close-on-exec, its slave side in raw mode (so
+/// the agent image and the protocol pass through it byte for byte):
+/// (master, slave).
+pub fn raw_pty() -> io::Result<(File, File)> {
+    let (mut master, mut slave): (libc::c_int, libc::c_int) = (-1, -1);
+    // SAFETY: openpty stores two new fds; the name, termios and winsize
+    // arguments may be null.
+    cvt(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
+    for f in [&master, &slave] {
+        // SAFETY: F_SETFD on a valid fd we own.
+        cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    }
+    // SAFETY: termios is plain data; tcgetattr fills it, cfmakeraw edits
+    // it, tcsetattr applies it to the slave we own.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        cvt(libc::tcgetattr(slave.as_raw_fd(), &mut t))?;
+        libc::cfmakeraw(&mut t);
+        cvt(libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t))?;
+    }
+    Ok((master, slave))
+}
+
+/// Between fork and exec: start a session with fd 0 (a pty slave) as its
+/// controlling terminal, so `su` and `doas` can ask for a password on it.
+pub fn take_terminal() -> io::Result<()> {
+    // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe and touch
+    // only this (child) process.
+    unsafe {
+        cvt(libc::setsid())?;
+        cvt(libc::ioctl(0, libc::TIOCSCTTY as _, 0))?;
+    }
+    Ok(())
+}
+
+/// Ignore `sig`.
+pub fn ignore_signal(sig: i32) {
+    // SAFETY: installing SIG_IGN has no memory effects.
+    unsafe {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+}
+
 /// Is `fd` an open descriptor?
 pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only queries; EBADF means closed.

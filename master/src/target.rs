@@ -115,10 +115,8 @@ impl Hop {
             Hop::Become { method, user } => {
                 a.method = (*method).into();
                 a.user = user.clone();
-                // Only sudo can be answered without a terminal.
-                if *method == "sudo" {
-                    a.password = password.map(String::from);
-                }
+                // sudo reads it from its stdin; su and doas from a pty.
+                a.password = password.map(String::from);
             }
             Hop::Container { engine, name } => {
                 a.method = (*engine).into();
@@ -261,9 +259,11 @@ mod tests {
     }
 
     #[test]
-    fn only_sudo_carries_the_password() {
-        let a = Hop::parse("sudo:x").unwrap().connect_args(Some("pw"));
-        assert_eq!(a.password.as_deref(), Some("pw"));
+    fn only_become_hops_carry_the_password() {
+        for hop in ["sudo:x", "su:x", "doas"] {
+            assert_eq!(Hop::parse(hop).unwrap().connect_args(Some("pw")).password.as_deref(), Some("pw"));
+        }
         assert_eq!(Hop::parse("db1").unwrap().connect_args(Some("pw")).password, None);
+        assert_eq!(Hop::parse("docker:c").unwrap().connect_args(Some("pw")).password, None);
     }
 }

@@ -168,10 +168,11 @@ pub fn setup_machine() {
          {USER_NOPW} ALL=(ALL) NOPASSWD: ALL\n"
     );
     write_mode("/etc/sudoers.d/spore-tests", &sudoers, 0o440);
-    let doas = fs::read_to_string("/etc/doas.conf").unwrap_or_default();
-    if !doas.contains(USER_NOPW) {
-        let add = format!("permit nopass root\npermit nopass {USER_NOPW}\n");
-        write_mode("/etc/doas.conf", &(doas + &add), 0o400);
+    let doas = format!(
+        "# spore's test users (written by tests/src/sshd.rs)\npermit nopass root\npermit nopass {USER_NOPW}\npermit {USER_PW} as root\n"
+    );
+    if fs::read_to_string("/etc/doas.conf").unwrap_or_default() != doas {
+        write_mode("/etc/doas.conf", &doas, 0o400);
     }
     fs::create_dir_all("/run/sshd").unwrap();
 }

@@ -458,3 +458,39 @@ fn local_sudo_to_nobody() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "nobody\n", "{}", String::from_utf8_lossy(&out.stderr));
     guard.check();
 }
+
+#[test]
+fn su_and_doas_with_a_password_through_a_pty() {
+    let w = World::new();
+    let opts = Options { become_password: Some(PASSWORD.into()), ..Options::default() };
+    let r = Router::with_options(opts).unwrap();
+    // su to a user whose password we were given, from a user who needs it.
+    let nopw = r.connect(&w.hop(Some(USER_NOPW), &[]), "nopw@spore-test").unwrap();
+    let other = nopw.connect(&format!("su:{USER_PW}")).unwrap();
+    assert_eq!(stdout(&other, "id -un"), USER_PW);
+    // doas, which asks for the caller's own password.
+    let pw = r.connect(&w.hop(Some(USER_PW), &[]), "pw@spore-test").unwrap();
+    let root = pw.connect("doas").unwrap();
+    assert_eq!(stdout(&root, "id -u"), "0");
+    // Bulk bytes pass the pty unchanged.
+    let data = spore_tests::pattern(1 << 20, 21);
+    let path = format!("/home/{USER_PW}/through-a-pty");
+    other.write_file(&path, &mut &data[..], None).unwrap();
+    let mut back = Vec::new();
+    root.read_file(&path, &mut back).unwrap();
+    assert!(back == data);
+    root.remove(&path, false).unwrap();
+    r.shutdown();
+    drop((nopw, other, pw, root, r));
+    // A wrong one: a clear error, fast.
+    let opts = Options { become_password: Some("not-it".into()), ..Options::default() };
+    let r = Router::with_options(opts).unwrap();
+    let nopw = r.connect(&w.hop(Some(USER_NOPW), &[]), "nopw@spore-test").unwrap();
+    let start = Instant::now();
+    let err = nopw.connect(&format!("su:{USER_PW}")).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+    assert!(err.to_string().contains("wrong password"), "{err}");
+    r.shutdown();
+    drop((nopw, r));
+    w.finish();
+}
