@@ -3,7 +3,7 @@
 //! intermediate agent use this same code.
 
 use crate::broker::NewStream;
-use crate::sys;
+use crate::sys::{self, pollfd};
 use spore_protocol::body::{self, ConnectArgs, Hello};
 use spore_protocol::{handle, hex, posix_cksum, sha256, Header, HEADER_LEN};
 use std::collections::VecDeque;
@@ -441,7 +441,8 @@ pub fn connect(
     }
 }
 
-fn kill_and_reap(child: &mut Child) {
+/// End a connection process (its whole group) and reap it.
+pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = sys::killpg(child.id() as i32, libc::SIGKILL);
     let _ = child.kill();
     let _ = child.wait();
@@ -537,7 +538,7 @@ impl<'a> Handshake<'a> {
                 self.type_password()?;
                 continue;
             }
-            self.wait_io(None, "the bootstrap marker")?;
+            self.wait_io(false, "the bootstrap marker")?;
         };
         // 2. The image, only when asked for.
         if needed {
@@ -548,7 +549,7 @@ impl<'a> Handshake<'a> {
                 match (&self.stdin).write(bytes.get(sent..).unwrap_or_default()) {
                     Ok(n) => sent += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.wait_io(Some(()), "the upload to be read")?;
+                        self.wait_io(true, "the upload to be read")?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(format!("upload cut short after {sent} of {} bytes: {e}", bytes.len())),
@@ -579,7 +580,7 @@ impl<'a> Handshake<'a> {
                     return Ok(hello);
                 }
             }
-            self.wait_io(None, "the agent's hello")?;
+            self.wait_io(false, "the agent's hello")?;
         }
     }
 
@@ -595,7 +596,7 @@ impl<'a> Handshake<'a> {
 
     /// Wait for stdout (and stdin, when writing) to be ready, reading
     /// stderr meanwhile. Errors on EOF of stdout and on the deadline.
-    fn wait_io(&mut self, writing: Option<()>, what: &str) -> Result<(), String> {
+    fn wait_io(&mut self, writing: bool, what: &str) -> Result<(), String> {
         let now = Instant::now();
         if now >= self.deadline {
             return Err(format!("timed out waiting for {what}"));
@@ -604,7 +605,7 @@ impl<'a> Handshake<'a> {
         let mut fds = [
             pollfd(self.stdout.as_raw_fd(), libc::POLLIN),
             pollfd(self.stderr.as_raw_fd(), libc::POLLIN),
-            pollfd(if writing.is_some() { self.stdin.as_raw_fd() } else { -1 }, libc::POLLOUT),
+            pollfd(if writing { self.stdin.as_raw_fd() } else { -1 }, libc::POLLOUT),
         ];
         sys::poll(&mut fds, ms.max(1)).map_err(|e| format!("poll failed: {e}"))?;
         let [out, err, _] = fds;
@@ -685,10 +686,6 @@ fn is_password_prompt(partial: &[u8]) -> bool {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd { fd, events, revents: 0 }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! Other threads talk to the broker through [`Broker`], a cheap handle:
 //! they queue commands and wake the loop with `Poller::notify`.
 
+use crate::bootstrap::kill_and_reap;
 use crate::mailbox::{Mailbox, Queue};
 use crate::router::{Origin, Routes, Verdict};
 use crate::sys;
@@ -174,7 +175,7 @@ impl Out {
     /// even with no interest set; a zero-timeout poll tells them apart from
     /// a stale writable event.)
     fn peer_closed(&self) -> bool {
-        let mut fds = [libc::pollfd { fd: self.file.as_raw_fd(), events: 0, revents: 0 }];
+        let mut fds = [sys::pollfd(self.file.as_raw_fd(), 0)];
         matches!(sys::poll(&mut fds, 0), Ok(n) if n > 0)
             && fds.iter().any(|f| f.revents & (libc::POLLERR | libc::POLLHUP) != 0)
     }
@@ -333,9 +334,8 @@ impl Broker {
             // Too late: the broker is gone. A connection handed over now
             // must not outlive us unwatched.
             if let Cmd::AddStream(mut s) = cmd {
-                if let Some(mut child) = s.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                if let Some(child) = s.child.as_mut() {
+                    kill_and_reap(child);
                 }
             }
             return;
@@ -376,9 +376,8 @@ impl Broker {
         let NewStream { remote_id, name, input, output, stderr, mut child, leftover, is_parent, greeting } = s;
         let refuse = |child: &mut Option<Child>, why: String| {
             warn!("stream {name}: {why}");
-            if let Some(mut c) = child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
+            if let Some(c) = child.as_mut() {
+                kill_and_reap(c);
             }
         };
         // A blocking write would stall every thread that sends through it.
@@ -1341,9 +1340,8 @@ impl Loop {
             match cmd {
                 Cmd::Send(msg) => self.route(msg, Origin::Local),
                 Cmd::AddStream(mut s) => {
-                    if let Some(mut child) = s.child.take() {
-                        let _ = child.kill();
-                        let _ = child.wait();
+                    if let Some(child) = s.child.as_mut() {
+                        kill_and_reap(child);
                     }
                 }
                 Cmd::Capture { .. } | Cmd::Shutdown(_) => {}

@@ -113,12 +113,6 @@ pub fn ignore_signal(sig: i32) {
     }
 }
 
-/// Is `fd` an open descriptor?
-pub fn fd_is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only queries; EBADF means closed.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
-}
-
 /// Send `sig` to a process.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: kill has no memory effects; a bad pid yields ESRCH.
@@ -171,6 +165,11 @@ pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
 }
 
+/// A `pollfd` asking for `events` on `fd` (-1: ignored by `poll`).
+pub fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
+
 /// `poll(2)` over `fds` for at most `timeout_ms` (−1: forever). Retries EINTR
 /// as a zero-event wake so callers re-check their deadline.
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
@@ -198,15 +197,6 @@ pub fn terminate_self() -> ! {
     exit_now(0)
 }
 
-/// Restore default dispositions for signals a parent may have ignored, so
-/// the commands we start behave as if started from a login shell.
-pub fn reset_signal(sig: i32) {
-    // SAFETY: installing SIG_DFL has no memory effects.
-    unsafe {
-        libc::signal(sig, libc::SIG_DFL);
-    }
-}
-
 /// Start from a clean slate whatever the parent left: no blocked signals,
 /// and the default action for the signals that end processes. (A master
 /// that blocks SIGINT/SIGTERM for its own signal thread must not pass that
@@ -222,18 +212,4 @@ pub fn reset_signals() {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
-}
-
-/// Ignore SIGPIPE: a write to a closed pipe must be an `EPIPE` error the
-/// broker handles, not a silent death.
-pub fn ignore_sigpipe() {
-    // SAFETY: installing SIG_IGN has no memory effects.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
-}
-
-/// Raw fd of anything, for logging.
-pub fn raw<T: AsRawFd>(t: &T) -> RawFd {
-    t.as_raw_fd()
 }

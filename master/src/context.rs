@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::router::Router;
 use crate::target::Hop;
 use miniserde::{Deserialize, Serialize};
-use spore_agent::flow::{ack, Outflow};
+use spore_agent::flow::{ack, acked, Outflow};
 use spore_agent::{Mailbox, RecvError};
 use spore_protocol::body::{
     self, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, PathArgs, ReadReply,
@@ -518,7 +518,7 @@ impl Context {
                     // An early end is a failure (disk full, permission).
                     let _: WriteReply = self.result(&msg)?;
                 }
-                if let Ok(Control { ack: Some(a), .. }) = body::from_json(&msg.body, "control") {
+                if let Some(a) = acked(&msg) {
                     out.on_ack(a);
                 }
             }
@@ -536,8 +536,8 @@ impl Context {
         }
     }
 
-    /// Ask this context's router for an error reply of a raw call, for
-    /// callers using [`Context::call_async`].
+    /// Decode the final reply of a [`Context::call_async`] call as `T`, or
+    /// the remote's error.
     pub fn decode<T: Deserialize>(&self, reply: &Message) -> Result<T> {
         self.result(reply)
     }

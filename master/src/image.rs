@@ -44,8 +44,3 @@ pub fn default_image_shared() -> Result<std::sync::Arc<spore_agent::bootstrap::I
     image.cksum();
     Ok(SHARED.get_or_init(|| image).clone())
 }
-
-/// Was an agent embedded at build time?
-pub fn embedded() -> bool {
-    !EMBEDDED.is_empty()
-}

@@ -8,7 +8,7 @@ use spore_agent::bootstrap::{self, AgentArgs, Image};
 use spore_agent::{Broker, Config};
 use spore_protocol::{Message, DEFAULT_MAX_MESSAGE, MASTER_ID};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How the master behaves.
@@ -56,8 +56,6 @@ pub(crate) struct Inner {
     pub(crate) image: Arc<Image>,
     pub(crate) opts: Options,
     log_level: u8,
-    /// Direct children, to SHUTDOWN in order.
-    children: Mutex<Vec<u32>>,
     shut: AtomicBool,
 }
 
@@ -93,14 +91,7 @@ impl Router {
         })
         .map_err(|e| Error::Local { what: "start the broker".into(), source: e })?;
         let level = opts.agent_log_level.unwrap_or_else(log::max_level);
-        let inner = Inner {
-            broker,
-            image,
-            log_level: level as u8,
-            opts,
-            children: Mutex::new(Vec::new()),
-            shut: AtomicBool::new(false),
-        };
+        let inner = Inner { broker, image, log_level: level as u8, opts, shut: AtomicBool::new(false) };
         Ok(Router { inner: Arc::new(inner) })
     }
 
@@ -135,7 +126,6 @@ impl Router {
             if connected.uploaded { "agent uploaded" } else { "agent cached" }
         );
         self.inner.broker.add_stream(connected.stream);
-        lock(&self.inner.children).push(id);
         Ok(Context::new(self.clone(), id, name.to_string(), connected.uploaded))
     }
 
@@ -165,8 +155,6 @@ impl Router {
             self.inner.broker.wait_done(bound);
             return;
         }
-        let children = lock(&self.inner.children).clone();
-        log::debug!("shutting down {} direct children", children.len());
         self.inner.broker.shutdown("master shutdown");
         let bound = started + self.inner.opts.shutdown_grace + Duration::from_secs(1);
         if !self.inner.broker.wait_done(bound) {
@@ -200,8 +188,4 @@ impl Drop for Inner {
             self.broker.wait_done(bound);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

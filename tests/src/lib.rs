@@ -26,32 +26,31 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// A binary under `target/`, which must have been built (`how` says how).
+fn built(rel: &str, how: &str) -> PathBuf {
+    let p = target_dir().join(rel);
+    assert!(p.is_file(), "{} is missing: run `{how}` (or `make test`)", p.display());
+    p
+}
+
 /// The static agent `make` builds.
 pub fn agent_path() -> PathBuf {
-    let p = target_dir().join("x86_64-unknown-linux-musl/agent/spore-agent");
-    assert!(p.is_file(), "{} is missing: run `make agent` (or `make test`)", p.display());
-    p
+    built("x86_64-unknown-linux-musl/agent/spore-agent", "make agent")
 }
 
 /// The `spore` CLI (debug build).
 pub fn spore_bin() -> PathBuf {
-    let p = target_dir().join("debug/spore");
-    assert!(p.is_file(), "{} is missing: run `cargo build -p spore` (or `make test`)", p.display());
-    p
+    built("debug/spore", "cargo build -p spore")
 }
 
 /// The custom test agent (built with the agent library).
 pub fn test_agent_path() -> PathBuf {
-    let p = target_dir().join("debug/spore-test-agent");
-    assert!(p.is_file(), "{} is missing: run `cargo build -p spore-tests`", p.display());
-    p
+    built("debug/spore-test-agent", "cargo build -p spore-tests")
 }
 
 /// The fake agent that stops reading its pipe.
 pub fn deaf_agent_path() -> PathBuf {
-    let p = target_dir().join("debug/spore-deaf-agent");
-    assert!(p.is_file(), "{} is missing: run `cargo build -p spore-tests`", p.display());
-    p
+    built("debug/spore-deaf-agent", "cargo build -p spore-tests")
 }
 
 /// Our own pid.

@@ -3,9 +3,9 @@
 //! group when the timeout expires.
 
 use crate::call::{ok, Call, OpError, OpResult};
-use crate::flow::{ack, Outflow};
-use crate::sys;
-use spore_protocol::body::{self, Control, ExecArgs, ExecReply, CHUNK_SIZE, WINDOW};
+use crate::flow::{ack, acked, Outflow};
+use crate::sys::{self, pollfd};
+use spore_protocol::body::{ExecArgs, ExecReply, CHUNK_SIZE, WINDOW};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -258,7 +258,7 @@ impl Runner {
                     self.stdin_consumed += msg.body.len() as u64;
                     ack(&call.broker, call.caller(), call.request.header.reply_to, self.stdin_consumed);
                 }
-            } else if let Ok(Control { ack: Some(a), .. }) = body::from_json(&msg.body, "ack") {
+            } else if let Some(a) = acked(&msg) {
                 self.acked = self.acked.max(a);
             }
         }
@@ -332,8 +332,4 @@ impl Runner {
         }
         Ok(read > 0)
     }
-}
-
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd { fd, events, revents: 0 }
 }

@@ -3,10 +3,9 @@
 
 use super::next_message;
 use crate::call::{ok, Call, OpError, OpResult};
-use crate::flow::{ack, Outflow};
+use crate::flow::{ack, acked, Outflow};
 use spore_protocol::body::{
-    self, Control, DirEntry, Empty, ListReply, PathArgs, ReadReply, RemoveArgs, StatArgs, StatReply, WriteArgs,
-    WriteReply, CHUNK_SIZE,
+    DirEntry, Empty, ListReply, PathArgs, ReadReply, RemoveArgs, StatArgs, StatReply, WriteArgs, WriteReply, CHUNK_SIZE,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -35,7 +34,7 @@ pub(crate) fn read_file(call: &Call) -> OpResult {
         }
         while !out.has_credit() {
             let msg = next_message(&mb, &format!("read {}", args.path))?;
-            if let Ok(Control { ack: Some(a), .. }) = body::from_json(&msg.body, "ack") {
+            if let Some(a) = acked(&msg) {
                 out.on_ack(a);
             }
         }

@@ -12,9 +12,7 @@ fn main() {
     let Ok(args) = AgentArgs::parse(std::env::args().skip(1)) else {
         std::process::exit(2);
     };
-    spore_agent::sys::reset_signal(libc::SIGTERM);
-    // SAFETY: installing SIG_IGN has no memory effects.
-    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    spore_agent::sys::ignore_signal(libc::SIGTERM);
     let hello = Hello { version: "deaf".into(), pid: std::process::id(), arch: "x86_64".into(), context_id: args.id };
     let mut msg = Message::new(args.parent_ids.last().copied().unwrap_or(0), handle::HELLO, body::to_json(&hello));
     msg.header.src = args.id;
