@@ -9,6 +9,7 @@
 use crate::bootstrap::kill_and_reap;
 use crate::mailbox::{Mailbox, Queue};
 use crate::router::{Origin, Routes, Verdict};
+use crate::spin;
 use crate::sys;
 use log::{debug, info, warn};
 use polling::{Event, Events, Poller};
@@ -664,10 +665,19 @@ impl Loop {
             }
             let timeout = self.next_timeout();
             events.clear();
-            if let Err(e) = self.broker.shared.poller.wait(&mut events, timeout) {
-                warn!("broker: poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+            let shared = &self.broker.shared;
+            // The next message usually follows within microseconds: look
+            // again for a moment before sleeping (see `spin`).
+            let busy = spin::spin_until(timeout.unwrap_or(Duration::MAX), || {
+                let polled = shared.poller.wait(&mut events, Some(Duration::ZERO));
+                (polled.is_ok() && !events.is_empty()) || shared.pending.load(Ordering::SeqCst) > 0
+            });
+            if !busy {
+                if let Err(e) = shared.poller.wait(&mut events, timeout) {
+                    warn!("broker: poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
             }
             let keys: Vec<(usize, bool, bool)> = events.iter().map(|e| (e.key, e.readable, e.writable)).collect();
             for (key, readable, writable) in keys {

@@ -36,6 +36,7 @@ pub mod flow;
 pub mod mailbox;
 mod ops;
 pub mod router;
+mod spin;
 pub mod sys;
 
 pub use broker::{Broker, Config, NewStream};

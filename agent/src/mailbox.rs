@@ -3,6 +3,7 @@
 //! thread can `poll` a mailbox together with its own fds.
 
 use crate::broker::Broker;
+use crate::spin;
 use spore_protocol::Message;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -52,6 +53,14 @@ impl Queue {
     }
 
     fn pop(&self, deadline: Option<Instant>) -> Result<Option<Message>, RecvError> {
+        if let Some(deadline) = deadline {
+            // A reply or the next call is usually microseconds away.
+            let left = deadline.saturating_duration_since(Instant::now());
+            spin::spin_until(left, || {
+                let st = self.lock();
+                !st.0.is_empty() || st.1
+            });
+        }
         let mut st = self.lock();
         loop {
             if let Some(msg) = st.0.pop_front() {
