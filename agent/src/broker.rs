@@ -1,4 +1,4 @@
-//! The broker: one thread running a `polling` loop over raw non-blocking fds
+//! The broker: one thread running an epoll loop over raw non-blocking fds
 //! (the parent stream, child streams, captured stdout/stderr, connection
 //! processes' stderr), moving messages between streams and local handles,
 //! and carrying out the shutdown sequence. The master runs this same code.
@@ -8,17 +8,17 @@
 
 use crate::bootstrap::kill_and_reap;
 use crate::mailbox::{Mailbox, Queue};
+use crate::poller::{Events, Interest, Poller};
 use crate::router::{Origin, Routes, Verdict};
 use crate::spin;
 use crate::sys;
 use log::{debug, info, warn};
-use polling::{Event, Events, Poller};
 use spore_protocol::body::{self, AddRoute, AllocatedId, DelRoute, LogRecord};
 use spore_protocol::{handle, Decoder, Message, FLAG_DEAD};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -162,8 +162,8 @@ impl Out {
         }
         let want = st.pos < st.buf.len();
         if want != st.armed && st.watched {
-            let ev = if want { Event::writable(self.key) } else { Event::none(self.key) };
-            match poller.modify_with_mode(&self.file, ev, LEVEL) {
+            let interest = if want { Interest::WRITE } else { Interest::NONE };
+            match poller.modify(self.file.as_fd(), self.key, interest) {
                 Ok(()) => st.armed = want,
                 // Without writable interest a full buffer would never drain.
                 Err(e) if want => st.failed = Some(format!("can't watch for room in the pipe: {e}")),
@@ -189,13 +189,12 @@ impl Out {
     /// Start polling the fd (broker thread, once).
     fn watch(&self, poller: &Poller) -> io::Result<()> {
         let mut st = lock(&self.state);
-        // SAFETY: the fd is owned by this Out, which `unwatch` deletes from
-        // the poller before the stream lets go of it; the Out (and its fd)
-        // outlives any Arc a sender still holds.
-        unsafe { poller.add_with_mode(self.file.as_raw_fd(), Event::none(self.key), LEVEL)? };
+        // `unwatch` deletes the fd from the poller before the stream lets go
+        // of it; the Out (and its fd) outlives any Arc a sender still holds.
+        poller.add(self.file.as_fd(), self.key, Interest::NONE)?;
         st.watched = true;
         if st.pos < st.buf.len() {
-            poller.modify_with_mode(&self.file, Event::writable(self.key), LEVEL)?;
+            poller.modify(self.file.as_fd(), self.key, Interest::WRITE)?;
             st.armed = true;
         }
         Ok(())
@@ -204,7 +203,7 @@ impl Out {
     fn unwatch(&self, poller: &Poller) {
         let mut st = lock(&self.state);
         if st.watched {
-            let _ = poller.delete(&self.file);
+            let _ = poller.delete(self.file.as_fd());
             st.watched = false;
         }
     }
@@ -575,10 +574,6 @@ const ROLE_OUT: usize = 1;
 const ROLE_ERR: usize = 2;
 const ROLE_CAPTURE_OUT: usize = 0;
 const ROLE_CAPTURE_ERR: usize = 1;
-/// Every fd is polled level-triggered: no re-arming after each event, and a
-/// short read is enough to know a pipe is drained for now.
-const LEVEL: polling::PollMode = polling::PollMode::Level;
-
 /// Why a child stream was dropped when the shutdown grace ran out.
 const FORCED: &str = "forced at shutdown";
 /// Per-event read budget, so one busy stream can't starve the others.
@@ -657,7 +652,7 @@ impl Loop {
     }
 
     fn run(mut self) {
-        let mut events = Events::new();
+        let mut events = Events::default();
         loop {
             self.take_commands();
             if self.step_shutdown() {
@@ -811,20 +806,15 @@ impl Loop {
             last_probe: Instant::now(),
         };
         let poller = &self.broker.shared.poller;
-        // SAFETY: each fd is owned by `stream`, which lives in
-        // `self.streams` until `drop_stream` deletes it from the poller
-        // before dropping (closing) it.
-        let added = unsafe {
-            poller
-                .add_with_mode(stream.input.as_raw_fd(), Event::readable(sid << 2 | ROLE_IN), LEVEL)
-                .and_then(|()| stream.out.watch(poller))
-                .and_then(|()| match &stream.stderr {
-                    Some(src) => {
-                        poller.add_with_mode(src.file.as_raw_fd(), Event::readable(sid << 2 | ROLE_ERR), LEVEL)
-                    }
-                    None => Ok(()),
-                })
-        };
+        // Each fd is owned by `stream`, which lives in `self.streams` until
+        // `drop_stream` deletes it from the poller before dropping it.
+        let added = poller
+            .add(stream.input.as_fd(), sid << 2 | ROLE_IN, Interest::READ)
+            .and_then(|()| stream.out.watch(poller))
+            .and_then(|()| match &stream.stderr {
+                Some(src) => poller.add(src.file.as_fd(), sid << 2 | ROLE_ERR, Interest::READ),
+                None => Ok(()),
+            });
         let unwatched = added.err();
         debug!("stream {} (context {}) connected", stream.name, stream.remote_id);
         if stream.is_parent {
@@ -849,11 +839,9 @@ impl Loop {
         let role = if target == "stdout" { ROLE_CAPTURE_OUT } else { ROLE_CAPTURE_ERR };
         let _ = sys::set_nonblocking(std::os::fd::AsFd::as_fd(&file), true);
         let level = if role == ROLE_CAPTURE_OUT { log::Level::Info } else { log::Level::Warn };
-        // SAFETY: the fd is owned by the LineSource stored in
-        // `self.captures`, deleted from the poller before it is dropped.
-        if let Err(e) =
-            unsafe { self.broker.shared.poller.add_with_mode(file.as_raw_fd(), Event::readable(role), LEVEL) }
-        {
+        // The fd is owned by the LineSource stored in `self.captures`,
+        // deleted from the poller before it is dropped.
+        if let Err(e) = self.broker.shared.poller.add(file.as_fd(), role, Interest::READ) {
             warn!("capture {target}: {e}");
             return;
         }
@@ -998,7 +986,7 @@ impl Loop {
     fn drop_stream(&mut self, sid: usize, why: &str) {
         let Some(mut stream) = self.streams.remove(&sid) else { return };
         let poller = &self.broker.shared.poller;
-        let _ = poller.delete(&stream.input);
+        let _ = poller.delete(stream.input.as_fd());
         stream.out.unwatch(poller);
         {
             let mut outs = self.broker.shared.outs.write().unwrap_or_else(|p| p.into_inner());
@@ -1010,7 +998,7 @@ impl Loop {
         if let Some(src) = stream.stderr.as_mut() {
             // Whatever the process printed last is its explanation.
             drain_lines(src, self.cfg(), &self.broker, true);
-            let _ = poller.delete(&src.file);
+            let _ = poller.delete(src.file.as_fd());
         }
         if let Some(child) = stream.child.take() {
             // A process that closed its stream is about to exit; one we
@@ -1057,7 +1045,7 @@ impl Loop {
         let Some(src) = stream.stderr.as_mut() else { return };
         let open = drain_lines(src, &cfg, &self.broker, false);
         if !open {
-            let _ = self.broker.shared.poller.delete(&src.file);
+            let _ = self.broker.shared.poller.delete(src.file.as_fd());
             stream.stderr = None;
         }
     }
@@ -1066,7 +1054,7 @@ impl Loop {
         let cfg = self.broker.shared.cfg.clone();
         let Some(src) = self.captures.get_mut(&role) else { return };
         if !drain_lines(src, &cfg, &self.broker, false) {
-            let _ = self.broker.shared.poller.delete(&src.file);
+            let _ = self.broker.shared.poller.delete(src.file.as_fd());
             self.captures.remove(&role);
         }
     }
@@ -1377,10 +1365,10 @@ impl Loop {
                 let _ = sys::kill(child.id() as i32, libc::SIGTERM);
             }
             if let Some(s) = self.streams.remove(&sid) {
-                let _ = self.broker.shared.poller.delete(&s.input);
+                let _ = self.broker.shared.poller.delete(s.input.as_fd());
                 s.out.unwatch(&self.broker.shared.poller);
                 if let Some(src) = &s.stderr {
-                    let _ = self.broker.shared.poller.delete(&src.file);
+                    let _ = self.broker.shared.poller.delete(src.file.as_fd());
                 }
                 if let Some(child) = s.child {
                     self.reaping.push((child, s.name, Instant::now() + Duration::from_millis(300)));

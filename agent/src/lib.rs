@@ -35,6 +35,7 @@ mod dispatch;
 pub mod flow;
 pub mod mailbox;
 mod ops;
+mod poller;
 pub mod router;
 mod spin;
 pub mod sys;

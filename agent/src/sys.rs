@@ -213,3 +213,43 @@ pub fn reset_signals() {
         }
     }
 }
+
+/// A new epoll instance, close-on-exec.
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes only flags and returns a new fd.
+    let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add, change or remove `fd` in the epoll set `epfd` (level-triggered),
+/// tagged with `data`.
+pub fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call (the
+    // kernel copies it; DEL ignores it); bad fds yield EBADF.
+    cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
+}
+
+/// Wait on the epoll set `epfd` for at most `timeout_ms` (−1: forever),
+/// filling `ready`; the number of entries filled. EINTR counts as a wake
+/// with nothing ready.
+pub fn epoll_wait(epfd: RawFd, ready: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+    let max = ready.len().min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: the pointer and length describe a valid, writable slice.
+    let n = unsafe { libc::epoll_wait(epfd, ready.as_mut_ptr(), max, timeout_ms) };
+    match cvt(n) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// A non-blocking, close-on-exec eventfd (a counter other threads write to
+/// wake a poller).
+pub fn eventfd() -> io::Result<File> {
+    // SAFETY: eventfd takes an initial count and flags and returns a new fd.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
