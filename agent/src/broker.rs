@@ -661,8 +661,9 @@ impl Loop {
             let timeout = self.next_timeout();
             events.clear();
             let shared = &self.broker.shared;
-            // The next message usually follows within microseconds: look
-            // again for a moment before sleeping (see `spin`).
+            // The next message may follow within microseconds: look again
+            // for a moment before sleeping (see `spin`).
+            let start = Instant::now();
             let busy = spin::spin_until(timeout.unwrap_or(Duration::MAX), || {
                 let polled = shared.poller.wait(&mut events, Some(Duration::ZERO));
                 (polled.is_ok() && !events.is_empty()) || shared.pending.load(Ordering::SeqCst) > 0
@@ -674,6 +675,7 @@ impl Loop {
                     continue;
                 }
             }
+            spin::waited(start);
             let keys: Vec<(usize, bool, bool)> = events.iter().map(|e| (e.key, e.readable, e.writable)).collect();
             for (key, readable, writable) in keys {
                 self.on_event(key, readable, writable);

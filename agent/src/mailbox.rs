@@ -53,14 +53,22 @@ impl Queue {
     }
 
     fn pop(&self, deadline: Option<Instant>) -> Result<Option<Message>, RecvError> {
+        let start = Instant::now();
         if let Some(deadline) = deadline {
-            // A reply or the next call is usually microseconds away.
-            let left = deadline.saturating_duration_since(Instant::now());
-            spin::spin_until(left, || {
+            // A reply or the next call may be microseconds away.
+            spin::spin_until(deadline.saturating_duration_since(start), || {
                 let st = self.lock();
                 !st.0.is_empty() || st.1
             });
         }
+        let got = self.pop_blocking(deadline);
+        if deadline.is_some() {
+            spin::waited(start);
+        }
+        got
+    }
+
+    fn pop_blocking(&self, deadline: Option<Instant>) -> Result<Option<Message>, RecvError> {
         let mut st = self.lock();
         loop {
             if let Some(msg) = st.0.pop_front() {
