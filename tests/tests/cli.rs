@@ -215,3 +215,64 @@ fn get_into_a_directory_keeps_the_mode_and_put_keeps_the_local_mode() {
     assert_eq!(std::fs::read_dir(dir.0.join("back")).unwrap().count(), 1);
     guard.check();
 }
+
+/// `spore -v run local -- /bin/true` with HOME and PATH of our choosing.
+fn run_true_with(home: &str, path: &str) -> Output {
+    let child = Command::new(spore_bin())
+        .args(["-v", "run", "local", "--", "/bin/true"])
+        .env_remove("SPORE_LOG")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", home)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    spore_tests::wait_bounded(child, Duration::from_secs(60))
+}
+
+#[test]
+fn a_verified_cached_agent_starts_with_nothing_but_sh_and_a_changed_one_is_checked_again() {
+    let guard = LeakGuard::new();
+    let scratch = Scratch::new("stamp");
+    let home = scratch.path("home");
+    let only_sh = scratch.path("bin");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&only_sh).unwrap();
+    let sh = String::from_utf8(Command::new("sh").args(["-c", "command -v sh"]).output().unwrap().stdout).unwrap();
+    std::os::unix::fs::symlink(sh.trim(), format!("{only_sh}/sh")).unwrap();
+    let path = std::env::var("PATH").unwrap();
+
+    let out = run_true_with(&home, &path);
+    assert!(out.status.success() && text(&out.stderr).contains("agent uploaded"), "{}", text(&out.stderr));
+    // Verified once: the next start needs no ls, cksum, id or head, only sh.
+    let out = run_true_with(&home, &only_sh);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("agent cached"), "{}", text(&out.stderr));
+
+    // Changed since (same size, other bytes): the stamp is older than the
+    // file, so the full check runs, rejects it, and a fresh copy replaces it.
+    let dir = format!("{home}/.cache/spore");
+    let cached = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_none())
+        .expect("a cached agent");
+    let good = std::fs::read(&cached).unwrap();
+    let marker = scratch.path("executed");
+    let mut evil = format!("#!/bin/sh\ntouch {marker}\n").into_bytes();
+    evil.resize(good.len() - 1, b'#');
+    evil.push(b'\n');
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&cached, &evil).unwrap();
+    let out = run_true_with(&home, &only_sh);
+    assert!(!out.status.success(), "with only sh the changed agent can't be checked, so it must not run");
+    assert!(!std::path::Path::new(&marker).exists(), "a changed agent was run on its old stamp");
+    let out = run_true_with(&home, &path);
+    assert!(out.status.success() && text(&out.stderr).contains("agent uploaded"), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new(&marker).exists(), "a changed agent was run");
+    assert_eq!(std::fs::read(&cached).unwrap(), good);
+    guard.check();
+}
