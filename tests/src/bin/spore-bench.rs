@@ -317,7 +317,10 @@ fn main() {
     }
 
     // 5. Fan-out.
-    for n in [10usize, 100, 1000].into_iter().filter(|_| run("fanout")) {
+    // SPORE_BENCH_FANOUT=1000 picks the sizes.
+    let sizes = std::env::var("SPORE_BENCH_FANOUT").unwrap_or_else(|_| "10,100,1000".into());
+    let sizes: Vec<usize> = sizes.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+    for n in sizes.into_iter().filter(|_| run("fanout")) {
         let (t, rss) = spore_fanout(n);
         let per = rss as f64 / n as f64;
         let mito = (n <= 100).then(|| mitogen(&["fanout", &n.to_string()]));
