@@ -167,14 +167,16 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// `ok FILE`: may FILE, a cached agent, be run? It must be a regular file
-/// owned by the user, not a symlink, and executable. Then either its stamp
-/// `FILE.ok` (also the user's, not a symlink) is newer than it, or the full
-/// check passes and leaves a new stamp: writable by nobody else (`ls -ld`;
-/// without `ls` it fails), and the right size and `cksum`. The stamp saves the two processes of the
-/// full check (`ls`, `cksum`: 3 of a local connect's 5 ms) on every later
-/// start, and can't hide a change: writing to FILE sets its mtime to now,
-/// and only the owner (or root) can set it back.
+/// `ok FILE`: may FILE, a cached agent, be run? Every time: a regular file
+/// owned by the user, not a symlink, executable, writable by nobody else
+/// and of the right size (`ls -ldi`; without `ls` the answer is no). Then
+/// its content: either its stamp `FILE.ok` (the user's, not a symlink;
+/// written when an upload's `cksum` was right) names FILE's inode and is
+/// newer than FILE, or FILE's `cksum` is right and a new stamp is written. The stamp saves the `cksum` process (a third
+/// of a local connect) on every later start and can't vouch for other
+/// bytes: writing to FILE sets its mtime to now, which only the owner (or
+/// root) can set back, and another file renamed onto the name has another
+/// inode.
 fn script_lines(image: &Image, args: &AgentArgs) -> String {
     let argv: Vec<String> = args.to_argv().iter().map(|a| sh_quote(a)).collect();
     let argv = argv.join(" ");
@@ -184,12 +186,14 @@ umask 077
 ok() {{
   a=$1
   [ -f "$a" ] && [ -O "$a" ] && [ ! -L "$a" ] && [ -x "$a" ] || return 1
-  [ -f "$a.ok" ] && [ -O "$a.ok" ] && [ ! -L "$a.ok" ] && [ "$a.ok" -nt "$a" ] && return
-  set -- $(ls -ld "$a" 2>/dev/null)
-  case $1 in -????[!w]??[!w]*) ;; *) return 1;; esac
-  if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$a"); [ "$1 $2" = "$k $n" ] || return 1
-  else s=$(wc -c <"$a") && [ "$((s))" -eq $n ] || return 1; fi
-  {{ rm -f "$a.ok"; echo ok >"$a.ok"; }} 2>/dev/null
+  set -- $(ls -ldi "$a" 2>/dev/null)
+  case $2 in -????[!w]??[!w]*) ;; *) return 1;; esac
+  [ "$6" = "$n" ] || return 1
+  i=$1 o=
+  [ -f "$a.ok" ] && [ -O "$a.ok" ] && [ ! -L "$a.ok" ] && [ "$a.ok" -nt "$a" ] && read -r o <"$a.ok"
+  [ "$o" = "$i" ] && return
+  if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$a"); [ "$1 $2" = "$k $n" ] || return 1; fi
+  {{ rm -f "$a.ok"; echo "$i" >"$a.ok"; }} 2>/dev/null
   return 0
 }}
 for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}"; do
@@ -217,8 +221,10 @@ elif dd if=/dev/null of=/dev/null iflag=fullblock 2>/dev/null; then dd bs=$n cou
 else dd bs=1 count=$n >"$t" 2>/dev/null; fi
 s=$(wc -c <"$t")
 if [ "$((s))" -ne $n ]; then rm -f "$t"; echo "spore: upload cut short ($((s)) of $n bytes)" >&2; exit 98; fi
+if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$t"); if [ "$1 $2" != "$k $n" ]; then rm -f "$t"; echo "spore: upload damaged (cksum $1, expected $k)" >&2; exit 98; fi; fi
 chmod 700 "$t" && mv -f "$t" "$f" || {{ rm -f "$t"; echo "spore: can't install the agent in $d" >&2; exit 99; }}
-{{ echo ok >"$f.ok"; }} 2>/dev/null
+set -- $(ls -ldi "$f" 2>/dev/null)
+[ -n "$1" ] && {{ echo "$1" >"$f.ok"; }} 2>/dev/null
 exec "$f" {argv}
 "#,
         hash = image.hash(),
@@ -334,6 +340,8 @@ fn classify(method: &str, last_words: &[String]) -> Option<&'static str> {
         Some("no writable exec directory")
     } else if said("upload cut short") {
         Some("upload cut short")
+    } else if said("upload damaged") {
+        Some("upload damaged")
     } else {
         None
     }

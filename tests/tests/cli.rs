@@ -233,26 +233,30 @@ fn run_true_with(home: &str, path: &str) -> Output {
 }
 
 #[test]
-fn a_verified_cached_agent_starts_with_nothing_but_sh_and_a_changed_one_is_checked_again() {
+fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_again() {
     let guard = LeakGuard::new();
     let scratch = Scratch::new("stamp");
     let home = scratch.path("home");
-    let only_sh = scratch.path("bin");
+    let no_cksum = scratch.path("bin");
     std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&only_sh).unwrap();
-    let sh = String::from_utf8(Command::new("sh").args(["-c", "command -v sh"]).output().unwrap().stdout).unwrap();
-    std::os::unix::fs::symlink(sh.trim(), format!("{only_sh}/sh")).unwrap();
+    std::fs::create_dir_all(&no_cksum).unwrap();
+    for tool in ["sh", "ls"] {
+        let at = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().stdout;
+        std::os::unix::fs::symlink(text(&at).trim(), format!("{no_cksum}/{tool}")).unwrap();
+    }
     let path = std::env::var("PATH").unwrap();
+    let run = |path: &str| run_true_with(&home, path);
+    let uploaded = |out: &Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr).contains("agent uploaded")
+    };
 
-    let out = run_true_with(&home, &path);
-    assert!(out.status.success() && text(&out.stderr).contains("agent uploaded"), "{}", text(&out.stderr));
-    // Verified once: the next start needs no ls, cksum, id or head, only sh.
-    let out = run_true_with(&home, &only_sh);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("agent cached"), "{}", text(&out.stderr));
+    // The upload was checked (cksum) and stamped, so later starts need only
+    // sh and ls.
+    assert!(uploaded(&run(&path)));
+    assert!(!uploaded(&run(&path)));
+    assert!(!uploaded(&run(&no_cksum)));
 
-    // Changed since (same size, other bytes): the stamp is older than the
-    // file, so the full check runs, rejects it, and a fresh copy replaces it.
     let dir = format!("{home}/.cache/spore");
     let cached = std::fs::read_dir(&dir)
         .unwrap()
@@ -265,14 +269,60 @@ fn a_verified_cached_agent_starts_with_nothing_but_sh_and_a_changed_one_is_check
     let mut evil = format!("#!/bin/sh\ntouch {marker}\n").into_bytes();
     evil.resize(good.len() - 1, b'#');
     evil.push(b'\n');
-    std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(&cached, &evil).unwrap();
-    let out = run_true_with(&home, &only_sh);
-    assert!(!out.status.success(), "with only sh the changed agent can't be checked, so it must not run");
-    assert!(!std::path::Path::new(&marker).exists(), "a changed agent was run on its old stamp");
-    let out = run_true_with(&home, &path);
-    assert!(out.status.success() && text(&out.stderr).contains("agent uploaded"), "{}", text(&out.stderr));
-    assert!(!std::path::Path::new(&marker).exists(), "a changed agent was run");
-    assert_eq!(std::fs::read(&cached).unwrap(), good);
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let swaps: [(&str, &dyn Fn()); 3] = [
+        // Rewritten in place (same size, other bytes): its mtime is newer
+        // than the stamp.
+        ("rewritten", &|| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::write(&cached, &evil).unwrap();
+        }),
+        // Another file, older than the stamp, renamed onto the name: another
+        // inode.
+        ("renamed onto", &|| {
+            let other = format!("{}.other", cached.display());
+            std::fs::write(&other, &evil).unwrap();
+            std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+            std::fs::File::open(&other).unwrap().set_modified(hour_ago).unwrap();
+            std::fs::rename(&other, &cached).unwrap();
+        }),
+        // Untouched but writable by others: never run, whatever the stamp.
+        ("made writable by others", &|| {
+            std::fs::set_permissions(&cached, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        }),
+    ];
+    for (how, swap) in swaps {
+        assert!(!uploaded(&run(&path)), "{how}: the good copy was not reused");
+        swap();
+        assert!(uploaded(&run(&path)), "{how}: not replaced");
+        assert!(!std::path::Path::new(&marker).exists(), "{how}: a changed agent was run");
+        assert_eq!(std::fs::read(&cached).unwrap(), good, "{how}");
+    }
+    guard.check();
+}
+
+#[test]
+fn a_damaged_upload_is_refused_and_never_cached() {
+    let guard = LeakGuard::new();
+    let scratch = Scratch::new("damaged");
+    let home = scratch.path("home");
+    let bin = scratch.path("bin");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    // `head -c N` that passes N bytes with the first one changed.
+    let head = format!("{bin}/head");
+    std::fs::write(
+        &head,
+        "#!/bin/sh\ndd bs=1 count=1 of=/dev/null 2>/dev/null\nprintf X\nexec /usr/bin/head -c $(($2 - 1))\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&head, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run_true_with(&home, &format!("{bin}:{}", std::env::var("PATH").unwrap()));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("connection failed: upload damaged") && err.contains("spore: upload damaged (cksum"), "{err}");
+    let left: Vec<_> =
+        std::fs::read_dir(format!("{home}/.cache/spore")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
     guard.check();
 }
