@@ -669,6 +669,7 @@ impl Loop {
                 (polled.is_ok() && !events.is_empty()) || shared.pending.load(Ordering::SeqCst) > 0
             });
             if !busy {
+                let timeout = timeout.map(|t| t.saturating_sub(start.elapsed()));
                 if let Err(e) = shared.poller.wait(&mut events, timeout) {
                     warn!("broker: poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));

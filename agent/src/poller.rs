@@ -128,7 +128,7 @@ impl Poller {
         let ms = match timeout {
             None => -1,
             Some(t) if t.is_zero() => 0,
-            Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+            Some(t) => i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
         };
         let n = sys::epoll_wait(self.epoll.as_raw_fd(), &mut events.raw, ms)?;
         // Keep the fds' entries, in order; consume the wake-up's.
