@@ -177,6 +177,10 @@ fn one_line(text: &str) -> String {
 /// bytes: writing to FILE sets its mtime to now, which only the owner (or
 /// root) can set back, and another file renamed onto the name has another
 /// inode.
+///
+/// An install never removes the cached name first: bootstraps racing on a
+/// cold cache each rename a complete, checked copy over it, so whichever
+/// copy a sibling's `exec` finds is whole.
 fn script_lines(image: &Image, args: &AgentArgs) -> String {
     let argv: Vec<String> = args.to_argv().iter().map(|a| sh_quote(a)).collect();
     let argv = argv.join(" ");
@@ -212,7 +216,6 @@ for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/s
 done
 if [ -z "$d" ]; then echo "spore: no writable exec directory (tried \$XDG_RUNTIME_DIR/spore, ~/.cache/spore, /tmp, /var/tmp and /dev/shm)" >&2; exit 97; fi
 f=$d/spore-agent-$h
-rm -f "$f" "$f.ok"
 if command -v find >/dev/null 2>&1; then find "$d" -maxdepth 1 -name 'spore-agent-*' ! -name "spore-agent-$h*" -mtime +30 -exec rm -f {{}} \; 2>/dev/null; find "$d" -maxdepth 1 -name 'spore-agent-*.part' -mmin +60 -exec rm -f {{}} \; 2>/dev/null; fi
 echo "$m:NEED"
 t=$f.$$.part

@@ -326,3 +326,27 @@ fn a_damaged_upload_is_refused_and_never_cached() {
     assert!(left.is_empty(), "{left:?}");
     guard.check();
 }
+
+#[test]
+fn bootstraps_racing_on_a_cold_cache_all_start() {
+    let guard = LeakGuard::new();
+    let scratch = Scratch::new("race");
+    let home = scratch.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let path = std::env::var("PATH").unwrap();
+    let runs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16).map(|_| s.spawn(|| run_true_with(&home, &path))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for out in &runs {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let left: Vec<String> = std::fs::read_dir(format!("{home}/.cache/spore"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.iter().all(|n| !n.ends_with(".part")), "{left:?}");
+    assert_eq!(left.iter().filter(|n| !n.ends_with(".ok")).count(), 1, "{left:?}");
+    guard.check();
+}
