@@ -167,20 +167,28 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// `ok FILE`: may FILE, a cached agent, be run? Every time: a regular file
-/// owned by the user, not a symlink, executable, writable by nobody else
-/// and of the right size (`ls -ldi`; without `ls` the answer is no). Then
-/// its content: either its stamp `FILE.ok` (the user's, not a symlink;
-/// written when an upload's `cksum` was right) names FILE's inode and is
-/// newer than FILE, or FILE's `cksum` is right and a new stamp is written. The stamp saves the `cksum` process (a third
-/// of a local connect) on every later start and can't vouch for other
-/// bytes: writing to FILE sets its mtime to now, which only the owner (or
-/// root) can set back, and another file renamed onto the name has another
-/// inode.
+/// `ok DIR`: may `DIR/spore-agent-<hash>`, a cached agent, be run? Every
+/// time (built-ins, and one `ls` run in DIR): DIR is the user's, not a
+/// symlink, writable by nobody else (so nobody else can swap the file
+/// between this check and the `exec`); the file is a regular file, the
+/// user's, not a symlink, executable, writable by nobody else and of the
+/// right size. Without `ls` the answer is no. `ls` runs with `-n` and the
+/// C locale, and its output is split at the `.` that ends DIR's line, so
+/// group names with spaces, `TIME_STYLE` and `BLOCK_SIZE` can't shift the
+/// fields. Then the content: its stamp `FILE.ok` (the user's, not a
+/// symlink; written only after a `cksum` passed, at upload or here) names
+/// FILE's inode and is newer than FILE, or FILE's `cksum` is right now.
+/// The stamp saves the `cksum` process (a third of a local connect) on
+/// every later start and can't vouch for other bytes: writing to FILE sets
+/// its mtime to now, which only the owner (or root) can set back, and
+/// another file renamed onto the name has another inode. Without `cksum`,
+/// size and mode decide, and no stamp is written.
 ///
 /// An install never removes the cached name first: bootstraps racing on a
 /// cold cache each rename a complete, checked copy over it, so whichever
-/// copy a sibling's `exec` finds is whole.
+/// copy a sibling's `exec` finds is whole. Names it writes are removed
+/// first, so a symlink planted while a directory was open can't redirect a
+/// write.
 fn script_lines(image: &Image, args: &AgentArgs) -> String {
     let argv: Vec<String> = args.to_argv().iter().map(|a| sh_quote(a)).collect();
     let argv = argv.join(" ");
@@ -188,26 +196,33 @@ fn script_lines(image: &Image, args: &AgentArgs) -> String {
         r#"h={hash} n={size} k={cksum} m={marker}
 umask 077
 ok() {{
-  a=$1
+  [ -n "$1" ] && [ -O "$1" ] && [ ! -L "$1" ] || return 1
+  a=$1/spore-agent-$h
   [ -f "$a" ] && [ -O "$a" ] && [ ! -L "$a" ] && [ -x "$a" ] || return 1
-  set -- $(ls -ldi "$a" 2>/dev/null)
+  set -- $(cd "$1" 2>/dev/null && LC_ALL=C BLOCK_SIZE=1 LS_BLOCK_SIZE=1 ls -ldin . "spore-agent-$h" 2>/dev/null)
+  case $2 in d????[!w]??[!w]*) ;; *) return 1;; esac
+  while [ $# -gt 0 ] && [ "$1" != . ]; do shift; done
+  [ $# -gt 7 ] || return 1
+  shift
   case $2 in -????[!w]??[!w]*) ;; *) return 1;; esac
   [ "$6" = "$n" ] || return 1
   i=$1 o=
-  [ -f "$a.ok" ] && [ -O "$a.ok" ] && [ ! -L "$a.ok" ] && [ "$a.ok" -nt "$a" ] && read -r o <"$a.ok"
+  [ -f "$a.ok" ] && [ -O "$a.ok" ] && [ ! -L "$a.ok" ] && [ "$a.ok" -nt "$a" ] && {{ read -r o <"$a.ok"; }} 2>/dev/null
   [ "$o" = "$i" ] && return
-  if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$a"); [ "$1 $2" = "$k $n" ] || return 1; fi
+  command -v cksum >/dev/null 2>&1 || return 0
+  set -- $(cksum <"$a")
+  [ "$1 $2" = "$k $n" ] || return 1
   {{ rm -f "$a.ok"; echo "$i" >"$a.ok"; }} 2>/dev/null
   return 0
 }}
 for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}"; do
-  if [ -n "$c" ] && [ -O "$c" ] && ok "$c/spore-agent-$h"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
+  if ok "$c"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
 done
 u=$(id -u 2>/dev/null) || u=x
 d=
 for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}" /tmp/spore-$u /var/tmp/spore-$u /dev/shm/spore-$u; do
   [ -n "$c" ] || continue
-  if [ -O "$c" ] && ok "$c/spore-agent-$h"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
+  if ok "$c"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
   [ -d "$c" ] || mkdir -p "$c" 2>/dev/null || continue
   [ -O "$c" ] && [ ! -L "$c" ] && chmod 700 "$c" 2>/dev/null || continue
   t=$c/.probe.$$
@@ -219,15 +234,16 @@ f=$d/spore-agent-$h
 if command -v find >/dev/null 2>&1; then find "$d" -maxdepth 1 -name 'spore-agent-*' ! -name "spore-agent-$h*" -mtime +30 -exec rm -f {{}} \; 2>/dev/null; find "$d" -maxdepth 1 -name 'spore-agent-*.part' -mmin +60 -exec rm -f {{}} \; 2>/dev/null; fi
 echo "$m:NEED"
 t=$f.$$.part
+rm -f "$t"
 if command -v head >/dev/null 2>&1; then head -c $n >"$t"
 elif dd if=/dev/null of=/dev/null iflag=fullblock 2>/dev/null; then dd bs=$n count=1 iflag=fullblock >"$t" 2>/dev/null
 else dd bs=1 count=$n >"$t" 2>/dev/null; fi
 s=$(wc -c <"$t")
 if [ "$((s))" -ne $n ]; then rm -f "$t"; echo "spore: upload cut short ($((s)) of $n bytes)" >&2; exit 98; fi
-if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$t"); if [ "$1 $2" != "$k $n" ]; then rm -f "$t"; echo "spore: upload damaged (cksum $1, expected $k)" >&2; exit 98; fi; fi
+v=
+if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$t"); if [ "$1 $2" != "$k $n" ]; then rm -f "$t"; echo "spore: upload damaged (cksum $1, expected $k)" >&2; exit 98; fi; v=1; fi
 chmod 700 "$t" && mv -f "$t" "$f" || {{ rm -f "$t"; echo "spore: can't install the agent in $d" >&2; exit 99; }}
-set -- $(ls -ldi "$f" 2>/dev/null)
-[ -n "$1" ] && {{ echo "$1" >"$f.ok"; }} 2>/dev/null
+if [ -n "$v" ]; then set -- $(ls -ldi "$f" 2>/dev/null); [ -n "$1" ] && {{ rm -f "$f.ok"; echo "$1" >"$f.ok"; }} 2>/dev/null; fi
 exec "$f" {argv}
 "#,
         hash = image.hash(),

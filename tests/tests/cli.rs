@@ -5,6 +5,7 @@
 use spore_protocol::{handle, Message};
 use spore_tests::{agent_path, pattern, run_spore, spore_bin, wait_bounded, LeakGuard, Scratch};
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -218,10 +219,15 @@ fn get_into_a_directory_keeps_the_mode_and_put_keeps_the_local_mode() {
 
 /// `spore -v run local -- /bin/true` with HOME and PATH of our choosing.
 fn run_true_with(home: &str, path: &str) -> Output {
+    run_true_env(home, path, &[])
+}
+
+fn run_true_env(home: &str, path: &str, env: &[(&str, &str)]) -> Output {
     let child = Command::new(spore_bin())
         .args(["-v", "run", "local", "--", "/bin/true"])
         .env_remove("SPORE_LOG")
         .env_remove("XDG_RUNTIME_DIR")
+        .envs(env.iter().copied())
         .env("HOME", home)
         .env("PATH", path)
         .stdin(Stdio::null())
@@ -255,6 +261,10 @@ fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_aga
     // sh and ls.
     assert!(uploaded(&run(&path)));
     assert!(!uploaded(&run(&path)));
+    // ls's output can't be shifted by the user's settings.
+    let odd = [("TIME_STYLE", "long-iso"), ("BLOCK_SIZE", "human-readable"), ("LC_ALL", "C.UTF-8")];
+    let out = run_true_env(&home, &path, &odd);
+    assert!(out.status.success() && !text(&out.stderr).contains("agent uploaded"), "{}", text(&out.stderr));
     assert!(!uploaded(&run(&no_cksum)));
 
     let dir = format!("{home}/.cache/spore");
@@ -270,7 +280,10 @@ fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_aga
     evil.resize(good.len() - 1, b'#');
     evil.push(b'\n');
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let swaps: [(&str, &dyn Fn()); 3] = [
+    let set_mode = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    let swaps: [(&str, &dyn Fn()); 4] = [
         // Rewritten in place (same size, other bytes): its mtime is newer
         // than the stamp.
         ("rewritten", &|| {
@@ -287,9 +300,10 @@ fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_aga
             std::fs::rename(&other, &cached).unwrap();
         }),
         // Untouched but writable by others: never run, whatever the stamp.
-        ("made writable by others", &|| {
-            std::fs::set_permissions(&cached, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        }),
+        ("made writable by others", &|| set_mode(&cached, 0o777)),
+        // In a directory others can write (so swap the file between the
+        // check and the exec): never run; the directory is closed again.
+        ("in a directory others can write", &|| set_mode(cached.parent().unwrap(), 0o777)),
     ];
     for (how, swap) in swaps {
         assert!(!uploaded(&run(&path)), "{how}: the good copy was not reused");
@@ -297,6 +311,7 @@ fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_aga
         assert!(uploaded(&run(&path)), "{how}: not replaced");
         assert!(!std::path::Path::new(&marker).exists(), "{how}: a changed agent was run");
         assert_eq!(std::fs::read(&cached).unwrap(), good, "{how}");
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700, "{how}");
     }
     guard.check();
 }

@@ -418,8 +418,6 @@ fn the_bootstrap_runs_under_busybox_ash_and_bash() {
         assert!(ctx.uploaded(), "{user}");
         let shell = stdout(&ctx, "readlink /proc/$$/exe; true");
         assert!(shell.ends_with(if user == USER_ASH { "busybox" } else { "bash" }), "{user}: {shell}");
-        // With the agent older than its stamp (busybox compares whole
-        // seconds), a start trusts the stamp and leaves it as it was.
         let again = |n: u32| {
             let c = r.connect(&w.hop(Some(user), &[]), &format!("{user}@spore-test-{n}")).unwrap();
             assert!(!c.uploaded(), "{user}");
@@ -427,6 +425,15 @@ fn the_bootstrap_runs_under_busybox_ash_and_bash() {
         };
         again(1);
         let cached = w.cached_agent(user);
+        if user == USER_ASH {
+            // Debian's busybox has no cksum: owner, mode and size decide,
+            // and nothing is stamped as checked.
+            assert!(!std::path::Path::new(&format!("{}.ok", cached.display())).exists());
+            Sshd::clear_cache(user);
+            continue;
+        }
+        // With the agent older than its stamp, a start trusts the stamp and
+        // leaves it as it was.
         let ten_ago = std::time::SystemTime::now() - Duration::from_secs(10);
         std::fs::File::open(&cached).unwrap().set_modified(ten_ago).unwrap();
         let stamp = std::fs::metadata(format!("{}.ok", cached.display())).unwrap();
