@@ -217,6 +217,16 @@ fn get_into_a_directory_keeps_the_mode_and_put_keeps_the_local_mode() {
     guard.check();
 }
 
+/// A scratch directory with an empty `home` (a private agent cache) and
+/// `bin` (for a PATH of our making) in it.
+fn home_and_bin(tag: &str) -> (Scratch, String, String) {
+    let scratch = Scratch::new(tag);
+    let (home, bin) = (scratch.path("home"), scratch.path("bin"));
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    (scratch, home, bin)
+}
+
 /// `spore -v run local -- /bin/true` with HOME and PATH of our choosing.
 fn run_true_with(home: &str, path: &str) -> Output {
     run_true_env(home, path, &[])
@@ -241,11 +251,7 @@ fn run_true_env(home: &str, path: &str, env: &[(&str, &str)]) -> Output {
 #[test]
 fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_again() {
     let guard = LeakGuard::new();
-    let scratch = Scratch::new("stamp");
-    let home = scratch.path("home");
-    let no_cksum = scratch.path("bin");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&no_cksum).unwrap();
+    let (scratch, home, no_cksum) = home_and_bin("stamp");
     for tool in ["sh", "ls"] {
         let at = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().stdout;
         std::os::unix::fs::symlink(text(&at).trim(), format!("{no_cksum}/{tool}")).unwrap();
@@ -319,11 +325,7 @@ fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_aga
 #[test]
 fn a_damaged_upload_is_refused_and_never_cached() {
     let guard = LeakGuard::new();
-    let scratch = Scratch::new("damaged");
-    let home = scratch.path("home");
-    let bin = scratch.path("bin");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&bin).unwrap();
+    let (_scratch, home, bin) = home_and_bin("damaged");
     // `head -c N` that passes N bytes with the first one changed.
     let head = format!("{bin}/head");
     std::fs::write(
@@ -345,9 +347,7 @@ fn a_damaged_upload_is_refused_and_never_cached() {
 #[test]
 fn bootstraps_racing_on_a_cold_cache_all_start() {
     let guard = LeakGuard::new();
-    let scratch = Scratch::new("race");
-    let home = scratch.path("home");
-    std::fs::create_dir_all(&home).unwrap();
+    let (_scratch, home, _) = home_and_bin("race");
     let path = std::env::var("PATH").unwrap();
     let runs: Vec<Output> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16).map(|_| s.spawn(|| run_true_with(&home, &path))).collect();
