@@ -677,9 +677,8 @@ impl Loop {
                 }
             }
             spin::waited(start);
-            let keys: Vec<(usize, bool, bool)> = events.iter().map(|e| (e.key, e.readable, e.writable)).collect();
-            for (key, readable, writable) in keys {
-                self.on_event(key, readable, writable);
+            for e in events.iter() {
+                self.on_event(e.key, e.readable, e.writable);
             }
             self.drop_failed_outs();
             self.keepalive();

@@ -53,18 +53,15 @@ impl Queue {
     }
 
     fn pop(&self, deadline: Option<Instant>) -> Result<Option<Message>, RecvError> {
+        let Some(deadline) = deadline else { return self.pop_blocking(None) };
         let start = Instant::now();
-        if let Some(deadline) = deadline {
-            // A reply or the next call may be microseconds away.
-            spin::spin_until(deadline.saturating_duration_since(start), || {
-                let st = self.lock();
-                !st.0.is_empty() || st.1
-            });
-        }
-        let got = self.pop_blocking(deadline);
-        if deadline.is_some() {
-            spin::waited(start);
-        }
+        // A reply or the next call may be microseconds away.
+        spin::spin_until(deadline.saturating_duration_since(start), || {
+            let st = self.lock();
+            !st.0.is_empty() || st.1
+        });
+        let got = self.pop_blocking(Some(deadline));
+        spin::waited(start);
         got
     }
 

@@ -13,6 +13,16 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// The count a `poll`-like wait returned; EINTR counts as a wake with
+/// nothing ready, so callers re-check their deadline.
+fn ready_count(ret: libc::c_int) -> io::Result<usize> {
+    match cvt(ret) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(File, File)> {
     let (r, w) = io::pipe()?;
@@ -175,11 +185,7 @@ pub fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: the pointer and length describe a valid, writable slice.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    match cvt(n) {
-        Ok(n) => Ok(n as usize),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-        Err(e) => Err(e),
-    }
+    ready_count(n)
 }
 
 /// End this process now: no destructors, no atexit handlers, no flushing of
@@ -238,11 +244,7 @@ pub fn epoll_wait(epfd: RawFd, ready: &mut [libc::epoll_event], timeout_ms: i32)
     let max = ready.len().min(i32::MAX as usize) as libc::c_int;
     // SAFETY: the pointer and length describe a valid, writable slice.
     let n = unsafe { libc::epoll_wait(epfd, ready.as_mut_ptr(), max, timeout_ms) };
-    match cvt(n) {
-        Ok(n) => Ok(n as usize),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-        Err(e) => Err(e),
-    }
+    ready_count(n)
 }
 
 /// A non-blocking, close-on-exec eventfd (a counter other threads write to
