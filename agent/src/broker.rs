@@ -89,6 +89,7 @@ enum Cmd {
     AddStream(Box<Prepared>),
     Capture { file: File, target: &'static str },
     Shutdown(String),
+    Reap(Child, String),
 }
 
 struct HandleEntry {
@@ -519,6 +520,13 @@ impl Broker {
         lock(&self.shared.groups).remove(&pgid);
     }
 
+    /// Hand a process to the broker to reap (it outlives the caller's
+    /// interest, e.g. a guardian whose command left children behind); at
+    /// the end of a shutdown it is killed if it still runs.
+    pub fn reap_later(&self, child: Child, what: String) {
+        self.push(Cmd::Reap(child, what));
+    }
+
     /// Remember a temporary file to remove if the process ends before the
     /// operation writing it does (an upload cut off by shutdown).
     pub fn track_temp(&self, path: &std::path::Path) {
@@ -772,6 +780,7 @@ impl Loop {
                     Cmd::AddStream(s) => self.add_stream(*s),
                     Cmd::Capture { file, target } => self.add_capture(file, target),
                     Cmd::Shutdown(why) => self.begin_shutdown(&why),
+                    Cmd::Reap(child, what) => self.reaping.push((child, what, Instant::now() + Duration::from_secs(3600 * 24 * 365))),
                 }
                 self.broker.shared.pending.fetch_sub(1, Ordering::SeqCst);
             }
@@ -1344,6 +1353,7 @@ impl Loop {
                         kill_and_reap(child);
                     }
                 }
+                Cmd::Reap(child, what) => self.reaping.push((child, what, Instant::now())),
                 Cmd::Capture { .. } | Cmd::Shutdown(_) => {}
             }
         }
