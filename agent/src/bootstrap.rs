@@ -2,7 +2,8 @@
 //! the HAVE/NEED handshake, the upload, and the hello. The master and every
 //! intermediate agent use this same code.
 
-use crate::broker::NewStream;
+use crate::procs::kill_and_reap;
+use crate::stream::NewStream;
 use crate::sys::{self, pollfd};
 use spore_protocol::body::{self, ConnectArgs, Hello};
 use spore_protocol::{handle, hex, posix_cksum, sha256, Header, HEADER_LEN};
@@ -12,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -130,7 +131,7 @@ impl AgentArgs {
 /// The shutdown grace a context gives its children: a second less than its
 /// own, so each level finishes, forcing included, inside its parent's bound.
 pub fn child_grace_ms(own_grace_ms: u64) -> u64 {
-    own_grace_ms.saturating_sub(1000).max(300)
+    crate::shutdown::child_grace(std::time::Duration::from_millis(own_grace_ms)).as_millis() as u64
 }
 
 /// Quote for a POSIX shell.
@@ -479,13 +480,6 @@ pub fn connect(
             Err(ConnectError { cause, last_words })
         }
     }
-}
-
-/// End a connection process (its whole group) and reap it.
-pub(crate) fn kill_and_reap(child: &mut Child) {
-    let _ = sys::killpg(child.id() as i32, libc::SIGKILL);
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 struct Handshake<'a> {

@@ -3,9 +3,13 @@
 use crate::broker::Broker;
 use crate::mailbox::Mailbox;
 use spore_protocol::body::{self, ErrorReply, StreamOpen};
-use spore_protocol::{Message, FLAG_END};
+use spore_protocol::{Message, FLAG_DEAD, FLAG_END};
 use std::fmt;
 use std::io;
+
+/// The [`OpError::kind`] of a request whose body does not decode: its
+/// answer is a `DEAD` reply, as for any message that can't be handled.
+pub const UNDECODABLE: &str = "undecodable";
 
 /// What an operation returns: the JSON body of its final reply, or an error.
 pub type OpResult = Result<Vec<u8>, OpError>;
@@ -53,9 +57,10 @@ pub struct Call {
 }
 
 impl Call {
-    /// Decode the request body as the operation's arguments.
+    /// Decode the request body as the operation's arguments. A body that
+    /// does not decode is answered with a `DEAD` reply naming what failed.
     pub fn args<T: miniserde::Deserialize>(&self, what: &'static str) -> Result<T, OpError> {
-        body::from_json(&self.request.body, what).map_err(|e| OpError::new("invalid", e.to_string()))
+        body::from_json(&self.request.body, what).map_err(|e| OpError::new(UNDECODABLE, e.to_string()))
     }
 
     /// The caller's context id.
@@ -100,11 +105,11 @@ impl Call {
             )),
             other => other,
         };
-        let body = match result {
-            Ok(body) => body,
-            Err(e) => body::to_json(&ErrorReply { error: e.message, kind: e.kind.to_string() }),
-        };
-        self.reply(body, FLAG_END);
+        match result {
+            Ok(body) => self.reply(body, FLAG_END),
+            Err(e) if e.kind == UNDECODABLE => self.reply(e.message.into_bytes(), FLAG_DEAD),
+            Err(e) => self.reply(body::to_json(&ErrorReply { error: e.message, kind: e.kind.to_string() }), FLAG_END),
+        }
     }
 }
 

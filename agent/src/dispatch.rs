@@ -2,7 +2,8 @@
 //! broker, say hello, then run each call on a thread of its own.
 
 use crate::bootstrap::{AgentArgs, Image};
-use crate::broker::{Broker, Config, NewStream};
+use crate::broker::{Broker, Config};
+use crate::stream::NewStream;
 use crate::call::{Call, OpError, OpResult};
 use crate::mailbox::Mailbox;
 use crate::{ops, sys};

@@ -5,8 +5,14 @@
 //! starts a [`Broker`] of its own as context 0 and adds only what only it
 //! does. Parts, named after mitogen's:
 //!
-//! - [`broker`]: the one thread polling every fd, and the shutdown sequence;
-//! - [`router`]: where each message goes and whether it may;
+//! - [`core`]: every rule of routing, authority, keepalive and shutdown,
+//!   with no I/O (fed messages and the time, it returns actions);
+//! - [`routes`]: the one routing table and who may claim what;
+//! - [`shutdown`]: the shutdown sequence's phases and time budget;
+//! - [`broker`]: the handle other threads use, and `event_loop`, the one
+//!   thread polling every fd and carrying out the core's actions;
+//! - `stream`, `procs`, `logs`: a stream's write side, the processes the
+//!   broker reaps and signals, log lines shown safely;
 //! - [`mailbox`]: where replies for a local handle land;
 //! - [`bootstrap`]: starting an agent across a connection (script,
 //!   HAVE/NEED, upload, hello);
@@ -31,16 +37,23 @@
 pub mod bootstrap;
 pub mod broker;
 mod call;
+pub mod core;
 mod dispatch;
+mod event_loop;
 pub mod flow;
+pub mod logs;
 pub mod mailbox;
 mod ops;
 mod poller;
-pub mod router;
+mod procs;
+pub mod routes;
+pub mod shutdown;
 mod spin;
+mod stream;
 pub mod sys;
 
-pub use broker::{Broker, Config, NewStream};
+pub use broker::{Broker, Config};
+pub use stream::NewStream;
 pub use call::{Call, OpError, OpResult};
 pub use dispatch::Agent;
 pub use mailbox::{Mailbox, RecvError};

@@ -1,14 +1,16 @@
-//! Where messages for a local handle land: a channel the broker fills, with
+//! Where messages for a local handle land: the table of handles the
+//! broker delivers into, and the [`Mailbox`] a thread receives from (with
 //! an optional pipe that becomes readable when a message arrives, so a
-//! thread can `poll` a mailbox together with its own fds.
+//! thread can `poll` a mailbox together with its own fds).
 
-use crate::broker::Broker;
 use crate::spin;
-use spore_protocol::Message;
-use std::collections::VecDeque;
+use crate::sys;
+use spore_protocol::{handle, Message, FLAG_DEAD};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -25,18 +27,18 @@ pub enum RecvError {
 /// when the handle is unregistered (or the broker ends), which wakes the
 /// waiting thread with [`RecvError::Closed`].
 #[derive(Default)]
-pub(crate) struct Queue {
+struct Queue {
     state: Mutex<(VecDeque<Message>, bool)>,
     cv: Condvar,
 }
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, (VecDeque<Message>, bool)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Queue a message; false if the queue is closed.
-    pub(crate) fn push(&self, msg: Message) -> bool {
+    fn push(&self, msg: Message) -> bool {
         let mut st = self.lock();
         if st.1 {
             return false;
@@ -47,7 +49,7 @@ impl Queue {
     }
 
     /// No more messages will come.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         self.lock().1 = true;
         self.cv.notify_all();
     }
@@ -84,14 +86,165 @@ impl Queue {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single push, insert or remove:
+    // a panicking holder can't leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Entry {
+    queue: Arc<Queue>,
+    /// The remote context this handle waits on: only it (or a router on
+    /// the path to it) may answer, and its loss fails the handle.
+    peer: Option<u32>,
+    wake: Option<File>,
+}
+
+impl Entry {
+    fn push(&self, msg: Message) {
+        if self.queue.push(msg) {
+            if let Some(mut w) = self.wake.as_ref() {
+                let _ = w.write(&[1]);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<u32, Entry>,
+    /// The broker has ended: new handles are born closed, so nobody waits
+    /// on a broker that is gone.
+    closed: bool,
+}
+
+/// Why a message was not delivered.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Undelivered {
+    /// Nobody listens on the handle.
+    NoHandle,
+    /// The handle waits on `peer`, and the sender may not answer for it.
+    Foreign(u32),
+}
+
+/// The local handles of one context.
+pub(crate) struct Handles {
+    entries: Mutex<Entries>,
+    next: AtomicU32,
+}
+
+impl Handles {
+    pub(crate) fn new() -> Arc<Handles> {
+        Arc::new(Handles { entries: Mutex::new(Entries::default()), next: AtomicU32::new(handle::FIRST_DYNAMIC) })
+    }
+
+    fn insert(self: &Arc<Self>, handle: u32, peer: Option<u32>, wake: Option<File>) -> Arc<Queue> {
+        let queue = Arc::new(Queue::default());
+        let mut entries = lock(&self.entries);
+        if entries.closed {
+            queue.close();
+        }
+        entries.map.insert(handle, Entry { queue: queue.clone(), peer, wake });
+        queue
+    }
+
+    /// A fresh handle waiting on `peer`.
+    pub(crate) fn mailbox(self: &Arc<Self>, peer: Option<u32>) -> Mailbox {
+        let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        let queue = self.insert(handle, peer, None);
+        Mailbox { handle, queue, table: self.clone(), wake: None, aliases: Vec::new() }
+    }
+
+    /// Like [`Handles::mailbox`], with a pipe that turns readable on delivery.
+    pub(crate) fn mailbox_with_waker(self: &Arc<Self>, peer: Option<u32>) -> io::Result<Mailbox> {
+        let (r, w) = sys::pipe()?;
+        sys::set_nonblocking(r.as_fd(), true)?;
+        sys::set_nonblocking(w.as_fd(), true)?;
+        let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        let queue = self.insert(handle, peer, Some(w));
+        Ok(Mailbox { handle, queue, table: self.clone(), wake: Some(r), aliases: Vec::new() })
+    }
+
+    /// A mailbox for a well-known handle.
+    pub(crate) fn listen(self: &Arc<Self>, handle: u32) -> Mailbox {
+        let queue = self.insert(handle, None, None);
+        Mailbox { handle, queue, table: self.clone(), wake: None, aliases: Vec::new() }
+    }
+
+    /// A second handle delivering into `mb`'s queue.
+    pub(crate) fn alias(self: &Arc<Self>, mb: &mut Mailbox) -> u32 {
+        let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        let mut entries = lock(&self.entries);
+        if let Some(entry) = entries.map.get(&mb.handle) {
+            let alias = Entry { queue: entry.queue.clone(), peer: entry.peer, wake: None };
+            entries.map.insert(handle, alias);
+            mb.aliases.push(handle);
+        }
+        handle
+    }
+
+    /// Forget a handle (its mailbox sees `Closed`).
+    pub(crate) fn unregister(&self, handle: u32) {
+        if let Some(entry) = lock(&self.entries).map.remove(&handle) {
+            entry.queue.close();
+        }
+    }
+
+    /// Deliver `msg` to its handle if `may_answer(peer)` allows a handle
+    /// waiting on `peer` to take it; else hand it back with the reason.
+    pub(crate) fn deliver(
+        &self,
+        msg: Message,
+        may_answer: impl Fn(u32) -> bool,
+    ) -> Result<(), (Message, Undelivered)> {
+        let entries = lock(&self.entries);
+        let Some(entry) = entries.map.get(&msg.header.handle) else {
+            return Err((msg, Undelivered::NoHandle));
+        };
+        if let Some(peer) = entry.peer.filter(|&p| !may_answer(p)) {
+            return Err((msg, Undelivered::Foreign(peer)));
+        }
+        entry.push(msg);
+        Ok(())
+    }
+
+    /// Fail every handle waiting on `peer` with a `DEAD` message (from
+    /// this broker, `me`).
+    pub(crate) fn fail_peer(&self, me: u32, peer: u32, reason: &str) {
+        let entries = lock(&self.entries);
+        for (&h, entry) in entries.map.iter().filter(|(_, e)| e.peer == Some(peer)) {
+            let mut msg = Message::new(me, h, format!("disconnected: {reason}").into_bytes());
+            msg.header.src = peer;
+            msg.header.flags = FLAG_DEAD;
+            entry.push(msg);
+        }
+    }
+
+    /// The broker is gone: every waiter gets `why` (if any) as a `DEAD`
+    /// message, then `Closed`; later handles are born closed.
+    pub(crate) fn close_all(&self, me: u32, why: Option<&str>) {
+        let mut entries = lock(&self.entries);
+        entries.closed = true;
+        for (h, entry) in entries.map.drain() {
+            if let Some(why) = why {
+                let mut msg = Message::new(me, h, why.as_bytes().to_vec());
+                msg.header.src = me;
+                msg.header.flags = FLAG_DEAD;
+                entry.push(msg);
+            }
+            entry.queue.close();
+        }
+    }
+}
+
 /// A registered handle and its queue. Dropping it unregisters the handle.
 pub struct Mailbox {
     /// The handle peers address.
     pub handle: u32,
-    pub(crate) queue: Arc<Queue>,
-    pub(crate) broker: Broker,
-    pub(crate) wake: Option<File>,
-    pub(crate) aliases: Vec<u32>,
+    queue: Arc<Queue>,
+    table: Arc<Handles>,
+    wake: Option<File>,
+    aliases: Vec<u32>,
 }
 
 impl Mailbox {
@@ -126,9 +279,9 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.broker.unregister(self.handle);
+        self.table.unregister(self.handle);
         for &h in &self.aliases {
-            self.broker.unregister(h);
+            self.table.unregister(h);
         }
     }
 }

@@ -37,11 +37,46 @@ impl Interest {
     }
 }
 
+/// What a watched fd is to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A stream's input (protocol bytes from the peer).
+    Input(usize),
+    /// A stream's output (room to write).
+    Output(usize),
+    /// A connection process's stderr, forwarded as log lines.
+    Stderr(usize),
+    /// This process's own captured stdout (0) or stderr (1).
+    Capture(usize),
+}
+
+impl Source {
+    fn key(self) -> u64 {
+        let (n, role) = match self {
+            Source::Input(n) => (n, 0),
+            Source::Output(n) => (n, 1),
+            Source::Stderr(n) => (n, 2),
+            Source::Capture(n) => (n, 3),
+        };
+        (n as u64) << 2 | role
+    }
+
+    fn from_key(key: u64) -> Source {
+        let n = (key >> 2) as usize;
+        match key & 3 {
+            0 => Source::Input(n),
+            1 => Source::Output(n),
+            2 => Source::Stderr(n),
+            _ => Source::Capture(n),
+        }
+    }
+}
+
 /// One ready fd. ERR and HUP count as both readable and writable, so
 /// whoever reads or writes next sees the error or the end.
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
-    pub key: usize,
+    pub source: Source,
     pub readable: bool,
     pub writable: bool,
 }
@@ -72,7 +107,7 @@ impl Events {
         self.raw.iter().take(self.len).map(move |ev| {
             let (bits, key) = (ev.events, ev.u64);
             Event {
-                key: key as usize,
+                source: Source::from_key(key),
                 readable: bits & ((libc::EPOLLIN | libc::EPOLLPRI) as u32 | err) != 0,
                 writable: bits & (libc::EPOLLOUT as u32 | err) != 0,
             }
@@ -96,14 +131,20 @@ impl Poller {
         Ok(Poller { epoll, wake })
     }
 
-    /// Watch `fd`. The caller removes it with [`Poller::delete`] before
-    /// closing it (epoll forgets a closed fd only once every dup is closed).
-    pub fn add(&self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()> {
-        sys::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), interest.bits(), key as u64)
+    /// Watch `fd` as `source`.
+    ///
+    /// # Safety
+    ///
+    /// The caller removes `fd` with [`Poller::delete`] before closing it:
+    /// epoll forgets a closed fd only once every dup of it is closed, and
+    /// would go on reporting events under `source` for an fd number that
+    /// may by then name something else.
+    pub unsafe fn add(&self, fd: BorrowedFd<'_>, source: Source, interest: Interest) -> io::Result<()> {
+        sys::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), interest.bits(), source.key())
     }
 
-    pub fn modify(&self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()> {
-        sys::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd.as_raw_fd(), interest.bits(), key as u64)
+    pub fn modify(&self, fd: BorrowedFd<'_>, source: Source, interest: Interest) -> io::Result<()> {
+        sys::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd.as_raw_fd(), interest.bits(), source.key())
     }
 
     pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -154,24 +195,25 @@ mod tests {
     use std::os::fd::AsFd;
     use std::time::Instant;
 
-    fn keys(events: &Events) -> Vec<(usize, bool, bool)> {
-        events.iter().map(|e| (e.key, e.readable, e.writable)).collect()
+    fn keys(events: &Events) -> Vec<(Source, bool, bool)> {
+        events.iter().map(|e| (e.source, e.readable, e.writable)).collect()
     }
 
     #[test]
     fn reports_a_readable_pipe_by_its_key_until_it_is_drained() {
         let poller = Poller::new().unwrap();
         let (mut r, mut w) = sys::pipe().unwrap();
-        poller.add(r.as_fd(), 7, Interest::READ).unwrap();
+        // SAFETY: deleted below before `r` is dropped.
+        unsafe { poller.add(r.as_fd(), Source::Input(7), Interest::READ).unwrap() };
         let mut events = Events::default();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         assert!(events.is_empty());
         w.write_all(b"x").unwrap();
         poller.wait(&mut events, Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(keys(&events), [(7, true, false)]);
+        assert_eq!(keys(&events), [(Source::Input(7), true, false)]);
         // Level-triggered: still ready until read.
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
-        assert_eq!(keys(&events), [(7, true, false)]);
+        assert_eq!(keys(&events), [(Source::Input(7), true, false)]);
         let mut b = [0u8; 1];
         r.read_exact(&mut b).unwrap();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
@@ -186,13 +228,14 @@ mod tests {
     fn a_closed_peer_is_reported_even_without_interest() {
         let poller = Poller::new().unwrap();
         let (r, w) = sys::pipe().unwrap();
-        poller.add(w.as_fd(), 3, Interest::NONE).unwrap();
+        // SAFETY: the poller is dropped before `w`.
+        unsafe { poller.add(w.as_fd(), Source::Output(3), Interest::NONE).unwrap() };
         let mut events = Events::default();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         assert!(events.is_empty());
         drop(r);
         poller.wait(&mut events, Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(keys(&events), [(3, true, true)]);
+        assert_eq!(keys(&events), [(Source::Output(3), true, true)]);
     }
 
     #[test]

@@ -263,7 +263,7 @@ impl Context {
 
     /// Start a child context through a parsed hop, named `name`.
     pub fn connect_hop(&self, hop: &Hop, name: &str) -> Result<Context> {
-        let id = self.router.allocate_child_id(self.id);
+        let id = self.router.allocate_child_id(self.id, name)?;
         let timeout = self.router.options().connect_timeout;
         let mut args = hop.connect_args(self.router.options().become_password.as_deref());
         args.context_id = id;

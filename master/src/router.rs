@@ -112,7 +112,7 @@ impl Router {
         if self.inner.shut.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
-        let id = self.inner.broker.allocate_context_id();
+        let id = self.allocate_child_id(MASTER_ID, name)?;
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
         let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
         how.connect_timeout_ms = self.inner.opts.connect_timeout.as_millis() as u64;
@@ -151,12 +151,12 @@ impl Router {
         let started = Instant::now();
         if self.inner.shut.swap(true, Ordering::SeqCst) {
             // Already under way (another thread, a signal): wait for it.
-            let bound = started + self.inner.opts.shutdown_grace + Duration::from_secs(1);
+            let bound = started + self.inner.broker.shutdown_bound() + Duration::from_secs(1);
             self.inner.broker.wait_done(bound);
             return;
         }
         self.inner.broker.shutdown("master shutdown");
-        let bound = started + self.inner.opts.shutdown_grace + Duration::from_secs(1);
+        let bound = started + self.inner.broker.shutdown_bound() + Duration::from_secs(1);
         if !self.inner.broker.wait_done(bound) {
             log::warn!("broker did not finish its shutdown within {:?}", bound - started);
         }
@@ -173,8 +173,11 @@ impl Router {
 
     /// A context id for a child that context `parent` will start; only
     /// `parent`'s branch of the tree may announce it.
-    pub(crate) fn allocate_child_id(&self, parent: u32) -> u32 {
-        self.inner.broker.allocate_child_id(parent)
+    pub(crate) fn allocate_child_id(&self, parent: u32, name: &str) -> Result<u32> {
+        self.inner.broker.allocate_child_id(parent).ok_or_else(|| Error::Connect {
+            target: name.to_string(),
+            cause: "the master has no context ids left (ids are never reused)".into(),
+        })
     }
 }
 
@@ -184,7 +187,7 @@ impl Drop for Inner {
             // Backstop only: callers should shut down explicitly.
             log::debug!("router dropped without shutdown; shutting down now");
             self.broker.shutdown("router dropped");
-            let bound = Instant::now() + self.opts.shutdown_grace + Duration::from_secs(1);
+            let bound = Instant::now() + self.broker.shutdown_bound() + Duration::from_secs(1);
             self.broker.wait_done(bound);
         }
     }

@@ -287,6 +287,8 @@ pub struct Control {
 pub struct AddRoute {
     /// The new context.
     pub id: u32,
+    /// The context that started it (its parent in the tree).
+    pub parent: u32,
     /// Its path in the tree.
     pub name: String,
 }
@@ -300,11 +302,15 @@ pub struct DelRoute {
     pub reason: String,
 }
 
-/// `ALLOCATE_ID` reply.
+/// `ALLOCATE_ID` notice, sent by the master down the path to `parent`
+/// before it asks `parent` to connect: every router on the way (and
+/// `parent` itself) then accepts `id` once, announced by `parent`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct AllocatedId {
-    /// A fresh context id.
+    /// The id the master allocated for the new context.
     pub id: u32,
+    /// The context that will start it.
+    pub parent: u32,
 }
 
 /// `FORWARD_LOG`: one log record from a context.

@@ -102,7 +102,8 @@ pub mod handle {
     pub const FORWARD_LOG: u32 = 102;
     /// A new context is reachable through the sender.
     pub const ADD_ROUTE: u32 = 103;
-    /// Ask the master for a fresh context id.
+    /// The master's notice, travelling down the tree, that it allocated an
+    /// id for a connect (only the master allocates; only a parent may say so).
     pub const ALLOCATE_ID: u32 = 104;
     /// Shut down this context and its subtree.
     pub const SHUTDOWN: u32 = 105;

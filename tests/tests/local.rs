@@ -271,9 +271,11 @@ fn unknown_operations_and_bad_bodies_get_clear_errors() {
     let err = ctx.decode::<spore_protocol::body::Empty>(&msg).unwrap_err();
     assert_eq!(err.remote_kind(), Some("unsupported"));
     assert!(err.to_string().contains("frobnicate"));
-    let msg = ctx.call_async(b"\xff not json".to_vec()).wait().unwrap();
-    let err = ctx.decode::<spore_protocol::body::Empty>(&msg).unwrap_err();
-    assert_eq!(err.remote_kind(), Some("invalid"), "{err}");
+    // A body that does not decode gets a DEAD reply naming what failed.
+    let err = ctx.call_async(b"\xff not json".to_vec()).wait().unwrap_err();
+    assert!(matches!(&err, spore::Error::Dead { reason, .. } if reason.contains("does not decode as a call")), "{err}");
+    let err = ctx.call_async(br#"{"op":"exec","argv":7}"#.to_vec()).wait().unwrap_err();
+    assert!(matches!(&err, spore::Error::Dead { reason, .. } if reason.contains("exec arguments")), "{err}");
     r.shutdown();
     drop((ctx, r));
     guard.check();

@@ -1,0 +1,141 @@
+//! Processes the broker is responsible for: connection processes (ssh,
+//! sudo, a local agent) and command guardians handed to it, reaped without
+//! ever blocking the broker thread; and the commands' process groups,
+//! signalled at shutdown.
+
+use crate::logs::blog;
+use crate::sys;
+use std::collections::HashSet;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// How often a process without a deadline is looked at.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+/// How often one about to exit (or be killed) is looked at.
+const BUSY_CHECK: Duration = Duration::from_millis(2);
+/// A process still unreaped this long after SIGKILL (in D state, say) is
+/// left to a thread of its own, so the broker never waits on it.
+const STUCK_AFTER_KILL: Duration = Duration::from_secs(1);
+
+/// End a process (its whole group) and reap it. Blocking: only for a
+/// process that was never handed to the broker.
+pub(crate) fn kill_and_reap(child: &mut Child) {
+    let _ = sys::killpg(child.id() as i32, libc::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+struct Reaping {
+    child: Child,
+    what: String,
+    /// SIGKILL if it still runs then.
+    kill_at: Option<Instant>,
+    killed: Option<Instant>,
+}
+
+/// Processes waiting to be reaped.
+#[derive(Default)]
+pub(crate) struct Reaper {
+    procs: Vec<Reaping>,
+}
+
+impl Reaper {
+    /// Reap `child` once it exits; SIGKILL it (and its group) at `kill_at`.
+    pub(crate) fn add(&mut self, child: Child, what: String, kill_at: Option<Instant>) {
+        self.procs.push(Reaping { child, what, kill_at, killed: None });
+    }
+
+    /// Anything left to reap?
+    pub(crate) fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Kill everything still running no later than `at`.
+    pub(crate) fn deadline_all(&mut self, at: Instant) {
+        for p in &mut self.procs {
+            p.kill_at = Some(p.kill_at.map_or(at, |k| k.min(at)));
+        }
+    }
+
+    /// When to look again.
+    pub(crate) fn next_check(&self, now: Instant) -> Option<Instant> {
+        let busy = self.procs.iter().any(|p| p.kill_at.is_some());
+        match (self.procs.is_empty(), busy) {
+            (true, _) => None,
+            (false, true) => Some(now + BUSY_CHECK),
+            (false, false) => Some(now + IDLE_CHECK),
+        }
+    }
+
+    /// Reap what has exited, kill what is due, and give up on (hand to a
+    /// thread of its own) what SIGKILL did not end within a second.
+    pub(crate) fn check(&mut self, now: Instant) {
+        for mut p in std::mem::take(&mut self.procs) {
+            match p.child.try_wait() {
+                Ok(Some(status)) => blog!(log::Level::Debug, "{} exited: {status}", p.what),
+                Err(_) => {}
+                Ok(None) if p.killed.is_some_and(|k| now.saturating_duration_since(k) >= STUCK_AFTER_KILL) => {
+                    wait_elsewhere(p.child)
+                }
+                Ok(None) => {
+                    if p.killed.is_none() && p.kill_at.is_some_and(|k| now >= k) {
+                        blog!(log::Level::Debug, "{} still running; killing it", p.what);
+                        let _ = sys::killpg(p.child.id() as i32, libc::SIGKILL);
+                        let _ = p.child.kill();
+                        p.killed = Some(now);
+                    }
+                    self.procs.push(p);
+                }
+            }
+        }
+    }
+
+    /// The end: kill everything and reap it, waiting at most `limit`.
+    pub(crate) fn finish(&mut self, limit: Duration) {
+        let start = Instant::now();
+        self.deadline_all(start);
+        while !self.procs.is_empty() && start.elapsed() < limit {
+            self.check(Instant::now());
+            std::thread::sleep(BUSY_CHECK);
+        }
+        for mut p in self.procs.drain(..) {
+            let _ = p.child.kill();
+            wait_elsewhere(p.child);
+        }
+    }
+}
+
+/// Reap `child` on a thread of its own: a process stuck in the kernel must
+/// not hold up the broker. (Without a thread it stays a zombie until we end.)
+fn wait_elsewhere(mut child: Child) {
+    let _ = std::thread::Builder::new().name("spore-reaper".into()).spawn(move || child.wait());
+}
+
+/// Process groups of the commands this context started.
+#[derive(Default)]
+pub(crate) struct Groups {
+    set: HashSet<i32>,
+}
+
+impl Groups {
+    pub(crate) fn insert(&mut self, pgid: i32) {
+        self.set.insert(pgid);
+    }
+
+    pub(crate) fn remove(&mut self, pgid: i32) {
+        self.set.remove(&pgid);
+    }
+
+    /// Signal every group.
+    pub(crate) fn signal(&self, sig: i32) {
+        for &g in &self.set {
+            let _ = sys::killpg(g, sig);
+        }
+    }
+
+    /// Forget the groups with no members left; is any left?
+    pub(crate) fn any_alive(&mut self) -> bool {
+        self.set.retain(|&g| sys::group_alive(g));
+        !self.set.is_empty()
+    }
+}

@@ -1,0 +1,499 @@
+//! The routing table and the rules of authority between contexts.
+//!
+//! Pure bookkeeping, no I/O and no clock. The broker's core asks it where a
+//! message goes ([`Routes::decide`]), whether a context may be added
+//! ([`Routes::may_add`]) and whether a reply may reach a handle that waits
+//! on another context ([`Routes::may_answer`]); threads that write straight
+//! into a stream ask it the way ([`Routes::route`]). It is the one table of
+//! a context: the broker thread writes it, everyone else reads it.
+//!
+//! The rules (DESIGN.md, Security):
+//! - a stream speaks only for the contexts behind it: a child for itself
+//!   and its subtree, the parent for everything else;
+//! - a context id is allocated by the master for one connect, added once,
+//!   only on the stream that connect was started on, and once lost it stays
+//!   lost;
+//! - a reply or DEAD for a handle waiting on context P comes from P itself,
+//!   or (DEAD only) from a context on the path to P reporting P lost, on
+//!   the stream that leads to P — or from this broker.
+
+use spore_protocol::Message;
+use std::collections::HashMap;
+use std::fmt;
+
+/// A stream of the broker (the parent's or a child's), by number.
+pub type StreamId = usize;
+
+/// Where a message came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A thread of this process, or the broker itself.
+    Local,
+    /// The broker's stream with this id.
+    Stream(StreamId),
+}
+
+/// What to do with a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver to a handle of this context.
+    Local,
+    /// Write to this stream (a child's, or the parent's).
+    Forward(StreamId),
+    /// Undeliverable: answer with a `DEAD` reply.
+    Dead(Undeliverable),
+    /// Not allowed: log and drop without a reply.
+    Drop(Refusal),
+}
+
+/// Why a message can't be delivered; the text of its `DEAD` reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs, reason = "each variant's doc names its fields")]
+pub enum Undeliverable {
+    /// No route to the context, and none ever known.
+    NoRoute(u32),
+    /// The context was reachable once; why it is not any more.
+    Lost(u32, String),
+    /// Unidirectional routing: a child reaches its ancestors only.
+    Isolated(u32),
+    /// Nobody listens on the handle here.
+    InvalidHandle { handle: u32, at: u32 },
+    /// A call from a context without authority over this one.
+    NotAllowed { auth: u32, at: u32 },
+    /// A call that arrived after the shutdown began.
+    ShuttingDown(String),
+    /// The body could not be decoded.
+    BadBody { what: &'static str, error: String },
+    /// Only the master allocates context ids, and only parents say so.
+    NotAllocator,
+}
+
+impl fmt::Display for Undeliverable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Undeliverable::NoRoute(dst) => write!(f, "no route to {dst}"),
+            Undeliverable::Lost(dst, why) => write!(f, "no route to {dst}: {why}"),
+            Undeliverable::Isolated(dst) => write!(f, "no route to {dst} (children can't message each other)"),
+            Undeliverable::InvalidHandle { handle, at } => write!(f, "invalid handle {handle} at context {at}"),
+            Undeliverable::NotAllowed { auth, at } => write!(f, "context {auth} may not call context {at}"),
+            Undeliverable::ShuttingDown(name) => write!(f, "context {name} is shutting down"),
+            Undeliverable::BadBody { what, error } => write!(f, "{what}: {error}"),
+            Undeliverable::NotAllocator => f.write_str("only the master allocates context ids"),
+        }
+    }
+}
+
+/// Why a message was dropped without a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs, reason = "each variant's doc names its fields")]
+pub enum Refusal {
+    /// A child stream spoke as a context not behind it.
+    Spoofed { sid: StreamId, src: u32 },
+    /// The parent stream spoke as us or a context below us.
+    ParentSpoofed(u32),
+    /// A message for a context came back on the stream that leads to it.
+    Loop(u32),
+    /// A reply for a handle that waits on another context.
+    ForeignAnswer { handle: u32, peer: u32, src: u32 },
+    /// An `ADD_ROUTE` that the rules refuse.
+    Route { id: u32, src: u32, why: RouteRefusal },
+    /// A control message from a stream that may not send it.
+    Control { handle: u32, src: u32 },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Spoofed { sid, src } => write!(f, "stream {sid} can't speak as context {src}"),
+            Refusal::ParentSpoofed(src) => write!(f, "parent stream claimed to be context {src}"),
+            Refusal::Loop(dst) => write!(f, "message for {dst} came back on its own stream"),
+            Refusal::ForeignAnswer { handle, peer, src } => {
+                write!(f, "context {src} answered handle {handle}, which waits on context {peer}")
+            }
+            Refusal::Route { id, src, why } => write!(f, "refused ADD_ROUTE for context {id} from context {src}: {why}"),
+            Refusal::Control { handle, src } => write!(f, "ignored handle {handle} from context {src}"),
+        }
+    }
+}
+
+/// Why an `ADD_ROUTE` (or a new child stream) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteRefusal {
+    /// The id is ours or an ancestor's.
+    UsOrAncestor,
+    /// The context was lost; a lost id stays lost.
+    Lost,
+    /// The id is already routed.
+    AlreadyAdded,
+    /// No connect by that parent was announced for this id.
+    NotAllocated,
+    /// The announced parent is not behind the stream.
+    WrongStream,
+}
+
+impl fmt::Display for RouteRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RouteRefusal::UsOrAncestor => "that is us or an ancestor",
+            RouteRefusal::Lost => "that context was lost, and a lost id stays lost",
+            RouteRefusal::AlreadyAdded => "that context is already routed",
+            RouteRefusal::NotAllocated => "the master allocated no such context for that parent",
+            RouteRefusal::WrongStream => "its parent is not behind that stream",
+        })
+    }
+}
+
+/// The routing table of one context.
+pub struct Routes {
+    me: u32,
+    /// The master first, the immediate parent last; empty in the master.
+    ancestors: Vec<u32>,
+    parent: Option<StreamId>,
+    /// Every context below us, by the child stream it is reached through.
+    via: HashMap<u32, StreamId>,
+    /// The parent of every context below us (the path to it).
+    parent_of: HashMap<u32, u32>,
+    /// Ids allocated for a connect not yet announced: id → who connects.
+    expected: HashMap<u32, u32>,
+    /// Contexts that were reachable once, and why they are not any more.
+    lost: HashMap<u32, String>,
+    /// The master's next fresh id.
+    next_id: u32,
+}
+
+impl Routes {
+    /// A table for context `me` with these ancestors (the master first).
+    pub fn new(me: u32, ancestors: Vec<u32>) -> Routes {
+        Routes {
+            me,
+            ancestors,
+            parent: None,
+            via: HashMap::new(),
+            parent_of: HashMap::new(),
+            expected: HashMap::new(),
+            lost: HashMap::new(),
+            next_id: me + 1,
+        }
+    }
+
+    fn is_master(&self) -> bool {
+        self.ancestors.is_empty()
+    }
+
+    /// The stream to our parent.
+    pub fn set_parent(&mut self, sid: Option<StreamId>) {
+        self.parent = sid;
+    }
+
+    /// The stream to our parent, while it lasts.
+    pub fn parent(&self) -> Option<StreamId> {
+        self.parent
+    }
+
+    /// The stream a message from this context to `dst` takes.
+    pub fn route(&self, dst: u32) -> Option<StreamId> {
+        self.via.get(&dst).copied().or(self.parent)
+    }
+
+    /// The child stream context `id` is reached through.
+    pub fn via(&self, id: u32) -> Option<StreamId> {
+        self.via.get(&id).copied()
+    }
+
+    /// Does `auth` carry authority over this context?
+    pub fn privileged(&self, auth: u32) -> bool {
+        self.ancestors.contains(&auth)
+    }
+
+    /// Master: a fresh id for a context that `parent` will start (`None`
+    /// once the id space is spent; ids are never reused).
+    pub fn allocate(&mut self, parent: u32) -> Option<u32> {
+        if !self.is_master() || self.next_id == u32::MAX {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.expected.insert(id, parent);
+        Some(id)
+    }
+
+    /// A parent told us that `parent` will start context `id`.
+    pub fn expect(&mut self, id: u32, parent: u32) {
+        if !self.lost.contains_key(&id) && !self.via.contains_key(&id) {
+            self.expected.insert(id, parent);
+        }
+    }
+
+    /// May `parent` announce context `id` through stream `sid`?
+    pub fn may_add(&self, id: u32, parent: u32, sid: StreamId) -> Result<(), RouteRefusal> {
+        if id == self.me || self.ancestors.contains(&id) {
+            return Err(RouteRefusal::UsOrAncestor);
+        }
+        if self.lost.contains_key(&id) {
+            return Err(RouteRefusal::Lost);
+        }
+        if self.via.contains_key(&id) {
+            return Err(RouteRefusal::AlreadyAdded);
+        }
+        if self.expected.get(&id) != Some(&parent) {
+            return Err(RouteRefusal::NotAllocated);
+        }
+        if parent != self.me && self.via(parent) != Some(sid) {
+            return Err(RouteRefusal::WrongStream);
+        }
+        Ok(())
+    }
+
+    /// Add context `id`, started by `parent`, behind stream `sid` (after
+    /// [`Routes::may_add`] said yes).
+    pub fn add(&mut self, id: u32, parent: u32, sid: StreamId) {
+        self.expected.remove(&id);
+        self.via.insert(id, sid);
+        self.parent_of.insert(id, parent);
+    }
+
+    /// Forget context `id` (reached through `sid`), remembering why. False
+    /// if it is not behind that stream.
+    pub fn remove(&mut self, id: u32, sid: StreamId, why: &str) -> bool {
+        if self.via(id) != Some(sid) {
+            return false;
+        }
+        self.via.remove(&id);
+        self.parent_of.remove(&id);
+        self.expected.retain(|_, p| *p != id);
+        self.lost.insert(id, why.to_string());
+        true
+    }
+
+    /// Forget every context behind stream `sid`, remembering why; their
+    /// ids, sorted.
+    pub fn remove_stream(&mut self, sid: StreamId, why: &str) -> Vec<u32> {
+        let mut gone: Vec<u32> = self.via.iter().filter(|(_, &s)| s == sid).map(|(&id, _)| id).collect();
+        gone.sort_unstable();
+        for &id in &gone {
+            self.remove(id, sid, why);
+        }
+        gone
+    }
+
+    /// Is `ancestor` on the path from here down to `id` (or `id` itself)?
+    fn on_path(&self, ancestor: u32, id: u32) -> bool {
+        let mut at = id;
+        // The chain is as long as the tree is deep; the bound guards a cycle.
+        for _ in 0..=self.parent_of.len() {
+            if at == ancestor {
+                return true;
+            }
+            match self.parent_of.get(&at) {
+                Some(&p) if p != self.me => at = p,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// May a message from `src`, arriving from `origin`, reach a handle
+    /// that waits on context `peer`? Answers come from `peer`; a `DEAD`
+    /// may also come from a context on the path to it.
+    pub fn may_answer(&self, peer: u32, src: u32, origin: Origin, dead: bool) -> bool {
+        let Origin::Stream(sid) = origin else { return true };
+        if Some(sid) == self.parent {
+            // Everything above us arrives here; only ancestors speak on it.
+            let above = peer != self.me && !self.via.contains_key(&peer);
+            return above && (src == peer || (dead && self.ancestors.contains(&src)));
+        }
+        self.via(peer) == Some(sid) && (src == peer || (dead && self.on_path(src, peer)))
+    }
+
+    /// Check a message's source against where it came from (stamping
+    /// `src`/`auth` for our own), and pick where it goes.
+    pub fn decide(&self, msg: &mut Message, origin: Origin) -> Verdict {
+        let h = &mut msg.header;
+        let from_parent = matches!(origin, Origin::Stream(sid) if Some(sid) == self.parent);
+        let in_sid = match origin {
+            Origin::Local => {
+                h.src = self.me;
+                h.auth = self.me;
+                None
+            }
+            Origin::Stream(sid) if from_parent => {
+                // The parent speaks for itself and the tree above; `auth`
+                // stays as the routers above stamped it.
+                if h.src == self.me || self.via.contains_key(&h.src) {
+                    return Verdict::Drop(Refusal::ParentSpoofed(h.src));
+                }
+                Some(sid)
+            }
+            Origin::Stream(sid) => {
+                if self.via(h.src) != Some(sid) {
+                    return Verdict::Drop(Refusal::Spoofed { sid, src: h.src });
+                }
+                h.auth = h.src;
+                Some(sid)
+            }
+        };
+        if h.dst == self.me {
+            return Verdict::Local;
+        }
+        if let Some(out) = self.via(h.dst) {
+            if Some(out) == in_sid {
+                return Verdict::Drop(Refusal::Loop(h.dst));
+            }
+            if in_sid.is_some() && !from_parent {
+                return Verdict::Dead(Undeliverable::Isolated(h.dst));
+            }
+            return Verdict::Forward(out);
+        }
+        if let (Some(up), false) = (self.parent, from_parent) {
+            return Verdict::Forward(up);
+        }
+        match self.lost.get(&h.dst) {
+            Some(why) => Verdict::Dead(Undeliverable::Lost(h.dst, why.clone())),
+            None => Verdict::Dead(Undeliverable::NoRoute(h.dst)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(src: u32, dst: u32) -> Message {
+        let mut m = Message::new(dst, 1000, Vec::new());
+        m.header.src = src;
+        m.header.auth = 77;
+        m
+    }
+
+    const UP: StreamId = 1;
+
+    // Context 1 under the master: children 2 (stream 5) and 3 (stream 6),
+    // 4 started by 2.
+    fn table() -> Routes {
+        let mut r = Routes::new(1, vec![0]);
+        r.set_parent(Some(UP));
+        for (id, parent, sid) in [(2, 1, 5), (3, 1, 6), (4, 2, 5)] {
+            r.expect(id, parent);
+            assert_eq!(r.may_add(id, parent, sid), Ok(()));
+            r.add(id, parent, sid);
+        }
+        r
+    }
+
+    #[test]
+    fn local_messages_are_stamped() {
+        let r = table();
+        let mut m = msg(9, 0);
+        assert_eq!(r.decide(&mut m, Origin::Local), Verdict::Forward(UP));
+        assert_eq!((m.header.src, m.header.auth), (1, 1));
+    }
+
+    #[test]
+    fn parent_messages_keep_their_authority() {
+        let r = table();
+        let mut m = msg(0, 4);
+        m.header.auth = 0;
+        assert_eq!(r.decide(&mut m, Origin::Stream(UP)), Verdict::Forward(5));
+        assert_eq!(m.header.auth, 0);
+        assert!(r.privileged(0));
+    }
+
+    #[test]
+    fn children_are_stamped_and_checked() {
+        let r = table();
+        let mut m = msg(4, 0);
+        assert_eq!(r.decide(&mut m, Origin::Stream(5)), Verdict::Forward(UP));
+        assert_eq!(m.header.auth, 4);
+        assert!(!r.privileged(4));
+        assert_eq!(r.decide(&mut msg(2, 0), Origin::Stream(6)), Verdict::Drop(Refusal::Spoofed { sid: 6, src: 2 }));
+        assert!(matches!(r.decide(&mut msg(0, 1), Origin::Stream(6)), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn siblings_cant_talk() {
+        let r = table();
+        assert_eq!(r.decide(&mut msg(3, 4), Origin::Stream(6)), Verdict::Dead(Undeliverable::Isolated(4)));
+    }
+
+    #[test]
+    fn unknown_destinations() {
+        let r = table();
+        assert_eq!(r.decide(&mut msg(0, 17), Origin::Stream(UP)), Verdict::Dead(Undeliverable::NoRoute(17)));
+        let master = Routes::new(0, vec![]);
+        assert_eq!(master.decide(&mut msg(0, 17), Origin::Local), Verdict::Dead(Undeliverable::NoRoute(17)));
+    }
+
+    #[test]
+    fn parent_cant_speak_for_us_or_below() {
+        let r = table();
+        assert!(matches!(r.decide(&mut msg(1, 2), Origin::Stream(UP)), Verdict::Drop(_)));
+        assert!(matches!(r.decide(&mut msg(4, 2), Origin::Stream(UP)), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn lost_streams_take_their_subtree_and_stay_lost() {
+        let mut r = table();
+        assert_eq!(r.remove_stream(5, "context 2 (bastion) stream closed"), vec![2, 4]);
+        assert_eq!(r.via(3), Some(6));
+        let v = r.decide(&mut msg(0, 4), Origin::Stream(UP));
+        assert_eq!(v, Verdict::Dead(Undeliverable::Lost(4, "context 2 (bastion) stream closed".into())));
+        // A sibling claiming the lost id, even with a fresh notice.
+        r.expect(4, 3);
+        assert_eq!(r.may_add(4, 3, 6), Err(RouteRefusal::Lost));
+    }
+
+    #[test]
+    fn an_id_is_added_once_for_the_connect_it_was_allocated_for() {
+        let mut r = table();
+        // Never announced.
+        assert_eq!(r.may_add(50, 3, 6), Err(RouteRefusal::NotAllocated));
+        // Announced for a connect by 2: 3 can't claim it, nor can 2's
+        // stream announce it as 3's; a live context can't be re-added.
+        r.expect(50, 2);
+        assert_eq!(r.may_add(50, 3, 6), Err(RouteRefusal::NotAllocated));
+        assert_eq!(r.may_add(50, 2, 6), Err(RouteRefusal::WrongStream));
+        assert_eq!(r.may_add(3, 1, 6), Err(RouteRefusal::AlreadyAdded));
+        assert_eq!(r.may_add(1, 0, 5), Err(RouteRefusal::UsOrAncestor));
+        assert_eq!(r.may_add(0, 2, 5), Err(RouteRefusal::UsOrAncestor));
+        assert_eq!(r.may_add(50, 2, 5), Ok(()));
+        r.add(50, 2, 5);
+        assert_eq!(r.may_add(50, 2, 5), Err(RouteRefusal::AlreadyAdded));
+    }
+
+    #[test]
+    fn only_the_master_allocates() {
+        let mut master = Routes::new(0, vec![]);
+        assert_eq!(master.allocate(0), Some(1));
+        assert_eq!(master.allocate(1), Some(2));
+        assert_eq!(master.may_add(1, 0, 9), Ok(()));
+        let mut agent = table();
+        assert_eq!(agent.allocate(1), None);
+        master.next_id = u32::MAX;
+        assert_eq!(master.allocate(0), None, "ids are never reused");
+    }
+
+    #[test]
+    fn answers_come_from_the_peer_or_a_router_on_its_path() {
+        let r = table();
+        // Waiting on 4 (behind 2, on stream 5).
+        assert!(r.may_answer(4, 4, Origin::Stream(5), false));
+        assert!(r.may_answer(4, 2, Origin::Stream(5), true), "2 may report 4 lost");
+        assert!(!r.may_answer(4, 2, Origin::Stream(5), false), "but not answer for it");
+        assert!(!r.may_answer(4, 3, Origin::Stream(6), true), "a sibling may not");
+        assert!(!r.may_answer(4, 3, Origin::Stream(5), true), "not even on 4's stream");
+        // Waiting on the master, above us.
+        assert!(r.may_answer(0, 0, Origin::Stream(UP), false));
+        assert!(!r.may_answer(0, 2, Origin::Stream(5), true));
+        // Waiting on a child: the parent stream can't fail it.
+        assert!(!r.may_answer(2, 0, Origin::Stream(UP), true));
+        // This broker itself.
+        assert!(r.may_answer(4, 1, Origin::Local, true));
+    }
+
+    #[test]
+    fn answers_from_the_parent_stream_are_ancestors_only() {
+        let r = table();
+        assert!(r.may_answer(0, 0, Origin::Stream(UP), true));
+        assert!(!r.may_answer(0, 9, Origin::Stream(UP), true));
+    }
+}
