@@ -78,7 +78,10 @@ pub(crate) fn say_last_words(text: &str) {
 pub(crate) enum Cmd {
     Send(Message),
     AddStream(Box<Prepared>),
-    Capture { file: File, target: &'static str },
+    Capture {
+        file: File,
+        target: &'static str,
+    },
     Shutdown(String),
     Reap(Child, String),
     /// Test hook: make the broker thread panic.

@@ -253,9 +253,10 @@ impl Core {
         let Some(peer) = self.peers.remove(&sid) else { return };
         if let Some(started) = self.started.filter(|_| !peer.is_parent) {
             match why {
-                DropReason::Forced { grace } => {
-                    self.log(log::Level::Warn, format!("{}: forced after the grace of {} ms", peer.name, grace.as_millis()))
-                }
+                DropReason::Forced { grace } => self.log(
+                    log::Level::Warn,
+                    format!("{}: forced after the grace of {} ms", peer.name, grace.as_millis()),
+                ),
                 _ => self.log(
                     log::Level::Info,
                     format!(
@@ -451,7 +452,9 @@ impl Core {
         if msg.header.handle == handle::ADD_ROUTE {
             let add = match body::from_json::<AddRoute>(&msg.body, "ADD_ROUTE") {
                 Ok(add) => add,
-                Err(e) => return self.undeliverable(msg, Undeliverable::BadBody { what: "ADD_ROUTE", error: e.to_string() }),
+                Err(e) => {
+                    return self.undeliverable(msg, Undeliverable::BadBody { what: "ADD_ROUTE", error: e.to_string() })
+                }
             };
             let checked = {
                 let mut routes = self.routes_mut();
@@ -471,7 +474,9 @@ impl Core {
         } else {
             let del = match body::from_json::<DelRoute>(&msg.body, "DEL_ROUTE") {
                 Ok(del) => del,
-                Err(e) => return self.undeliverable(msg, Undeliverable::BadBody { what: "DEL_ROUTE", error: e.to_string() }),
+                Err(e) => {
+                    return self.undeliverable(msg, Undeliverable::BadBody { what: "DEL_ROUTE", error: e.to_string() })
+                }
             };
             if self.routes_mut().remove(del.id, sid, &del.reason) {
                 self.actions.push_back(Action::FailPeer(del.id, del.reason.clone()));

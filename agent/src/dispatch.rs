@@ -3,9 +3,9 @@
 
 use crate::bootstrap::{AgentArgs, Image};
 use crate::broker::{Broker, Config};
-use crate::stream::NewStream;
 use crate::call::{Call, OpError, OpResult};
 use crate::mailbox::Mailbox;
+use crate::stream::NewStream;
 use crate::{ops, sys};
 use spore_protocol::body::{self, CallOp, Hello, LogRecord};
 use spore_protocol::{handle, Message};

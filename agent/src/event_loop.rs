@@ -7,11 +7,11 @@
 use crate::broker::{lock, say_last_words, Cmd, Prepared, Shared};
 use crate::core::{Action, Core, CoreConfig, DropReason};
 use crate::logs::{self, LineSource};
+use crate::mailbox::Undelivered;
 use crate::poller::{Events, Interest, Source};
 use crate::procs::{self, Reaper};
 use crate::routes::{Origin, Refusal, StreamId};
 use crate::shutdown::{self, Facts};
-use crate::mailbox::Undelivered;
 use crate::spin;
 use crate::stream::Out;
 use crate::sys;
@@ -242,9 +242,10 @@ impl Loop {
     fn deliver(&mut self, msg: Message, origin: Origin) {
         let (src, dead, h) = (msg.header.src, msg.is_dead(), msg.header.handle);
         let routes = self.shared.routes.clone();
-        let delivered = self.shared.handles.deliver(msg, |peer| {
-            routes.read().unwrap_or_else(|p| p.into_inner()).may_answer(peer, src, origin, dead)
-        });
+        let delivered = self
+            .shared
+            .handles
+            .deliver(msg, |peer| routes.read().unwrap_or_else(|p| p.into_inner()).may_answer(peer, src, origin, dead));
         match delivered {
             Ok(()) => {}
             Err((msg, Undelivered::NoHandle)) => self.core.no_handle(msg),
@@ -275,7 +276,11 @@ impl Loop {
             for &sig in why.signals() {
                 let _ = sys::kill(child.id() as i32, sig);
             }
-            self.reaper.add(child, format!("connection process for {}", s.name), Some(Instant::now() + why.kill_delay()));
+            self.reaper.add(
+                child,
+                format!("connection process for {}", s.name),
+                Some(Instant::now() + why.kill_delay()),
+            );
         }
         if s.is_parent && why != DropReason::Closed {
             say_last_words(&format!("spore-agent {}: {why}; shutting down\n", self.shared.cfg.name));
@@ -482,7 +487,12 @@ impl Loop {
     /// A line this context read (captured output, a connection's stderr):
     /// shown here in the master, sent towards it elsewhere.
     fn forward_line(&mut self, target: &str, level: log::Level, line: &str) {
-        let rec = LogRecord { level: level as u8, name: self.shared.cfg.name.clone(), target: target.into(), msg: line.into() };
+        let rec = LogRecord {
+            level: level as u8,
+            name: self.shared.cfg.name.clone(),
+            target: target.into(),
+            msg: line.into(),
+        };
         match &self.shared.log_queue {
             Some(q) => q.record(&rec),
             None => {

@@ -53,10 +53,10 @@ mod stream;
 pub mod sys;
 
 pub use broker::{Broker, Config};
-pub use stream::NewStream;
 pub use call::{Call, OpError, OpResult};
 pub use dispatch::Agent;
 pub use mailbox::{Mailbox, RecvError};
+pub use stream::NewStream;
 
 /// This agent's version, reported in its hello and by `info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

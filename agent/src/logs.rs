@@ -272,7 +272,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_and_newlines_split() {
-        assert_eq!(safe_lines("all hosts OK\nERROR [master] fake\x1b[2J"), ["all hosts OK", "ERROR [master] fake\\x1b[2J"]);
+        assert_eq!(
+            safe_lines("all hosts OK\nERROR [master] fake\x1b[2J"),
+            ["all hosts OK", "ERROR [master] fake\\x1b[2J"]
+        );
         assert_eq!(safe_lines("a\tb\rc\u{9b}d\n"), ["a\\tb\\rc\\xc2\\x9bd"]);
         assert_eq!(safe_lines("plain"), ["plain"]);
     }

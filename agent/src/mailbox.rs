@@ -192,11 +192,7 @@ impl Handles {
 
     /// Deliver `msg` to its handle if `may_answer(peer)` allows a handle
     /// waiting on `peer` to take it; else hand it back with the reason.
-    pub(crate) fn deliver(
-        &self,
-        msg: Message,
-        may_answer: impl Fn(u32) -> bool,
-    ) -> Result<(), (Message, Undelivered)> {
+    pub(crate) fn deliver(&self, msg: Message, may_answer: impl Fn(u32) -> bool) -> Result<(), (Message, Undelivered)> {
         let entries = lock(&self.entries);
         let Some(entry) = entries.map.get(&msg.header.handle) else {
             return Err((msg, Undelivered::NoHandle));

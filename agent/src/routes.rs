@@ -110,7 +110,9 @@ impl fmt::Display for Refusal {
             Refusal::ForeignAnswer { handle, peer, src } => {
                 write!(f, "context {src} answered handle {handle}, which waits on context {peer}")
             }
-            Refusal::Route { id, src, why } => write!(f, "refused ADD_ROUTE for context {id} from context {src}: {why}"),
+            Refusal::Route { id, src, why } => {
+                write!(f, "refused ADD_ROUTE for context {id} from context {src}: {why}")
+            }
             Refusal::Control { handle, src } => write!(f, "ignored handle {handle} from context {src}"),
         }
     }

@@ -233,8 +233,9 @@ fn calls_to_a_lost_context_all_fail(ctx: &Context) {
     );
 }
 
-fn add_route(id: u32, name: &str) -> String {
-    String::from_utf8(body::to_json(&AddRoute { id, name: name.into() })).unwrap()
+/// An ADD_ROUTE body claiming context `id`, started by `parent`.
+fn add_route(id: u32, parent: u32, name: &str) -> String {
+    String::from_utf8(body::to_json(&AddRoute { id, parent, name: name.into() })).unwrap()
 }
 
 // ---- forged DEAD replies -----------------------------------------------
@@ -394,11 +395,16 @@ fn add_route_for_a_lost_context_is_refused_below_an_intermediate() {
     let a = below(&i, "a");
     let h = below(&i, "hostile");
     kill_and_lose(&a);
-    // The lost sibling's id, announced to our parent (which would pass it
-    // up) and straight to the master.
-    let claim = add_route(a.id(), a.name());
-    let r =
-        send_frames(&h, vec![frame(i.id(), handle::ADD_ROUTE, &claim), frame(MASTER_ID, handle::ADD_ROUTE, &claim)]);
+    // The lost sibling's id, with its true parent and as the claimer's own
+    // child, announced to our parent (which would pass it up) and straight
+    // to the master.
+    let mut frames = Vec::new();
+    for parent in [i.id(), h.id()] {
+        let claim = add_route(a.id(), parent, a.name());
+        frames.push(frame(i.id(), handle::ADD_ROUTE, &claim));
+        frames.push(frame(MASTER_ID, handle::ADD_ROUTE, &claim));
+    }
+    let r = send_frames(&h, frames);
     r.unwrap_or_else(|e| panic!("the hostile context's raw call failed: {e:?}"));
     calls_to_a_lost_context_all_fail(&a);
     if let Ok(st) = stats(&h, 0) {
@@ -416,9 +422,9 @@ fn add_route_for_a_lost_direct_child_is_refused() {
     let a = fx.connect("a");
     let h = fx.connect("hostile");
     kill_and_lose(&a);
-    let claim = add_route(a.id(), a.name());
-    send_frames(&h, vec![frame(MASTER_ID, handle::ADD_ROUTE, &claim)])
-        .unwrap_or_else(|e| panic!("the hostile context's raw call failed: {e:?}"));
+    let frames =
+        [MASTER_ID, h.id()].map(|parent| frame(MASTER_ID, handle::ADD_ROUTE, &add_route(a.id(), parent, a.name())));
+    send_frames(&h, frames.to_vec()).unwrap_or_else(|e| panic!("the hostile context's raw call failed: {e:?}"));
     calls_to_a_lost_context_all_fail(&a);
     if let Ok(st) = stats(&h, 0) {
         assert_eq!(st.impersonated, 0, "calls for the lost context were routed to the hostile one");
@@ -443,10 +449,13 @@ fn add_route_for_a_live_or_unallocated_id_is_refused() {
     let mut frames_h = Vec::new();
     let mut frames_h2 = Vec::new();
     for id in ids {
-        let claim = add_route(id, "fake");
-        frames_h.push(frame(i.id(), handle::ADD_ROUTE, &claim));
-        frames_h.push(frame(MASTER_ID, handle::ADD_ROUTE, &claim));
-        frames_h2.push(frame(MASTER_ID, handle::ADD_ROUTE, &claim));
+        for claim in [add_route(id, h.id(), "fake"), add_route(id, i.id(), "fake")] {
+            frames_h.push(frame(i.id(), handle::ADD_ROUTE, &claim));
+            frames_h.push(frame(MASTER_ID, handle::ADD_ROUTE, &claim));
+        }
+        for claim in [add_route(id, h2.id(), "fake"), add_route(id, MASTER_ID, "fake")] {
+            frames_h2.push(frame(MASTER_ID, handle::ADD_ROUTE, &claim));
+        }
     }
     let _ = send_frames(&h, frames_h);
     let _ = send_frames(&h2, frames_h2);

@@ -69,7 +69,11 @@ struct Claim {
 
 fn claim_route(call: &Call) -> OpResult {
     let args: Claim = call.args("claim_route arguments")?;
-    let body = spore_protocol::body::to_json(&spore_protocol::body::AddRoute { id: args.id, parent: call.broker.id(), name: "fake".into() });
+    let body = spore_protocol::body::to_json(&spore_protocol::body::AddRoute {
+        id: args.id,
+        parent: call.broker.id(),
+        name: "fake".into(),
+    });
     // Route changes go to the immediate parent (the caller may be further up).
     let up = std::env::args()
         .find_map(|a| a.strip_prefix("--parents=").map(|p| p.rsplit(',').next().unwrap_or("0").parse().unwrap_or(0)))
