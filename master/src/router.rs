@@ -163,6 +163,13 @@ impl Router {
         log::debug!("shutdown took {:?}", started.elapsed());
     }
 
+    /// Test hook: make the broker thread panic, to check that every
+    /// waiting call fails at once with a clear error.
+    #[doc(hidden)]
+    pub fn crash_broker_for_test(&self) {
+        self.inner.broker.crash_for_test();
+    }
+
     pub(crate) fn send(&self, msg: Message) {
         self.inner.broker.send(msg);
     }
