@@ -10,12 +10,12 @@
 //! authority (with [`Routes`]), keepalive, and the shutdown phases (with
 //! [`crate::shutdown`]).
 
-use crate::routes::{Origin, Refusal, RouteRefusal, Routes, StreamId, Undeliverable, Verdict};
-use crate::shutdown::{self, Facts, Phase, Step};
+pub use crate::reasons::DropReason;
+use crate::routes::{Origin, Refusal, Routes, StreamId, Undeliverable, Verdict};
+use crate::shutdown::{Facts, Phase, Step};
 use spore_protocol::body::{self, AddRoute, AllocatedId, DelRoute, LogRecord};
 use spore_protocol::{handle, Message, FLAG_DEAD};
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -32,73 +32,6 @@ pub struct CoreConfig {
     pub keepalive: Duration,
     /// ...and declare it dead after this many silent intervals.
     pub keepalive_misses: u32,
-}
-
-/// Why a stream ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[allow(missing_docs, reason = "each variant's doc names its fields")]
-pub enum DropReason {
-    /// The peer closed it.
-    Closed,
-    /// The peer closed it in the middle of a message.
-    Truncated(String),
-    /// Bytes that are not the protocol (bad magic, version, length).
-    Corrupt(String),
-    /// Reading failed.
-    ReadFailed(String),
-    /// Writing failed.
-    WriteFailed(String),
-    /// The peer closed its input while we had nothing to send.
-    PeerClosedInput,
-    /// The fds could not be polled.
-    CantWatch(String),
-    /// The shutdown grace ran out.
-    Forced { grace: Duration },
-    /// Keepalive: nothing heard for this long.
-    Silent { silent: Duration, every: Duration },
-    /// The stream claimed a context it may not.
-    Refused(RouteRefusal),
-}
-
-impl DropReason {
-    /// Signals for the connection process before its pipes close (a stopped
-    /// process acts on SIGTERM only once continued).
-    pub fn signals(&self) -> &'static [i32] {
-        match self {
-            DropReason::Forced { .. } => &[libc::SIGTERM, libc::SIGCONT],
-            DropReason::Silent { .. } | DropReason::Refused(_) => &[libc::SIGTERM],
-            _ => &[],
-        }
-    }
-
-    /// How long the connection process gets to exit before SIGKILL: one
-    /// whose stream just ended is about to exit anyway.
-    pub fn kill_delay(&self) -> Duration {
-        match self {
-            DropReason::Forced { .. } => shutdown::FORCED_KILL_DELAY,
-            _ => Duration::from_millis(500),
-        }
-    }
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DropReason::Closed => f.write_str("stream closed"),
-            DropReason::Truncated(e) => write!(f, "stream closed: {e}"),
-            DropReason::Corrupt(e) => write!(f, "corrupt stream: {e}"),
-            DropReason::ReadFailed(e) => write!(f, "read failed: {e}"),
-            DropReason::WriteFailed(e) => write!(f, "write failed: {e}"),
-            DropReason::PeerClosedInput => f.write_str("the peer closed its input"),
-            DropReason::CantWatch(e) => write!(f, "can't watch its fds: {e}"),
-            DropReason::Forced { .. } => f.write_str("forced at shutdown"),
-            // Whole milliseconds: no float formatting in the agent.
-            DropReason::Silent { silent, every } => {
-                write!(f, "silent for {} ms (keepalive every {} ms)", silent.as_millis(), every.as_millis())
-            }
-            DropReason::Refused(why) => write!(f, "refused: {why}"),
-        }
-    }
 }
 
 /// Something for the poll loop to do.

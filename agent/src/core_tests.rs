@@ -1,7 +1,8 @@
 //! The core's rules, on a simulated clock: nothing here sleeps or does I/O.
 
 use super::*;
-use crate::routes::Routes;
+use crate::routes::{RouteRefusal, Routes};
+use crate::shutdown;
 use spore_protocol::body::{self, AddRoute, AllocatedId, LogRecord};
 use spore_protocol::{handle, Message};
 use std::sync::{Arc, RwLock};

@@ -5,6 +5,7 @@ use crate::bootstrap::{AgentArgs, Image};
 use crate::broker::{Broker, Config};
 use crate::call::{Call, OpError, OpResult};
 use crate::mailbox::Mailbox;
+use crate::runtime::{Runtime, RUNTIME};
 use crate::stream::NewStream;
 use crate::{ops, sys};
 use spore_protocol::body::{self, CallOp, Hello, LogRecord};
@@ -13,23 +14,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// An operation: decode the call's arguments, do the work, return the result.
 pub type Handler = Arc<dyn Fn(&Call) -> OpResult + Send + Sync>;
-
-/// What the operations need to know about the agent they run in.
-pub(crate) struct Runtime {
-    pub args: AgentArgs,
-    pub image: Option<Image>,
-}
-
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-
-pub(crate) fn runtime() -> Option<&'static Runtime> {
-    RUNTIME.get()
-}
 
 /// An agent: the built-in operations plus any you add.
 pub struct Agent {
@@ -90,7 +79,7 @@ impl Agent {
         sys::cloexec_inherited();
         let parent_in = File::from(sys::dup_at_least(0, 10)?);
         let parent_out = File::from(sys::dup_at_least(1, 10)?);
-        crate::broker::set_last_words(File::from(sys::dup_at_least(2, 10)?));
+        crate::shared::set_last_words(File::from(sys::dup_at_least(2, 10)?));
         let null = File::open("/dev/null")?;
         sys::dup_onto(null.as_fd(), 0)?;
         let (out_r, out_w) = sys::pipe()?;

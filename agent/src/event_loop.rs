@@ -4,13 +4,13 @@
 //! the core's next deadline. Every rule lives in the core; this file only
 //! moves bytes and owns fds and processes.
 
-use crate::broker::{lock, say_last_words, Cmd, Prepared, Shared};
 use crate::core::{Action, Core, CoreConfig, DropReason};
 use crate::logs::{self, LineSource};
 use crate::mailbox::Undelivered;
 use crate::poller::{Events, Interest, Source};
 use crate::procs::{self, Reaper};
 use crate::routes::{Origin, Refusal, StreamId};
+use crate::shared::{lock, say_last_words, Cmd, Prepared, Shared};
 use crate::shutdown::{self, Facts};
 use crate::spin;
 use crate::stream::Out;

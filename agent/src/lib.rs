@@ -14,8 +14,8 @@
 //! - `stream`, `procs`, `logs`: a stream's write side, the processes the
 //!   broker reaps and signals, log lines shown safely;
 //! - [`mailbox`]: where replies for a local handle land;
-//! - [`bootstrap`]: starting an agent across a connection (script,
-//!   HAVE/NEED, upload, hello);
+//! - [`bootstrap`] and [`handshake`]: starting an agent across a
+//!   connection (script, HAVE/NEED, upload, hello);
 //! - [`Agent`] and [`Call`]: the dispatcher and the operations it runs;
 //! - [`flow`]: flow control for bulk bytes.
 //!
@@ -41,12 +41,16 @@ pub mod core;
 mod dispatch;
 mod event_loop;
 pub mod flow;
+pub mod handshake;
 pub mod logs;
 pub mod mailbox;
 mod ops;
 mod poller;
 mod procs;
+pub mod reasons;
 pub mod routes;
+mod runtime;
+mod shared;
 pub mod shutdown;
 mod spin;
 mod stream;

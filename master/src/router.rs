@@ -118,8 +118,9 @@ impl Router {
         how.connect_timeout_ms = self.inner.opts.connect_timeout.as_millis() as u64;
         let command = bootstrap::method_command(&how, &self.inner.image, &args)
             .map_err(|e| Error::Connect { target: name.to_string(), cause: e })?;
-        let connected = bootstrap::connect(command, &how, &self.inner.image, &args, self.inner.opts.connect_timeout)
-            .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })?;
+        let connected =
+            spore_agent::handshake::connect(command, &how, &self.inner.image, &args, self.inner.opts.connect_timeout)
+                .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })?;
         log::debug!(
             "connected {name} (context {id}, pid {}, {})",
             connected.hello.pid,

@@ -2,7 +2,7 @@
 
 use crate::bootstrap::{self, AgentArgs};
 use crate::call::{ok, Call, OpError, OpResult};
-use crate::dispatch::runtime;
+use crate::runtime::runtime;
 use spore_protocol::body::{ConnectArgs, ConnectReply};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ pub(crate) fn connect(call: &Call) -> OpResult {
     let command = bootstrap::method_command(&args, image, &child_args)
         .map_err(|e| OpError::new("invalid", format!("connect {}: {e}", args.name)))?;
     let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
-    let connected = bootstrap::connect(command, &args, image, &child_args, timeout)
+    let connected = crate::handshake::connect(command, &args, image, &child_args, timeout)
         .map_err(|e| OpError::new("connect", format!("connect {}: {e}", args.name)))?;
     log::debug!(
         "connected {} (pid {}, {})",

@@ -1,7 +1,7 @@
 //! `ping` and `info`.
 
 use crate::call::{ok, Call, OpResult};
-use crate::dispatch::runtime;
+use crate::runtime::runtime;
 use crate::sys;
 use spore_protocol::body::{Empty, InfoReply};
 
