@@ -1,8 +1,8 @@
 //! A context: one agent in the tree, and the calls you can make on it.
 
 use crate::error::{Error, Result};
+use crate::hop::Hop;
 use crate::router::Router;
-use crate::target::Hop;
 use miniserde::{Deserialize, Serialize};
 use spore_agent::flow::{ack, acked, Outflow};
 use spore_agent::{Mailbox, RecvError};
@@ -10,9 +10,11 @@ use spore_protocol::body::{
     self, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, PathArgs, ReadReply,
     RemoveArgs, StatArgs, StatReply, WriteArgs, WriteReply, CHUNK_SIZE,
 };
+use spore_protocol::MASTER_ID;
 use spore_protocol::{handle, Message};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,40 @@ const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long past a command's own timeout the master waits for the remote
 /// to report it killed (SIGTERM, 2 s, SIGKILL, then the reply's trip back).
 const EXEC_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
+
+/// Contexts are started from the router (those from other contexts, by
+/// [`Context::connect`]).
+impl Router {
+    /// Start an agent as a local child process (over a pipe pair, through
+    /// the same bootstrap script ssh uses).
+    pub fn local(&self) -> Result<Context> {
+        self.connect(&Hop::Local, "local")
+    }
+
+    /// Start an agent at the end of `hop` from this machine: a local child,
+    /// ssh, sudo, a container. `name` is its path in the tree.
+    pub fn connect(&self, hop: &Hop, name: &str) -> Result<Context> {
+        if self.inner.shut.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let id = self.allocate_child_id(MASTER_ID, name)?;
+        let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
+        let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
+        how.connect_timeout_ms = self.inner.opts.connect_timeout.as_millis() as u64;
+        let command = spore_agent::bootstrap::method_command(&how, &self.inner.image, &args)
+            .map_err(|e| Error::Connect { target: name.to_string(), cause: e })?;
+        let connected =
+            spore_agent::handshake::connect(command, &how, &self.inner.image, &args, self.inner.opts.connect_timeout)
+                .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })?;
+        log::debug!(
+            "connected {name} (context {id}, pid {}, {})",
+            connected.hello.pid,
+            if connected.uploaded { "agent uploaded" } else { "agent cached" }
+        );
+        self.inner.broker.add_stream(connected.stream);
+        Ok(Context::new(self.clone(), id, name.to_string(), connected.uploaded))
+    }
+}
 
 /// A remote agent. Cheap to clone.
 #[derive(Clone)]

@@ -24,13 +24,15 @@
 
 pub mod context;
 pub mod error;
+pub mod hop;
 pub mod image;
 pub mod router;
 pub mod target;
 
 pub use context::{Command, Context, ExitStatus, Output, Pending, Stream};
 pub use error::{Error, Result};
+pub use hop::{Hop, SshHop};
 pub use image::default_image;
 pub use router::{Options, Router};
 pub use spore_protocol::body::{DirEntry, InfoReply, ListReply, ReadReply, StatReply};
-pub use target::{Hop, SshHop, Targets};
+pub use target::Targets;

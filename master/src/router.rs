@@ -1,9 +1,7 @@
 //! The master's router: its broker (context 0), the contexts it has
 //! started, and shutdown.
 
-use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::target::Hop;
 use spore_agent::bootstrap::{self, AgentArgs, Image};
 use spore_agent::{Broker, Config};
 use spore_protocol::{Message, DEFAULT_MAX_MESSAGE, MASTER_ID};
@@ -56,7 +54,7 @@ pub(crate) struct Inner {
     pub(crate) image: Arc<Image>,
     pub(crate) opts: Options,
     log_level: u8,
-    shut: AtomicBool,
+    pub(crate) shut: AtomicBool,
 }
 
 /// The master: owns a broker thread and the tree of contexts below it.
@@ -98,36 +96,6 @@ impl Router {
     /// The options in force.
     pub fn options(&self) -> &Options {
         &self.inner.opts
-    }
-
-    /// Start an agent as a local child process (over a pipe pair, through
-    /// the same bootstrap script ssh uses).
-    pub fn local(&self) -> Result<Context> {
-        self.connect(&Hop::Local, "local")
-    }
-
-    /// Start an agent at the end of `hop` from this machine: a local child,
-    /// ssh, sudo, a container. `name` is its path in the tree.
-    pub fn connect(&self, hop: &Hop, name: &str) -> Result<Context> {
-        if self.inner.shut.load(Ordering::SeqCst) {
-            return Err(Error::ShuttingDown);
-        }
-        let id = self.allocate_child_id(MASTER_ID, name)?;
-        let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
-        let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
-        how.connect_timeout_ms = self.inner.opts.connect_timeout.as_millis() as u64;
-        let command = bootstrap::method_command(&how, &self.inner.image, &args)
-            .map_err(|e| Error::Connect { target: name.to_string(), cause: e })?;
-        let connected =
-            spore_agent::handshake::connect(command, &how, &self.inner.image, &args, self.inner.opts.connect_timeout)
-                .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })?;
-        log::debug!(
-            "connected {name} (context {id}, pid {}, {})",
-            connected.hello.pid,
-            if connected.uploaded { "agent uploaded" } else { "agent cached" }
-        );
-        self.inner.broker.add_stream(connected.stream);
-        Ok(Context::new(self.clone(), id, name.to_string(), connected.uploaded))
     }
 
     /// The command line an agent at `id` is started with.
