@@ -33,6 +33,7 @@ pub mod broker;
 mod call;
 mod dispatch;
 pub mod flow;
+mod guardian;
 pub mod mailbox;
 mod ops;
 mod poller;
