@@ -37,7 +37,7 @@ test: deps agent lint docker-check
 # Everything but the tests that need a Docker engine.
 test-local: deps agent lint
 	$(CARGO) build --locked -p spore
-	$(CARGO) nextest run --locked --workspace --no-fail-fast -E 'not (binary(fleet) | binary(containers))'
+	$(CARGO) nextest run --locked --workspace --no-fail-fast -E 'not (binary(fleet) | binary(containers) | (binary(strays) & test(/^docker_/)))'
 	$(CARGO) test --locked --workspace --doc
 
 docker-check:

@@ -82,8 +82,11 @@ impl AgentArgs {
         ]
     }
 
-    /// Parse what [`AgentArgs::to_argv`] produced.
+    /// Parse what [`AgentArgs::to_argv`] produced. A process started as a
+    /// command's guardian (by `exec`) becomes one here and never returns:
+    /// so does any agent binary that parses its arguments first.
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<AgentArgs, String> {
+        crate::guardian::run_if_asked();
         let mut a = AgentArgs {
             id: u32::MAX,
             name: String::new(),

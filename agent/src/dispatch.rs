@@ -50,6 +50,7 @@ impl Agent {
     /// Run as an agent: parse the command line spore gave, serve calls until
     /// shut down, then end the process.
     pub fn run(self) -> ! {
+        crate::guardian::run_if_asked();
         let args = match AgentArgs::parse(std::env::args().skip(1)) {
             Ok(a) => a,
             Err(e) => {

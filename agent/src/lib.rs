@@ -41,6 +41,7 @@ pub mod core;
 mod dispatch;
 mod event_loop;
 pub mod flow;
+mod guardian;
 pub mod handshake;
 pub mod logs;
 pub mod mailbox;

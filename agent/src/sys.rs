@@ -255,3 +255,99 @@ pub fn eventfd() -> io::Result<File> {
     // SAFETY: `fd` was just created and is owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
+
+// ---- the command guardian (guardian.rs) and its spawn (ops/exec.rs) ----
+
+/// Become a child subreaper: descendants orphaned by their parent are
+/// re-parented to this process, not to init.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes a flag and nothing else.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// The parent process's id.
+pub fn getppid() -> i32 {
+    // SAFETY: getppid cannot fail and is async-signal-safe.
+    unsafe { libc::getppid() }
+}
+
+/// Block `sigs` in this (single-threaded) process and return a
+/// non-blocking, close-on-exec signalfd that reads them instead.
+pub fn signal_fd(sigs: &[i32]) -> io::Result<File> {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; the mask
+    // change touches only this thread's signal state; signalfd returns a
+    // new fd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &sig in sigs {
+            libc::sigaddset(&mut set, sig);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let fd = cvt(libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
+        Ok(File::from_raw_fd(fd))
+    }
+}
+
+/// What `waitpid(-1, WNOHANG)` found.
+pub enum Reaped {
+    /// A child ended: its pid and raw wait status.
+    Child(i32, i32),
+    /// Children remain, none has ended.
+    Running,
+    /// No child is left.
+    Nothing,
+}
+
+/// Reap one ended child, if any, without blocking.
+pub fn reap_any() -> Reaped {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a valid c_int.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        0 => Reaped::Running,
+        p if p > 0 => Reaped::Child(p, status),
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => Reaped::Running,
+        _ => Reaped::Nothing,
+    }
+}
+
+/// Take ownership of an fd our parent opened for us and named on our
+/// command line (above 2); close-on-exec from now on.
+pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: F_SETFD on an fd number only touches its flags; a closed one
+    // yields EBADF.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    // SAFETY: the fd is open (F_SETFD succeeded) and was opened by our
+    // parent for this process alone; nothing else here owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Between fork and exec: let `fd` (close-on-exec in the parent) survive
+/// the exec.
+pub fn keep_across_exec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFD is async-signal-safe and only touches the fd's flags.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+/// Read the start of a small file (a `/proc` entry) into `buf`: the bytes
+/// read, 0 on any error.
+pub fn read_start(path: &std::ffi::CStr, buf: &mut [u8]) -> usize {
+    // SAFETY: `path` is NUL-terminated; the fd is ours alone and closed
+    // before returning; read writes at most `buf.len()` bytes into `buf`.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return 0;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n.max(0) as usize
+    }
+}

@@ -12,6 +12,7 @@ pub mod docker;
 pub mod fleet;
 pub mod site;
 pub mod sshd;
+pub mod strays;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,21 +1,23 @@
-//! `exec`: run a command in its own process group, feed it stdin from the
-//! caller, send its stdout/stderr back (streamed or collected), and kill the
-//! group when the timeout expires.
+//! `exec`: run a command under a guardian (`crate::guardian`), feed it
+//! stdin from the caller, send its stdout/stderr back (streamed or
+//! collected), and have the guardian kill its tree when the timeout
+//! expires.
 
 use crate::call::{ok, Call, OpError, OpResult};
 use crate::flow::{ack, acked, Outflow};
+use crate::guardian;
 use crate::sys::{self, pollfd};
 use spore_protocol::body::{ExecArgs, ExecReply, CHUNK_SIZE, WINDOW};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// After SIGTERM on timeout, SIGKILL follows this much later.
-const KILL_GRACE: Duration = Duration::from_secs(2);
 /// After the command exits, output still held open by a background
 /// grandchild is read until it has been idle this long, then left behind.
 const LINGER: Duration = Duration::from_millis(200);
@@ -23,6 +25,24 @@ const LINGER: Duration = Duration::from_millis(200);
 /// stream; past it the agent sends what it has (within the window) rather
 /// than grow without bound.
 const COLLECT_LIMIT: usize = 8 << 20;
+/// How long a guardian may take to start its command and say so.
+const START_LIMIT: Duration = Duration::from_secs(10);
+/// How long a guardian that said it is done, or was told to kill, may take
+/// to exit before the broker is left to reap it.
+const EXIT_LIMIT: Duration = Duration::from_millis(500);
+
+/// The lifeline: a pipe whose write end only this agent holds (both ends
+/// close-on-exec) and whose read end every guardian inherits. When the agent
+/// dies, however it dies, its guardians read EOF.
+static LIFELINE: OnceLock<(File, File)> = OnceLock::new();
+
+fn lifeline() -> io::Result<RawFd> {
+    if LIFELINE.get().is_none() {
+        // A racing thread may win: its pipe is kept, this one closed.
+        let _ = LIFELINE.set(sys::pipe()?);
+    }
+    LIFELINE.get().map(|(r, _)| r.as_raw_fd()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))
+}
 
 struct Output {
     file: Option<File>,
@@ -76,12 +96,108 @@ impl Output {
     }
 }
 
+/// The agent's end of a guardian's control socket (non-blocking).
+struct Control {
+    sock: UnixStream,
+    /// A report read in part: `got` bytes of it.
+    buf: [u8; guardian::REPORT],
+    got: usize,
+    /// The guardian closed its end.
+    eof: bool,
+    /// The guardian said nothing of the tree is left, or was told to kill
+    /// it: it exits in a moment.
+    done: bool,
+}
+
+impl Control {
+    /// The next whole report, if one has arrived: (kind, flag, value).
+    fn report(&mut self) -> Option<(u8, u8, i32)> {
+        while !self.eof && self.got < guardian::REPORT {
+            match self.sock.read(self.buf.get_mut(self.got..).unwrap_or_default()) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(_) => self.eof = true,
+            }
+        }
+        if self.got < guardian::REPORT {
+            return None;
+        }
+        self.got = 0;
+        let [kind, flag, _, _, a, b, c, d] = self.buf;
+        Some((kind, flag, i32::from_le_bytes([a, b, c, d])))
+    }
+
+    /// Wait (bounded) for the next report.
+    fn wait_report(&mut self, deadline: Instant) -> Option<(u8, u8, i32)> {
+        loop {
+            if let Some(r) = self.report() {
+                return Some(r);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.eof || left.is_zero() {
+                return None;
+            }
+            let mut fds = [pollfd(self.sock.as_raw_fd(), libc::POLLIN)];
+            let _ = sys::poll(&mut fds, left.as_millis().min(1000) as i32 + 1);
+        }
+    }
+
+    fn send(&mut self, what: u8) {
+        let _ = self.sock.write(&[what]);
+    }
+
+    /// Wait (bounded) for a guardian that is done to exit, and reap it.
+    fn wait_exit(&mut self, child: &mut Child) -> bool {
+        let deadline = Instant::now() + EXIT_LIMIT;
+        loop {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if self.eof {
+                // Its fds close just before it becomes a zombie.
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                let _ = self.wait_report(deadline);
+            }
+        }
+    }
+}
+
+/// `n` in decimal (without the formatting machinery).
+fn decimal(n: RawFd) -> String {
+    let mut n = n.unsigned_abs();
+    let mut s = String::new();
+    loop {
+        s.insert(0, char::from(b'0' + (n % 10) as u8));
+        n /= 10;
+        if n == 0 {
+            return s;
+        }
+    }
+}
+
 pub(crate) fn exec(call: &Call) -> OpResult {
     let args: ExecArgs = call.args("exec arguments")?;
     let cmdline = args.argv.join(" ");
-    let (program, rest) = args.argv.split_first().ok_or_else(|| OpError::new("invalid", "exec: empty command line"))?;
-    let mut cmd = Command::new(program);
-    cmd.args(rest)
+    if args.argv.is_empty() {
+        return Err(OpError::new("invalid", "exec: empty command line"));
+    }
+    let spawn_err = |e: io::Error| OpError::io(format!("exec {cmdline}"), &e);
+    // The guardian: this binary again, with the command's stdio,
+    // environment and directory, in a process group of its own. It must
+    // outlive this thread and the agent, so no parent-death signal.
+    let (sock, theirs) = UnixStream::pair().map_err(spawn_err)?;
+    let (ctl_fd, life_fd) = (theirs.as_raw_fd(), lifeline().map_err(spawn_err)?);
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(guardian::MARKER)
+        .arg(decimal(ctl_fd))
+        .arg(decimal(life_fd))
+        .args(&args.argv)
         .stdin(if args.stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -92,29 +208,54 @@ pub(crate) fn exec(call: &Call) -> OpResult {
     if let Some(cwd) = &args.cwd {
         cmd.current_dir(cwd);
     }
-    // If this agent is killed outright (SIGKILL, OOM), its command must not
-    // outlive it. The thread that spawns the command waits for it, so the
-    // parent-death signal fires only when the agent itself is gone.
     // SAFETY: the closure runs between fork and exec and only calls
-    // sigemptyset, pthread_sigmask, signal and prctl, all async-signal-safe.
+    // sigemptyset, pthread_sigmask, signal and fcntl, all async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             sys::reset_signals();
-            sys::set_parent_death_signal(libc::SIGKILL)
+            sys::keep_across_exec(ctl_fd)?;
+            sys::keep_across_exec(life_fd)
         });
     }
-    let mut child = cmd.spawn().map_err(|e| OpError::io(format!("exec {cmdline}"), &e))?;
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    drop(theirs);
     let pgid = child.id() as i32;
     call.broker.track_group(pgid);
-    let result = Runner::new(call, &args, &mut child).and_then(|r| r.run(call, &args, &mut child));
+    let mut ctl = Control { sock, buf: [0; guardian::REPORT], got: 0, eof: false, done: false };
+    // The command's own group too: should the guardian be too slow for the
+    // broker's SIGKILL at shutdown, what stayed in the group dies with it.
+    let mut command_pgid = pgid;
+    let result = match ctl.wait_report(Instant::now() + START_LIMIT) {
+        Some((guardian::STARTED, _, command)) => {
+            call.broker.track_group(command);
+            command_pgid = command;
+            sys::set_nonblocking(ctl.sock.as_fd(), true)
+                .map_err(|e| OpError::io("set up the guardian", &e))
+                .and_then(|()| Runner::new(call, &args, &mut child)?.run(call, &args, &mut ctl))
+                .map_err(|e| OpError::new(e.kind, format!("{cmdline}: {}", e.message)))
+        }
+        Some((guardian::FAILED, _, errno)) => Err(spawn_err(io::Error::from_raw_os_error(errno))),
+        _ => {
+            let _ = child.kill();
+            Err(OpError::new("io", format!("exec {cmdline}: its guardian did not start it")))
+        }
+    };
+    // The guardian exits once nothing of the command's tree is left; what
+    // is left (a background job) it keeps, and kills when the agent dies or
+    // shuts down: the broker reaps it then.
     if result.is_err() {
-        let _ = sys::killpg(pgid, libc::SIGKILL);
-        let _ = child.wait();
+        ctl.send(guardian::KILL);
+        ctl.done = true;
     }
-    if !sys::group_alive(pgid) {
-        call.broker.untrack_group(pgid);
+    if !(ctl.done && ctl.wait_exit(&mut child)) {
+        call.broker.reap_later(child, format!("guardian of {cmdline}"));
     }
-    result.map_err(|e| OpError::new(e.kind, format!("{cmdline}: {}", e.message)))
+    for g in [pgid, command_pgid] {
+        if !sys::group_alive(g) {
+            call.broker.untrack_group(g);
+        }
+    }
+    result
 }
 
 struct Runner {
@@ -159,11 +300,9 @@ impl Runner {
         (self.out.flow.sent() + self.err.flow.sent()).saturating_sub(self.acked)
     }
 
-    fn run(mut self, call: &Call, args: &ExecArgs, child: &mut Child) -> Result<Vec<u8>, OpError> {
-        let pgid = child.id() as i32;
+    fn run(mut self, call: &Call, args: &ExecArgs, ctl: &mut Control) -> Result<Vec<u8>, OpError> {
         let deadline = args.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut timed_out = false;
-        let mut kill_at: Option<Instant> = None;
         let mut exited: Option<ExitStatus> = None;
         // The last time output moved, or waited on the caller's acks: the
         // linger after exit counts from here, so nothing is cut off merely
@@ -173,10 +312,16 @@ impl Runner {
             self.take_messages(call)?;
             self.feed_stdin(call);
             if exited.is_none() {
-                if let Some(status) = child.try_wait().map_err(|e| OpError::io("wait", &e))? {
-                    exited = Some(status);
+                if let Some((kind, flag, value)) = ctl.report() {
+                    if kind != guardian::EXITED {
+                        return Err(OpError::new("io", "a garbled report from the command's guardian"));
+                    }
+                    exited = Some(ExitStatus::from_raw(value));
+                    ctl.done = flag == 1;
                     self.stdin = None;
                     progress = Instant::now();
+                } else if ctl.eof {
+                    return Err(OpError::new("io", "lost track of the command: its guardian ended"));
                 }
             }
             if self.send_pending(args.stream, exited.is_some()) {
@@ -193,19 +338,15 @@ impl Runner {
                     break;
                 }
             }
-            if exited.is_none() {
-                if deadline.is_some_and(|d| now >= d) && !timed_out {
-                    log::debug!("timeout: SIGTERM to group {pgid}");
-                    timed_out = true;
-                    let _ = sys::killpg(pgid, libc::SIGTERM);
-                    kill_at = Some(now + KILL_GRACE);
-                }
-                if kill_at.is_some_and(|k| now >= k) {
-                    let _ = sys::killpg(pgid, libc::SIGKILL);
-                    kill_at = None;
-                }
+            if exited.is_none() && !timed_out && deadline.is_some_and(|d| now >= d) {
+                // SIGTERM to the whole tree now, SIGKILL after the grace:
+                // the guardian sees to both.
+                log::debug!("timeout: killing the command's tree");
+                timed_out = true;
+                ctl.send(guardian::TERM);
             }
-            if self.wait(args.stream, exited.is_some(), deadline.filter(|_| !timed_out).or(kill_at))? {
+            let ctl_fd = if exited.is_none() { ctl.sock.as_raw_fd() } else { -1 };
+            if self.wait(args.stream, exited.is_some(), deadline.filter(|_| !timed_out), ctl_fd)? {
                 progress = Instant::now();
             }
         }
@@ -297,10 +438,10 @@ impl Runner {
         }
     }
 
-    /// Poll the command's pipes (those we may read now) and our mailbox
-    /// until something happens or a tick passes (exit is noticed by
-    /// `try_wait` on each turn). True if output was read.
-    fn wait(&mut self, stream: bool, exited: bool, deadline: Option<Instant>) -> Result<bool, OpError> {
+    /// Poll the command's pipes (those we may read now), our mailbox and
+    /// the guardian's reports (`ctl`, -1 once it said the command ended)
+    /// until something happens or a tick passes. True if output was read.
+    fn wait(&mut self, stream: bool, exited: bool, deadline: Option<Instant>, ctl: RawFd) -> Result<bool, OpError> {
         let readable = |o: &Output| match &o.file {
             Some(f) if o.pending.len() < o.limit(stream) => f.as_raw_fd(),
             _ => -1,
@@ -320,9 +461,10 @@ impl Runner {
             pollfd(readable(&self.err), libc::POLLIN),
             pollfd(stdin_fd, libc::POLLOUT),
             pollfd(waker, libc::POLLIN),
+            pollfd(ctl, libc::POLLIN),
         ];
         sys::poll(&mut fds, tick.as_millis() as i32).map_err(|e| OpError::io("poll", &e))?;
-        let [o, e, _, _] = fds;
+        let [o, e, _, _, _] = fds;
         let mut read = 0;
         if o.revents != 0 {
             read += self.out.read(stream);

@@ -1,0 +1,217 @@
+//! The no-strays suite: a command never outlives the context that started
+//! it, however hard it tries. Each command here backgrounds a sleep,
+//! double-forks one, `setsid`s one, does both to another and ignores
+//! SIGTERM (`spore_tests::strays`); then its agent is SIGKILLed, stopped
+//! and forced, its timeout expires, or the router shuts down after it
+//! returned — and afterwards nothing of it runs (a walk of this host's
+//! `/proc`, or `ps` in a container). With local agents, over a loopback
+//! sshd, and in a Docker host of the fleet.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use spore::{Context, Options, Router, SshHop};
+use spore_tests::fleet::{self, Fleet, FleetOptions};
+use spore_tests::site::Site;
+use spore_tests::strays::{signal, Marks};
+use spore_tests::LeakGuard;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+macro_rules! local_and_ssh {
+    ($($name:ident $(($arg:expr))?),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn local() {
+                    super::$name(super::Site::local() $(, $arg)?);
+                }
+                #[test]
+                fn ssh() {
+                    super::$name(super::Site::ssh() $(, $arg)?);
+                }
+            }
+        )*
+    };
+}
+
+/// The agent running the commands, killed at each depth of a chain of
+/// three.
+fn sigkill_at_depth_1(site: Site) {
+    sigkill_at_depth(site, 1)
+}
+fn sigkill_at_depth_2(site: Site) {
+    sigkill_at_depth(site, 2)
+}
+fn sigkill_at_depth_3(site: Site) {
+    sigkill_at_depth(site, 3)
+}
+
+local_and_ssh!(
+    sigkill_at_depth_1,
+    sigkill_at_depth_2,
+    sigkill_at_depth_3,
+    a_stopped_agent_forced_at_shutdown,
+    a_timeout_kills_the_whole_tree,
+    shutdown_kills_what_a_finished_command_left,
+);
+
+fn router() -> Router {
+    Router::with_options(Options { shutdown_grace: Duration::from_secs(2), ..Options::default() }).unwrap()
+}
+
+fn finish(mut site: Site, marks: Marks, guard: LeakGuard) {
+    drop(marks);
+    site.stop();
+    drop(site);
+    guard.check();
+}
+
+/// Start `marks.escapist(level)` at every context of `chain` (level = depth).
+fn start_escapists(marks: &Marks, chain: &[Context]) -> Vec<JoinHandle<spore::Result<spore::Output>>> {
+    chain
+        .iter()
+        .enumerate()
+        .map(|(i, ctx)| {
+            let (ctx, cmd) = (ctx.clone(), marks.escapist(i + 1));
+            std::thread::spawn(move || ctx.exec(&cmd))
+        })
+        .collect()
+}
+
+fn join_all(calls: Vec<JoinHandle<spore::Result<spore::Output>>>) {
+    for c in calls {
+        // The calls fail (their agent died, or the router shut down); that
+        // they return at all is what matters here.
+        let _ = c.join().unwrap();
+    }
+}
+
+fn sigkill_at_depth(site: Site, depth: usize) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let chain = site.chain(&r, 3);
+    let calls = start_escapists(&marks, &chain);
+    let all: Vec<String> = (1..=3).flat_map(|l| marks.sleeps(l)).collect();
+    marks.wait_running_here(&all);
+    let pid = chain[depth - 1].info().unwrap().pid;
+    signal(pid, libc::SIGKILL);
+    let below: Vec<usize> = (depth..=3).collect();
+    marks.wait_gone_here(&below, Duration::from_secs(5), &format!("SIGKILL of the agent at depth {depth}"));
+    for level in 1..depth {
+        marks.assert_running_here(level, "its agent is alive");
+    }
+    r.shutdown();
+    join_all(calls);
+    marks.wait_gone_here(&[1, 2, 3], Duration::from_secs(3), "the router's shutdown");
+    drop((chain, r));
+    finish(site, marks, guard);
+}
+
+fn a_stopped_agent_forced_at_shutdown(site: Site) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let chain = site.chain(&r, 3);
+    let calls = start_escapists(&marks, &chain);
+    let all: Vec<String> = (1..=3).flat_map(|l| marks.sleeps(l)).collect();
+    marks.wait_running_here(&all);
+    let pid = chain[0].info().unwrap().pid;
+    signal(pid, libc::SIGSTOP);
+    let start = Instant::now();
+    r.shutdown();
+    eprintln!("shutdown with the first agent stopped ({}): {:?}", site.label(), start.elapsed());
+    if site.is_ssh() {
+        // Over ssh nothing on our side can signal the remote agent (see the
+        // README's limits); once it runs again it finds its parent gone.
+        signal(pid, libc::SIGCONT);
+    }
+    join_all(calls);
+    marks.wait_gone_here(&[1, 2, 3], Duration::from_secs(8), "a shutdown that forced a stopped agent");
+    drop((chain, r));
+    finish(site, marks, guard);
+}
+
+fn a_timeout_kills_the_whole_tree(site: Site) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let chain = site.chain(&r, 2);
+    let start = Instant::now();
+    let out = chain[1].exec(&marks.escapist(2).timeout(Duration::from_millis(500))).unwrap();
+    let took = start.elapsed();
+    eprintln!("timed out and killed ({}): {took:?}", site.label());
+    assert!(out.status.timed_out, "{:?}", out.status);
+    // It ignores SIGTERM: SIGKILL after the grace.
+    assert_eq!(out.status.signal, Some(libc::SIGKILL), "{:?}", out.status);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // Before any shutdown: the timeout alone ended every process of it.
+    marks.wait_gone_here(&[2], Duration::from_secs(2), "the command's timeout");
+    chain[1].ping().unwrap();
+    r.shutdown();
+    drop((chain, r));
+    finish(site, marks, guard);
+}
+
+fn shutdown_kills_what_a_finished_command_left(site: Site) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let chain = site.chain(&r, 2);
+    let out = chain[1].exec(&marks.leaver(2)).unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(out.stdout, b"started\n");
+    // A command may outlive its call (not its context).
+    let left: Vec<String> = marks.sleeps(2).into_iter().take(4).collect();
+    marks.wait_running_here(&left);
+    chain[1].ping().unwrap();
+    let start = Instant::now();
+    r.shutdown();
+    let took = start.elapsed();
+    eprintln!("shutdown with leftovers ({}): {took:?}", site.label());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    marks.wait_gone_here(&[2], Duration::from_secs(2), "the router's shutdown");
+    drop((chain, r));
+    finish(site, marks, guard);
+}
+
+/// In a Docker host of the fleet (busybox, reached over ssh), a chain
+/// `target1/local/local`: SIGKILL the middle agent, then the first; `ps`
+/// in the container shows nothing of the commands below each.
+#[test]
+fn docker_sigkill_in_a_fleet_host() {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let f = Fleet::start(1, FleetOptions::default());
+    let container = f.target(1).container.clone();
+    let r = router();
+    let first = r
+        .connect(
+            &spore::Hop::Ssh(SshHop { host: "target1".into(), config: Some(f.config_str()), ..SshHop::default() }),
+            "target1",
+        )
+        .unwrap();
+    let second = first.connect("local").unwrap();
+    let third = second.connect("local").unwrap();
+    let chain = [first, second, third];
+    let calls = start_escapists(&marks, &chain);
+    marks.wait_running_in(&container, &[1, 2, 3]);
+    let pids: Vec<String> = chain.iter().map(|c| c.info().unwrap().pid.to_string()).collect();
+    f.docker(&["exec", &container, "kill", "-KILL", &pids[1]]);
+    marks.wait_gone_in(&container, &[2, 3], Duration::from_secs(5), "SIGKILL of the agent at depth 2");
+    let ps = marks.in_container(&container);
+    assert!(
+        marks.sleeps(1).iter().all(|s| ps.iter().any(|p| p.ends_with(s.as_str()))),
+        "level 1 must still run: {ps:?}"
+    );
+    f.docker(&["exec", &container, "kill", "-KILL", &pids[0]]);
+    marks.wait_gone_in(&container, &[1], Duration::from_secs(5), "SIGKILL of the agent at depth 1");
+    r.shutdown();
+    join_all(calls);
+    drop((chain, r));
+    drop(marks);
+    f.assert_clean(Duration::from_secs(5));
+    drop(f);
+    assert_eq!(fleet::leftovers(), Vec::<String>::new(), "containers or networks left");
+    guard.check();
+}
