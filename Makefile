@@ -54,7 +54,7 @@ bench: master deps
 	SPORE_BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python target/release/spore-bench
 
 # The agent's size and its largest symbols; fails above the budget.
-AGENT_BUDGET := 730000
+AGENT_BUDGET := 740000
 size: agent
 	$(CARGO) build --locked -p spore-agent --profile agent-syms --target $(MUSL)
 	@nm --size-sort -r -S -C target/$(MUSL)/agent-syms/spore-agent | head -25
