@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// How often a process without a deadline is looked at.
-const IDLE_CHECK: Duration = Duration::from_millis(100);
+const IDLE_CHECK: Duration = Duration::from_millis(250);
 /// How often one about to exit (or be killed) is looked at.
 const BUSY_CHECK: Duration = Duration::from_millis(2);
 /// A process still unreaped this long after SIGKILL (in D state, say) is
@@ -126,8 +126,10 @@ impl Groups {
         self.set.remove(&pgid);
     }
 
-    /// Signal every group.
-    pub(crate) fn signal(&self, sig: i32) {
+    /// Signal every group that still has members (a group whose members
+    /// are all gone is forgotten first: its id may be reused).
+    pub(crate) fn signal(&mut self, sig: i32) {
+        self.set.retain(|&g| sys::group_alive(g));
         for &g in &self.set {
             let _ = sys::killpg(g, sig);
         }

@@ -57,8 +57,9 @@ fn nested_contexts_route_through_their_parents() {
     let pids: Vec<u32> = [&a, &b, &c].iter().map(|x| x.info().unwrap().pid).collect();
     assert!(pids[0] != pids[1] && pids[1] != pids[2]);
     assert_eq!(c.info().unwrap().name, "local/local/local");
-    // c's agent is a child of b's agent, which is a child of a's.
-    let out = c.exec(&sh("echo $PPID; cut -d' ' -f4 /proc/$PPID/stat")).unwrap();
+    // c's agent is a child of b's agent, which is a child of a's; the
+    // command runs under its guardian, a child of c's agent.
+    let out = c.exec(&sh("g=$(cut -d' ' -f4 /proc/$PPID/stat); echo $g; cut -d' ' -f4 /proc/$g/stat")).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let ppids: Vec<u32> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
     assert_eq!(ppids, vec![pids[2], pids[1]], "exec runs under the deepest agent, a child of the middle one");
