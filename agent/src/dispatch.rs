@@ -1,7 +1,7 @@
 //! The agent's start-up and its dispatcher: set up the fds, start the
 //! broker, say hello, then run each call on a thread of its own.
 
-use crate::bootstrap::{AgentArgs, Image};
+use crate::bootstrap::AgentArgs;
 use crate::broker::{Broker, Config};
 use crate::call::{Call, OpError, OpResult};
 use crate::mailbox::Mailbox;
@@ -89,7 +89,6 @@ impl Agent {
         sys::dup_onto(err_w.as_fd(), 2)?;
         drop((out_w, err_w, null));
 
-        let image = std::fs::read("/proc/self/exe").ok().map(Image::new);
         let parent_id = args.parent_ids.last().copied().unwrap_or(0);
         let broker = Broker::start(Config {
             id: args.id,
@@ -121,7 +120,7 @@ impl Agent {
         broker.add_capture(err_r, "stderr");
         install_logger(&broker, &args);
         log::debug!("agent {} up: pid {}", args.name, sys::getpid());
-        let _ = RUNTIME.set(Runtime { args, image });
+        let _ = RUNTIME.set(Runtime::new(args));
 
         // The dispatcher is a pool of worker threads that take calls straight
         // from the broker: each call runs on a worker of its own, so a slow

@@ -9,10 +9,8 @@ use std::time::Duration;
 pub(crate) fn connect(call: &Call) -> OpResult {
     let args: ConnectArgs = call.args("connect arguments")?;
     let rt = runtime().ok_or_else(|| OpError::new("unsupported", "connect: not running as an agent"))?;
-    let image = rt
-        .image
-        .as_ref()
-        .ok_or_else(|| OpError::new("unsupported", "connect: this agent could not read its own image"))?;
+    let image =
+        rt.image().ok_or_else(|| OpError::new("unsupported", "connect: this agent could not read its own image"))?;
     let mut parent_ids = rt.args.parent_ids.clone();
     parent_ids.push(call.broker.id());
     let child_args = AgentArgs {
