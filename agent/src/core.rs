@@ -253,7 +253,12 @@ impl Core {
         let from_child = matches!(origin, Origin::Stream(_)) && !from_parent;
         // Passing down from the parent: the master's notice of an id it
         // allocated for a connect below (every router on the way learns it).
-        if from_parent && msg.header.handle == handle::ALLOCATE_ID && self.routes().privileged(msg.header.auth) {
+        let refused = matches!(verdict, Verdict::Drop(_));
+        if from_parent
+            && !refused
+            && msg.header.handle == handle::ALLOCATE_ID
+            && self.routes().privileged(msg.header.auth)
+        {
             match body::from_json::<AllocatedId>(&msg.body, "ALLOCATE_ID") {
                 Ok(a) => self.routes_mut().expect(a.id, a.parent),
                 Err(e) => {
@@ -265,7 +270,7 @@ impl Core {
         // Passing up from a child: a log record names only paths under the
         // stream it came by.
         if let (Origin::Stream(sid), true, handle::FORWARD_LOG) = (origin, from_child, msg.header.handle) {
-            if !matches!(verdict, Verdict::Drop(_)) {
+            if !refused {
                 match self.checked_record(sid, &msg) {
                     Ok(rec) if msg.header.dst == self.cfg.id => return self.actions.push_back(Action::Emit(rec)),
                     Ok(rec) => msg.body = body::to_json(&rec),
@@ -289,6 +294,12 @@ impl Core {
     /// A refused message: a warning for the first [`LOUD_REFUSALS`] of a
     /// stream, then debug lines (a hostile peer can't flood the log).
     pub fn refuse(&mut self, origin: Origin, why: Refusal) {
+        self.complain(origin, format!("dropped message: {why}"));
+    }
+
+    /// A warning about what a stream sent, counted against its
+    /// [`LOUD_REFUSALS`].
+    fn complain(&mut self, origin: Origin, text: String) {
         let count = match origin {
             Origin::Stream(sid) => self.peers.get_mut(&sid).map_or(0, |p| {
                 p.refusals = p.refusals.saturating_add(1);
@@ -297,12 +308,10 @@ impl Core {
             Origin::Local => 1,
         };
         match count {
-            0..LOUD_REFUSALS => self.log(log::Level::Warn, format!("dropped message: {why}")),
-            LOUD_REFUSALS => self.log(
-                log::Level::Warn,
-                format!("dropped message: {why} (further refusals on this stream are logged at debug level)"),
-            ),
-            _ => self.log(log::Level::Debug, format!("dropped message: {why}")),
+            0..LOUD_REFUSALS => self.log(log::Level::Warn, text),
+            LOUD_REFUSALS => self
+                .log(log::Level::Warn, format!("{text} (further refusals on this stream are logged at debug level)")),
+            _ => self.log(log::Level::Debug, text),
         }
     }
 
@@ -345,7 +354,7 @@ impl Core {
                 } else {
                     let parent = self.parent_id.map_or("none".to_string(), |p| p.to_string());
                     let text = format!("ignored SHUTDOWN from context {src} (only our parent, {parent}, may stop us)");
-                    self.log(log::Level::Warn, text);
+                    self.complain(origin, text);
                 }
             }
             // The notice was recorded on the way in.
@@ -364,7 +373,7 @@ impl Core {
             }
             handle::CALL_FUNCTION if !self.routes().privileged(msg.header.auth) => {
                 let why = Undeliverable::NotAllowed { auth: msg.header.auth, at: self.cfg.id };
-                self.log(log::Level::Warn, why.to_string());
+                self.complain(origin, why.to_string());
                 self.undeliverable(msg, why);
             }
             handle::CALL_FUNCTION if self.shutting_down() => {

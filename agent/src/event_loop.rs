@@ -8,7 +8,7 @@ use crate::core::{Action, Core, CoreConfig, DropReason};
 use crate::logs::{self, LineSource};
 use crate::mailbox::Undelivered;
 use crate::poller::{Events, Interest, Source};
-use crate::procs::{self, Reaper};
+use crate::procs::Reaper;
 use crate::routes::{Origin, Refusal, StreamId};
 use crate::shared::{lock, say_last_words, Cmd, Prepared, Shared};
 use crate::shutdown::{self, Facts};
@@ -313,6 +313,10 @@ impl Loop {
             }
         }
         let Some(out) = self.shared.outs.read().unwrap_or_else(|p| p.into_inner()).get(&sid).cloned() else {
+            // Its write side is gone already: it can't be served.
+            if let Some(child) = s.child {
+                self.reaper.add(child, format!("connection process for {}", s.name), Some(Instant::now()));
+            }
             return;
         };
         let mut decoder = Decoder::new(self.shared.cfg.max_message);
@@ -518,9 +522,9 @@ impl Loop {
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
             match cmd {
                 Cmd::Send(msg) => self.core.handle_message(msg, Origin::Local, Instant::now()),
-                Cmd::AddStream(mut s) => {
-                    if let Some(child) = s.child.as_mut() {
-                        procs::kill_and_reap(child);
+                Cmd::AddStream(s) => {
+                    if let Some(child) = s.child {
+                        self.reaper.add(child, format!("connection process for {}", s.name), Some(Instant::now()));
                     }
                 }
                 Cmd::Reap(child, what) => self.reaper.add(child, what, Some(Instant::now())),
