@@ -247,6 +247,11 @@ impl Broker {
         Some(id)
     }
 
+    /// The connect `id` was allocated for failed: nobody may add it now.
+    pub fn forget_child_id(&self, id: u32) {
+        self.shared.routes.write().unwrap_or_else(|p| p.into_inner()).forget(id);
+    }
+
     /// Register a fresh handle. `peer` is the remote context it waits on:
     /// only it (or a router on the path reporting it lost) may answer, and
     /// its loss fails the handle with a `DEAD` "disconnected" message.

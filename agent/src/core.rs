@@ -11,7 +11,7 @@
 //! [`crate::shutdown`]).
 
 pub use crate::reasons::DropReason;
-use crate::routes::{Origin, Refusal, Routes, StreamId, Undeliverable, Verdict};
+use crate::routes::{Origin, Refusal, RouteRefusal, Routes, StreamId, Undeliverable, Verdict};
 use crate::shutdown::{Facts, Phase, Step};
 use spore_protocol::body::{self, AddRoute, AllocatedId, DelRoute, LogRecord};
 use spore_protocol::{handle, Message, FLAG_DEAD};
@@ -152,7 +152,7 @@ impl Core {
         }
         let refused = {
             let mut routes = self.routes_mut();
-            let checked = routes.may_add(remote, self.cfg.id, sid);
+            let checked = routes.may_add_direct(remote, sid);
             if checked.is_ok() {
                 routes.add(remote, self.cfg.id, sid);
             }
@@ -318,7 +318,8 @@ impl Core {
     fn checked_record(&self, sid: StreamId, msg: &Message) -> Result<LogRecord, String> {
         let mut rec: LogRecord = body::from_json(&msg.body, "FORWARD_LOG").map_err(|e| e.to_string())?;
         let own = self.stream_name(sid);
-        let under = rec.name == own || rec.name.strip_prefix(own).is_some_and(|rest| rest.starts_with('/'));
+        let plain = rec.name.split('/').all(|hop| !matches!(hop, "" | "." | ".."));
+        let under = plain && (rec.name == own || rec.name.strip_prefix(own).is_some_and(|rest| rest.starts_with('/')));
         if !under {
             rec.name = own.to_string();
         }
@@ -391,6 +392,9 @@ impl Core {
 
     fn route_change(&mut self, msg: Message, sid: StreamId) {
         let src = msg.header.src;
+        // Each level re-announces its subtree's changes as its own: only
+        // the child at the end of the stream may speak of them.
+        let from_child = self.peers.get(&sid).map(|p| p.remote) == Some(src);
         if msg.header.handle == handle::ADD_ROUTE {
             let add = match body::from_json::<AddRoute>(&msg.body, "ADD_ROUTE") {
                 Ok(add) => add,
@@ -398,13 +402,15 @@ impl Core {
                     return self.undeliverable(msg, Undeliverable::BadBody { what: "ADD_ROUTE", error: e.to_string() })
                 }
             };
-            let checked = {
+            let checked = if from_child {
                 let mut routes = self.routes_mut();
                 let checked = routes.may_add(add.id, add.parent, sid);
                 if checked.is_ok() {
                     routes.add(add.id, add.parent, sid);
                 }
                 checked
+            } else {
+                Err(RouteRefusal::NotFromChild)
             };
             match checked {
                 Ok(()) => {
@@ -420,9 +426,14 @@ impl Core {
                     return self.undeliverable(msg, Undeliverable::BadBody { what: "DEL_ROUTE", error: e.to_string() })
                 }
             };
-            if self.routes_mut().remove(del.id, sid, &del.reason) {
-                self.actions.push_back(Action::FailPeer(del.id, del.reason.clone()));
-                self.tell_parent(handle::DEL_ROUTE, msg.body);
+            if !from_child || del.id == src {
+                let why = RouteRefusal::NotFromChild;
+                return self.refuse(Origin::Stream(sid), Refusal::DelRoute { id: del.id, src, why });
+            }
+            let reason = crate::routes::bounded(&del.reason);
+            if self.routes_mut().remove(del.id, sid, &reason) {
+                self.actions.push_back(Action::FailPeer(del.id, reason.clone()));
+                self.tell_parent(handle::DEL_ROUTE, body::to_json(&DelRoute { id: del.id, reason }));
             }
         }
     }

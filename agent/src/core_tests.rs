@@ -133,7 +133,15 @@ fn log_records_carry_the_path_of_the_stream_they_came_by() {
     let id = core.routes_mut().allocate(0).unwrap();
     core.add_stream(5, id, "web1", false, t0);
     drain(&mut core);
-    for (claimed, shown) in [("master", "web1"), ("web1/sudo", "web1/sudo"), ("web10", "web1"), ("web1", "web1")] {
+    let cases = [
+        ("master", "web1"),
+        ("web1/sudo", "web1/sudo"),
+        ("web10", "web1"),
+        ("web1", "web1"),
+        ("web1/../master", "web1"),
+        ("web1//x", "web1"),
+    ];
+    for (claimed, shown) in cases {
         let rec = LogRecord { level: 1, name: claimed.into(), target: "t".into(), msg: "m".into() };
         core.handle_message(from(id, 0, handle::FORWARD_LOG, body::to_json(&rec)), Origin::Stream(5), t0);
         let acts = drain(&mut core);

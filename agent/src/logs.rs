@@ -23,8 +23,12 @@ use std::time::{Duration, Instant};
 
 /// The longest unfinished line held; past it, the part goes out as a line.
 pub const LINE_LIMIT: usize = 64 * 1024;
-/// Records waiting for the master's logger, at most.
+/// Records waiting for the master's logger, at most...
 pub const QUEUE_LIMIT: usize = 65_536;
+/// ...and bytes.
+pub const QUEUE_BYTES: usize = 16 << 20;
+/// The longest message shown of one record from the tree.
+pub const RECORD_LIMIT: usize = 64 * 1024;
 
 /// A pipe read as log lines.
 pub(crate) struct LineSource {
@@ -106,6 +110,15 @@ pub fn safe_lines(text: &str) -> Vec<String> {
 
 const HEX: [u8; 16] = *b"0123456789abcdef";
 
+/// At most `limit` bytes of `text`, cut at a character boundary.
+fn cut(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
+}
+
 fn level_of(n: u8) -> log::Level {
     match n {
         1 => log::Level::Error,
@@ -124,11 +137,21 @@ struct Line {
     text: String,
 }
 
+impl Line {
+    fn size(&self) -> usize {
+        self.target.len() + self.module.len() + self.text.len()
+    }
+}
+
 /// A record from the tree as the lines to show: tagged `spore@<path>`.
 fn record_lines(rec: &LogRecord) -> Vec<Line> {
-    let target = format!("spore@{}", safe_lines(&rec.name).join("\\n"));
-    let module = safe_lines(&rec.target).join("\\n");
-    safe_lines(&rec.msg)
+    let target = format!("spore@{}", safe_lines(cut(&rec.name, 1024)).join("\\n"));
+    let module = safe_lines(cut(&rec.target, 1024)).join("\\n");
+    let mut lines = safe_lines(cut(&rec.msg, RECORD_LIMIT));
+    if rec.msg.len() > RECORD_LIMIT {
+        lines.push(format!("... ({} bytes of this record not shown)", rec.msg.len() - RECORD_LIMIT));
+    }
+    lines
         .into_iter()
         .map(|text| Line { level: level_of(rec.level), target: target.clone(), module: module.clone(), text })
         .collect()
@@ -148,6 +171,8 @@ fn to_logger(line: &Line) {
 #[derive(Default)]
 struct QueueState {
     lines: VecDeque<Line>,
+    /// Bytes of the queued lines.
+    bytes: usize,
     dropped: u64,
     closed: bool,
     /// The thread is handing a line to the logger.
@@ -175,10 +200,12 @@ impl LogQueue {
 
     fn push(&self, line: Line) {
         let mut st = lock(&self.state);
-        if st.lines.len() >= QUEUE_LIMIT || st.closed {
+        let size = line.size();
+        if st.lines.len() >= QUEUE_LIMIT || st.bytes + size > QUEUE_BYTES || st.closed {
             st.dropped += 1;
             return;
         }
+        st.bytes += size;
         st.lines.push_back(line);
         self.cv.notify_all();
     }
@@ -198,6 +225,7 @@ impl LogQueue {
                     st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
                 let Some(line) = st.lines.pop_front() else { return };
+                st.bytes = st.bytes.saturating_sub(line.size());
                 st.busy = true;
                 (line, std::mem::take(&mut st.dropped))
             };

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -29,8 +29,14 @@ pub enum RecvError {
 #[derive(Default)]
 struct Queue {
     state: Mutex<(VecDeque<Message>, bool)>,
+    /// Body bytes queued and not yet taken.
+    bytes: AtomicUsize,
     cv: Condvar,
 }
+
+/// The most a handle waiting on a peer holds unread. Flow control keeps an
+/// honest peer within a window of 1 MiB; one past this is flooding.
+pub const MAILBOX_LIMIT: usize = 8 << 20;
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, (VecDeque<Message>, bool)> {
@@ -43,9 +49,20 @@ impl Queue {
         if st.1 {
             return false;
         }
+        self.bytes.fetch_add(msg.body.len(), Ordering::SeqCst);
         st.0.push_back(msg);
         self.cv.notify_one();
         true
+    }
+
+    /// Queue a last message (why the handle fails) and close.
+    fn fail(&self, msg: Message) {
+        let mut st = self.lock();
+        if !st.1 {
+            st.0.push_back(msg);
+            st.1 = true;
+            self.cv.notify_all();
+        }
     }
 
     /// No more messages will come.
@@ -71,6 +88,7 @@ impl Queue {
         let mut st = self.lock();
         loop {
             if let Some(msg) = st.0.pop_front() {
+                self.bytes.fetch_sub(msg.body.len().min(self.bytes.load(Ordering::SeqCst)), Ordering::SeqCst);
                 return Ok(Some(msg));
             }
             if st.1 {
@@ -102,7 +120,16 @@ struct Entry {
 
 impl Entry {
     fn push(&self, msg: Message) {
-        if self.queue.push(msg) {
+        if let Some(peer) =
+            self.peer.filter(|_| self.queue.bytes.load(Ordering::SeqCst) + msg.body.len() > MAILBOX_LIMIT)
+        {
+            // A peer that ignores flow control: fail the handle, keep nothing.
+            let why = format!("context {peer} sent more than {} MiB that was not read yet", MAILBOX_LIMIT >> 20);
+            let mut dead = Message::new(msg.header.dst, msg.header.handle, why.into_bytes());
+            dead.header.src = peer;
+            dead.header.flags = FLAG_DEAD;
+            self.queue.fail(dead);
+        } else if self.queue.push(msg) {
             if let Some(mut w) = self.wake.as_ref() {
                 let _ = w.write(&[1]);
             }

@@ -125,6 +125,8 @@ pub enum Refusal {
     ForeignAnswer { handle: u32, peer: u32, src: u32 },
     /// An `ADD_ROUTE` that the rules refuse.
     Route { id: u32, src: u32, why: RouteRefusal },
+    /// A `DEL_ROUTE` that the rules refuse.
+    DelRoute { id: u32, src: u32, why: RouteRefusal },
     /// A control message from a stream that may not send it.
     Control { handle: u32, src: u32 },
 }
@@ -140,6 +142,9 @@ impl fmt::Display for Refusal {
             }
             Refusal::Route { id, src, why } => {
                 write!(f, "refused ADD_ROUTE for context {id} from context {src}: {why}")
+            }
+            Refusal::DelRoute { id, src, why } => {
+                write!(f, "refused DEL_ROUTE for context {id} from context {src}: {why}")
             }
             Refusal::Control { handle, src } => write!(f, "ignored handle {handle} from context {src}"),
         }
@@ -159,6 +164,11 @@ pub enum RouteRefusal {
     NotAllocated,
     /// The announced parent is not behind the stream.
     WrongStream,
+    /// Our own children are added by our own connects, never announced.
+    OurChild,
+    /// Route changes come from the stream's own context, which re-announces
+    /// its subtree's.
+    NotFromChild,
 }
 
 impl fmt::Display for RouteRefusal {
@@ -169,6 +179,8 @@ impl fmt::Display for RouteRefusal {
             RouteRefusal::AlreadyAdded => "that context is already routed",
             RouteRefusal::NotAllocated => "the master allocated no such context for that parent",
             RouteRefusal::WrongStream => "its parent is not behind that stream",
+            RouteRefusal::OurChild => "only our own connect adds our children",
+            RouteRefusal::NotFromChild => "route changes come from the child at the end of the stream",
         })
     }
 }

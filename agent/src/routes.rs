@@ -120,6 +120,11 @@ impl Routes {
         Some(id)
     }
 
+    /// The connect `id` was allocated for failed: nobody may add it now.
+    pub fn forget(&mut self, id: u32) {
+        self.expected.remove(&id);
+    }
+
     /// A parent told us that `parent` will start context `id`.
     pub fn expect(&mut self, id: u32, parent: u32) {
         if !self.lost.contains_key(&id) && !self.via.contains_key(&id) {
@@ -127,8 +132,21 @@ impl Routes {
         }
     }
 
-    /// May `parent` announce context `id` through stream `sid`?
+    /// May a stream of ours join as context `id`, from a connect of ours?
+    pub fn may_add_direct(&self, id: u32, sid: StreamId) -> Result<(), RouteRefusal> {
+        self.check_new(id, self.me, sid)
+    }
+
+    /// May `parent`, behind stream `sid`, announce context `id`? Our own
+    /// children are added only by our own connects, never announced.
     pub fn may_add(&self, id: u32, parent: u32, sid: StreamId) -> Result<(), RouteRefusal> {
+        if parent == self.me {
+            return Err(RouteRefusal::OurChild);
+        }
+        self.check_new(id, parent, sid)
+    }
+
+    fn check_new(&self, id: u32, parent: u32, sid: StreamId) -> Result<(), RouteRefusal> {
         if id == self.me || self.ancestors.contains(&id) {
             return Err(RouteRefusal::UsOrAncestor);
         }
@@ -164,7 +182,7 @@ impl Routes {
         self.via.remove(&id);
         self.parent_of.remove(&id);
         self.expected.retain(|_, p| *p != id);
-        self.lost.insert(id, why.to_string());
+        self.lost.insert(id, bounded(why));
         true
     }
 
@@ -257,6 +275,19 @@ impl Routes {
     }
 }
 
+/// The longest reason kept for a lost context: every later DEAD for it
+/// carries the reason (a peer's words, so bounded).
+pub const REASON_LIMIT: usize = 512;
+
+/// `why`, cut to [`REASON_LIMIT`] bytes.
+pub fn bounded(why: &str) -> String {
+    let mut end = why.len().min(REASON_LIMIT);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    why.get(..end).unwrap_or_default().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +308,8 @@ mod tests {
         r.set_parent(Some(UP));
         for (id, parent, sid) in [(2, 1, 5), (3, 1, 6), (4, 2, 5)] {
             r.expect(id, parent);
-            assert_eq!(r.may_add(id, parent, sid), Ok(()));
+            let checked = if parent == 1 { r.may_add_direct(id, sid) } else { r.may_add(id, parent, sid) };
+            assert_eq!(checked, Ok(()));
             r.add(id, parent, sid);
         }
         r
@@ -355,8 +387,14 @@ mod tests {
         r.expect(50, 2);
         assert_eq!(r.may_add(50, 3, 6), Err(RouteRefusal::NotAllocated));
         assert_eq!(r.may_add(50, 2, 6), Err(RouteRefusal::WrongStream));
-        assert_eq!(r.may_add(3, 1, 6), Err(RouteRefusal::AlreadyAdded));
+        assert_eq!(r.may_add(3, 2, 5), Err(RouteRefusal::AlreadyAdded));
         assert_eq!(r.may_add(1, 0, 5), Err(RouteRefusal::UsOrAncestor));
+        // Our own next child is added by our connect, never announced.
+        r.expect(60, 1);
+        assert_eq!(r.may_add(60, 1, 5), Err(RouteRefusal::OurChild));
+        assert_eq!(r.may_add_direct(60, 7), Ok(()));
+        r.forget(60);
+        assert_eq!(r.may_add_direct(60, 7), Err(RouteRefusal::NotAllocated), "a failed connect's id is forgotten");
         assert_eq!(r.may_add(0, 2, 5), Err(RouteRefusal::UsOrAncestor));
         assert_eq!(r.may_add(50, 2, 5), Ok(()));
         r.add(50, 2, 5);
@@ -368,7 +406,7 @@ mod tests {
         let mut master = Routes::new(0, vec![]);
         assert_eq!(master.allocate(0), Some(1));
         assert_eq!(master.allocate(1), Some(2));
-        assert_eq!(master.may_add(1, 0, 9), Ok(()));
+        assert_eq!(master.may_add_direct(1, 9), Ok(()));
         let mut agent = table();
         assert_eq!(agent.allocate(1), None);
         master.next_id = u32::MAX;
@@ -391,6 +429,15 @@ mod tests {
         assert!(!r.may_answer(2, 0, Origin::Stream(UP), true));
         // This broker itself.
         assert!(r.may_answer(4, 1, Origin::Local, true));
+    }
+
+    #[test]
+    fn a_lost_contexts_reason_is_bounded() {
+        let mut r = table();
+        let long = "é".repeat(REASON_LIMIT);
+        assert!(r.remove(4, 5, &long));
+        let Verdict::Dead(Undeliverable::Lost(4, why)) = r.decide(&mut msg(0, 4), Origin::Stream(UP)) else { panic!() };
+        assert!(why.len() <= REASON_LIMIT && long.starts_with(&why));
     }
 
     #[test]

@@ -46,11 +46,19 @@ impl Router {
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
         let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
         how.connect_timeout_ms = self.inner.opts.connect_timeout.as_millis() as u64;
-        let command = spore_agent::bootstrap::method_command(&how, &self.inner.image, &args)
-            .map_err(|e| Error::Connect { target: name.to_string(), cause: e })?;
-        let connected =
-            spore_agent::handshake::connect(command, &how, &self.inner.image, &args, self.inner.opts.connect_timeout)
-                .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })?;
+        let connected = spore_agent::bootstrap::method_command(&how, &self.inner.image, &args)
+            .map_err(|e| Error::Connect { target: name.to_string(), cause: e })
+            .and_then(|command| {
+                spore_agent::handshake::connect(
+                    command,
+                    &how,
+                    &self.inner.image,
+                    &args,
+                    self.inner.opts.connect_timeout,
+                )
+                .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })
+            })
+            .inspect_err(|_| self.inner.broker.forget_child_id(id))?;
         log::debug!(
             "connected {name} (context {id}, pid {}, {})",
             connected.hello.pid,
@@ -307,14 +315,18 @@ impl Context {
         args.connect_timeout_ms = timeout.as_millis() as u64;
         let pending = self.call_async(body::to_json(&args));
         drop(args);
-        let msg = pending.wait_deadline(Instant::now() + timeout + Duration::from_secs(5))?;
-        let reply: ConnectReply = self.result(&msg).map_err(|e| match e {
-            Error::Remote { message, .. } => {
-                let cause = message.strip_prefix(&format!("connect {name}: ")).unwrap_or(&message).to_string();
-                Error::Connect { target: name.to_string(), cause }
-            }
-            other => other,
-        })?;
+        let reply: ConnectReply = pending
+            .wait_deadline(Instant::now() + timeout + Duration::from_secs(5))
+            .and_then(|msg| self.result(&msg))
+            .map_err(|e| match e {
+                Error::Remote { message, .. } => {
+                    let cause = message.strip_prefix(&format!("connect {name}: ")).unwrap_or(&message).to_string();
+                    Error::Connect { target: name.to_string(), cause }
+                }
+                other => other,
+            })
+            // A connect that failed (or that we gave up on) never adds its id.
+            .inspect_err(|_| self.router.broker().forget_child_id(id))?;
         log::debug!("connected {name} (context {id}, pid {})", reply.hello.pid);
         Ok(Context::new(self.router.clone(), id, name.to_string(), reply.uploaded))
     }

@@ -23,11 +23,15 @@ pub(crate) fn connect(call: &Call) -> OpResult {
         keepalive_ms: rt.args.keepalive_ms,
         keepalive_misses: rt.args.keepalive_misses,
     };
-    let command = bootstrap::method_command(&args, image, &child_args)
-        .map_err(|e| OpError::new("invalid", format!("connect {}: {e}", args.name)))?;
     let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
-    let connected = crate::handshake::connect(command, &args, image, &child_args, timeout)
-        .map_err(|e| OpError::new("connect", format!("connect {}: {e}", args.name)))?;
+    let connected = bootstrap::method_command(&args, image, &child_args)
+        .map_err(|e| OpError::new("invalid", format!("connect {}: {e}", args.name)))
+        .and_then(|command| {
+            crate::handshake::connect(command, &args, image, &child_args, timeout)
+                .map_err(|e| OpError::new("connect", format!("connect {}: {e}", args.name)))
+        })
+        // A failed connect never adds its id.
+        .inspect_err(|_| call.broker.forget_child_id(args.context_id))?;
     log::debug!(
         "connected {} (pid {}, {})",
         args.name,
