@@ -5,6 +5,7 @@
 
 use miniserde::json::{Number, Object, Value};
 use spore::{Command, Context, Error, Options, Router, Stream, Targets};
+use spore_agent::logs::safe_lines;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::Mutex;
@@ -249,7 +250,7 @@ pub fn main() -> i32 {
                     Err(e) => {
                         let o = Outcome::failed(t, &e);
                         if !args.json {
-                            eprintln!("spore: {}", o.error.as_deref().unwrap_or_default());
+                            eprintln!("spore: {}", shown(o.error.as_deref().unwrap_or_default()));
                         }
                         o
                     }
@@ -292,7 +293,7 @@ fn run_one(args: &Args, target: &str, ctx: &Context, many: bool) -> Outcome {
             }
         }
         if !args.json {
-            eprintln!("spore: {e}");
+            eprintln!("spore: {}", shown(&e.to_string()));
         }
         o.fail(&e);
     }
@@ -450,7 +451,14 @@ fn cmd_get(ctx: &Context, remote: &str, local: &str, o: &mut Outcome) -> spore::
     Ok(())
 }
 
-/// Writes `LEVEL [context] message` to stderr; remote records arrive with
+/// Text that may hold a remote's words, fit for a terminal: control
+/// characters shown escaped (`\x1b`), lines kept.
+fn shown(text: &str) -> String {
+    safe_lines(text).join("\n")
+}
+
+/// Writes `LEVEL [context] message` to stderr (a line each, control
+/// characters escaped); remote records arrive with
 /// the target `spore@PATH`.
 struct CliLogger;
 
@@ -468,9 +476,12 @@ impl log::Log for CliLogger {
             Some(path) => (path, record.module_path().unwrap_or_default()),
             None => ("master", target),
         };
-        let line = format!("{:5} [{context}] {module}: {}\n", record.level(), record.args());
+        let mut text = String::new();
+        for line in safe_lines(&record.args().to_string()) {
+            text.push_str(&format!("{:5} [{context}] {module}: {line}\n", record.level()));
+        }
         let _guard = OUTPUT.lock();
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        let _ = std::io::stderr().write_all(text.as_bytes());
     }
 
     fn flush(&self) {}

@@ -106,6 +106,12 @@ fn bad_targets_and_arguments_are_clear_errors() {
     assert_eq!(out.status.code(), Some(255));
     assert!(text(&out.stderr).contains("/no/such/file"), "{}", text(&out.stderr));
     assert!(!std::path::Path::new("/tmp/spore-never-written").exists());
+    // A remote's words in an error reach the terminal with their control
+    // characters escaped.
+    let out = spore(&["get", "local", "/no/such/\x1b[2J\x07file", "/tmp/spore-never-written"]);
+    let err = text(&out.stderr);
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains("/no/such/\\x1b[2J\\x07file"), "{err:?}");
     guard.check();
 }
 
