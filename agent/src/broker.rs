@@ -15,9 +15,9 @@ use crate::mailbox::{Handles, Mailbox};
 use crate::poller::{Poller, Source};
 use crate::procs::{self, Groups};
 use crate::routes::Routes;
-use crate::shared::{lock, Cmd, Prepared, Shared};
+use crate::shared::{lock, on_broker_thread, Cmd, Prepared, Shared};
 use crate::shutdown;
-use crate::stream::{NewStream, Out};
+use crate::stream::{NewStream, Out, LOG_HIGH, OUT_HIGH, SEND_STALL};
 use crate::sys;
 use spore_protocol::body::{self, AllocatedId};
 use spore_protocol::{handle, Message};
@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,7 @@ impl Broker {
             pending: AtomicUsize::new(0),
             next_sid: AtomicUsize::new(1),
             log_queue,
+            dropped_logs: AtomicU64::new(0),
             done: (Mutex::new(false), Condvar::new()),
         });
         let looper = Loop::new(shared.clone());
@@ -151,15 +152,27 @@ impl Broker {
         let me = self.id();
         msg.header.src = me;
         msg.header.auth = me;
-        if msg.header.dst != me && self.shared.pending.load(Ordering::SeqCst) == 0 {
-            let sid = self.shared.routes.read().unwrap_or_else(|p| p.into_inner()).route(msg.header.dst);
-            let out = sid.and_then(|sid| self.shared.outs.read().unwrap_or_else(|p| p.into_inner()).get(&sid).cloned());
-            if let Some(out) = out {
-                if out.send(&msg, &self.shared.poller) {
-                    return;
-                }
-                self.shared.out_failed.store(true, Ordering::SeqCst);
+        if msg.header.dst == me {
+            return self.push(Cmd::Send(msg));
+        }
+        let sid = self.shared.routes.read().unwrap_or_else(|p| p.into_inner()).route(msg.header.dst);
+        let out = sid.and_then(|sid| self.shared.outs.read().unwrap_or_else(|p| p.into_inner()).get(&sid).cloned());
+        if let Some(out) = &out {
+            // Back-pressure: a full stream's log records are dropped (and
+            // counted); other senders wait for room.
+            if msg.header.handle == handle::FORWARD_LOG && out.queued() >= LOG_HIGH {
+                self.shared.dropped_logs.fetch_add(1, Ordering::SeqCst);
+                return;
             }
+            if out.queued() >= OUT_HIGH && !on_broker_thread() {
+                out.wait_room(Instant::now() + SEND_STALL);
+            }
+        }
+        if let Some(out) = out.filter(|_| self.shared.pending.load(Ordering::SeqCst) == 0) {
+            if out.send(&msg, &self.shared.poller) {
+                return;
+            }
+            self.shared.out_failed.store(true, Ordering::SeqCst);
         }
         self.push(Cmd::Send(msg));
     }

@@ -128,7 +128,13 @@ impl Agent {
         // always one worker waiting (one thread hop per call). The mailbox
         // closes when the broker begins its shutdown; calls still running
         // are abandoned when it ends the process.
-        let pool = Arc::new(Pool { handlers: self.handlers, calls, idle: AtomicUsize::new(0), broker: broker.clone() });
+        let pool = Arc::new(Pool {
+            handlers: self.handlers,
+            calls,
+            idle: AtomicUsize::new(0),
+            workers: AtomicUsize::new(1),
+            broker: broker.clone(),
+        });
         pool.work(true);
         broker.wait_done(Instant::now() + Duration::from_secs(3600));
         Ok(())
@@ -141,11 +147,17 @@ struct Pool {
     calls: Mailbox,
     /// Workers waiting for a call.
     idle: AtomicUsize,
+    /// Workers alive, at most [`POOL_SIZE`].
+    workers: AtomicUsize,
     broker: Broker,
 }
 
 /// A spare worker ends after this long without work.
 const WORKER_IDLE: Duration = Duration::from_secs(60);
+/// The most calls that run at once. Others wait in the call queue (the
+/// broker stops reading its parent while the queue is long), so a flood
+/// costs neither threads nor the process slots an `exec` needs.
+pub const POOL_SIZE: usize = 16;
 
 impl Pool {
     /// Take calls until the mailbox closes. The main thread (`first`) never
@@ -159,7 +171,10 @@ impl Pool {
             let request = match got {
                 Ok(request) => request,
                 Err(crate::RecvError::Timeout) if first => continue,
-                Err(_) => return,
+                Err(_) => {
+                    self.workers.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
             };
             if idle_before == 1 {
                 // Nobody is left waiting: start the next worker now.
@@ -170,9 +185,14 @@ impl Pool {
     }
 
     fn spare(self: &Arc<Self>) {
+        if self.workers.fetch_add(1, Ordering::SeqCst) >= POOL_SIZE {
+            self.workers.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         let pool = self.clone();
         let spawned = std::thread::Builder::new().name("spore-call".into()).spawn(move || pool.work(false));
         if let Err(e) = spawned {
+            self.workers.fetch_sub(1, Ordering::SeqCst);
             // The current worker takes the next call when it is done.
             log::warn!("can't start a worker thread: {e}");
         }

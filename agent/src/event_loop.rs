@@ -9,11 +9,11 @@ use crate::logs::{self, LineSource};
 use crate::mailbox::Undelivered;
 use crate::poller::{Events, Interest, Source};
 use crate::procs::Reaper;
-use crate::routes::{Origin, Refusal, StreamId};
+use crate::routes::{Origin, Refusal, StreamId, Undeliverable};
 use crate::shared::{lock, say_last_words, Cmd, Prepared, Shared};
 use crate::shutdown::{self, Facts};
 use crate::spin;
-use crate::stream::Out;
+use crate::stream::{Out, LOG_HIGH, OUT_HIGH};
 use crate::sys;
 use spore_protocol::body::{self, LogRecord};
 use spore_protocol::{handle, Decoder, FrameError, Message};
@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 const READ_BUDGET: usize = 256 * 1024;
 /// While processes are about to exit, look again this soon.
 const BUSY_TICK: Duration = Duration::from_millis(2);
+/// While a stream is paused, look again this soon.
+const PAUSED_TICK: Duration = Duration::from_millis(10);
 /// Consecutive failed waits before the broker gives up (about a second).
 const POLL_FAILURES: u32 = 100;
 /// The capture's numbers in [`Source::Capture`].
@@ -47,7 +49,19 @@ struct StreamFds {
     stderr: Option<LineSource>,
     child: Option<Child>,
     is_parent: bool,
+    /// Reading is paused: what it feeds is full.
+    paused: bool,
 }
+
+/// Calls waiting for a worker past which the broker stops reading its
+/// parent (back-pressure), and below which it reads again.
+pub const CALL_BACKLOG: usize = 4096;
+/// Calls waiting past which more get a `DEAD` "busy" reply. Reached only
+/// when the backlog made no progress for [`BACKLOG_STALL`] and the broker
+/// read on (the calls running may be waiting for messages from the parent).
+pub const CALL_LIMIT: usize = 4 * CALL_BACKLOG;
+/// How long a paused parent stream may wait on a backlog that doesn't move.
+const BACKLOG_STALL: Duration = Duration::from_secs(1);
 
 pub(crate) struct Loop {
     shared: Arc<Shared>,
@@ -60,6 +74,9 @@ pub(crate) struct Loop {
     finished: bool,
     /// Why the loop gave up, if it did.
     died: Option<String>,
+    /// Since when the call backlog has been over [`CALL_BACKLOG`], and how
+    /// long it was then.
+    backlog_since: Option<(Instant, usize)>,
 }
 
 impl Loop {
@@ -82,10 +99,12 @@ impl Loop {
             read_buf: vec![0; 64 * 1024],
             finished: false,
             died: None,
+            backlog_since: None,
         }
     }
 
     pub(crate) fn run(mut self) {
+        crate::shared::mark_broker_thread();
         if let Some(q) = &self.shared.log_queue {
             logs::use_queue(q.clone());
         }
@@ -135,6 +154,7 @@ impl Loop {
             }
             self.drop_failed_outs();
             self.run_actions();
+            self.pace();
         }
         self.finish();
     }
@@ -142,7 +162,10 @@ impl Loop {
     fn next_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut deadline = self.core.poll_timeout();
-        for other in [self.reaper.next_check(now), self.core.shutting_down().then(|| now + BUSY_TICK)] {
+        // A paused stream resumes when a queue drains, which nobody
+        // announces: look again soon.
+        let paused = self.streams.values().any(|s| s.paused).then(|| now + PAUSED_TICK);
+        for other in [self.reaper.next_check(now), self.core.shutting_down().then(|| now + BUSY_TICK), paused] {
             deadline = match (deadline, other) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -201,6 +224,52 @@ impl Loop {
         }
     }
 
+    // ---- back-pressure ---------------------------------------------------
+    //
+    // Nothing grows without bound because a peer stops reading: a stream
+    // with OUT_HIGH bytes queued stops the reading of what feeds it (the
+    // parent feeds the children, the children feed the parent), and calls
+    // queued past CALL_BACKLOG stop the reading of the parent.
+
+    fn pace(&mut self) {
+        let now = Instant::now();
+        let backlog = self.shared.handles.queued(handle::CALL_FUNCTION);
+        self.backlog_since = match self.backlog_since {
+            _ if backlog < CALL_BACKLOG / 2 => None,
+            None if backlog >= CALL_BACKLOG => Some((now, backlog)),
+            // Progress: start the clock again.
+            Some((_, at)) if backlog < at => Some((now, backlog)),
+            other => other,
+        };
+        let parent_full = self.streams.values().any(|s| s.is_parent && s.out.queued() >= OUT_HIGH);
+        // A backlog that doesn't move while the parent reads may be waiting
+        // for the parent itself (a running call's acks): read on, up to
+        // CALL_LIMIT. While the parent reads nothing, wait for it.
+        let backlog_full =
+            self.backlog_since.is_some_and(|(since, _)| parent_full || now.duration_since(since) < BACKLOG_STALL);
+        let child_full = self.streams.values().any(|s| !s.is_parent && s.out.queued() >= OUT_HIGH);
+        let poller = &self.shared.poller;
+        for (&sid, s) in self.streams.iter_mut() {
+            let pause = if s.is_parent { backlog_full || child_full } else { parent_full };
+            if pause != s.paused {
+                let interest = if pause { Interest::NONE } else { Interest::READ };
+                if poller.modify(s.input.as_fd(), Source::Input(sid), interest).is_ok() {
+                    s.paused = pause;
+                }
+            }
+        }
+        // Say how many log records a full parent stream cost.
+        let dropped = self.shared.dropped_logs.load(Ordering::SeqCst);
+        if dropped > 0 && !parent_full && self.shared.log_queue.is_none() {
+            let room = self.streams.values().any(|s| s.is_parent && s.out.queued() < LOG_HIGH);
+            if room {
+                self.shared.dropped_logs.fetch_sub(dropped, Ordering::SeqCst);
+                let text = format!("{dropped} log records dropped (the stream to the parent was full)");
+                self.forward_line("spore_agent::logs", log::Level::Warn, &text);
+            }
+        }
+    }
+
     // ---- the core's actions ---------------------------------------------
 
     fn run_actions(&mut self) {
@@ -233,6 +302,11 @@ impl Loop {
 
     fn write(&mut self, sid: StreamId, msg: &Message) {
         let Some(out) = self.streams.get(&sid).map(|s| s.out.clone()) else { return };
+        if msg.header.handle == handle::FORWARD_LOG && out.queued() >= LOG_HIGH {
+            // A log flood is dropped, not buffered; `pace` says how much.
+            self.shared.dropped_logs.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         if !out.send(msg, &self.shared.poller) {
             let why = out.flush(&self.shared.poller).unwrap_or_default();
             self.core.drop_stream(sid, DropReason::WriteFailed(why), Instant::now());
@@ -241,6 +315,9 @@ impl Loop {
 
     fn deliver(&mut self, msg: Message, origin: Origin) {
         let (src, dead, h) = (msg.header.src, msg.is_dead(), msg.header.handle);
+        if h == handle::CALL_FUNCTION && self.shared.handles.queued(h) >= CALL_LIMIT {
+            return self.core.undeliverable(msg, Undeliverable::Busy(CALL_LIMIT));
+        }
         let routes = self.shared.routes.clone();
         let delivered = self
             .shared
@@ -330,6 +407,7 @@ impl Loop {
             stderr,
             child: s.child,
             is_parent: s.is_parent,
+            paused: false,
         };
         let poller = &self.shared.poller;
         // SAFETY (of `Poller::add`): each fd is owned by `fds`, which lives

@@ -210,6 +210,11 @@ impl Handles {
         handle
     }
 
+    /// Messages waiting at `handle`.
+    pub(crate) fn queued(&self, handle: u32) -> usize {
+        lock(&self.entries).map.get(&handle).map_or(0, |e| e.queue.lock().0.len())
+    }
+
     /// Forget a handle (its mailbox sees `Closed`).
     pub(crate) fn unregister(&self, handle: u32) {
         if let Some(entry) = lock(&self.entries).map.remove(&handle) {

@@ -94,6 +94,8 @@ pub enum Undeliverable {
     BadBody { what: &'static str, error: String },
     /// Only the master allocates context ids, and only parents say so.
     NotAllocator,
+    /// Too many calls are waiting for a worker.
+    Busy(usize),
 }
 
 impl fmt::Display for Undeliverable {
@@ -107,6 +109,7 @@ impl fmt::Display for Undeliverable {
             Undeliverable::ShuttingDown(name) => write!(f, "context {name} is shutting down"),
             Undeliverable::BadBody { what, error } => write!(f, "{what}: {error}"),
             Undeliverable::NotAllocator => f.write_str("only the master allocates context ids"),
+            Undeliverable::Busy(n) => write!(f, "busy: {n} calls are waiting already"),
         }
     }
 }

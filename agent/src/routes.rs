@@ -19,7 +19,7 @@
 
 pub use crate::reasons::{Refusal, RouteRefusal, Undeliverable};
 use spore_protocol::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// A stream of the broker (the parent's or a child's), by number.
 pub type StreamId = usize;
@@ -58,8 +58,11 @@ pub struct Routes {
     parent_of: HashMap<u32, u32>,
     /// Ids allocated for a connect not yet announced: id → who connects.
     expected: HashMap<u32, u32>,
-    /// Contexts that were reachable once, and why they are not any more.
+    /// Contexts that were reachable once, and why they are not any more
+    /// (the newest [`LOST_LIMIT`]; ids are never reused, so an older lost
+    /// id is only ever "no route").
     lost: HashMap<u32, String>,
+    lost_order: VecDeque<u32>,
     /// The master's next fresh id.
     next_id: u32,
 }
@@ -75,6 +78,7 @@ impl Routes {
             parent_of: HashMap::new(),
             expected: HashMap::new(),
             lost: HashMap::new(),
+            lost_order: VecDeque::new(),
             next_id: me + 1,
         }
     }
@@ -114,6 +118,9 @@ impl Routes {
         if !self.is_master() || self.next_id == u32::MAX {
             return None;
         }
+        if self.expected.len() >= EXPECTED_LIMIT {
+            return None;
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.expected.insert(id, parent);
@@ -127,7 +134,7 @@ impl Routes {
 
     /// A parent told us that `parent` will start context `id`.
     pub fn expect(&mut self, id: u32, parent: u32) {
-        if !self.lost.contains_key(&id) && !self.via.contains_key(&id) {
+        if !self.lost.contains_key(&id) && !self.via.contains_key(&id) && self.expected.len() < EXPECTED_LIMIT {
             self.expected.insert(id, parent);
         }
     }
@@ -182,7 +189,14 @@ impl Routes {
         self.via.remove(&id);
         self.parent_of.remove(&id);
         self.expected.retain(|_, p| *p != id);
-        self.lost.insert(id, bounded(why));
+        if self.lost.insert(id, bounded(why)).is_none() {
+            self.lost_order.push_back(id);
+        }
+        while self.lost_order.len() > LOST_LIMIT {
+            if let Some(old) = self.lost_order.pop_front() {
+                self.lost.remove(&old);
+            }
+        }
         true
     }
 
@@ -274,6 +288,11 @@ impl Routes {
         }
     }
 }
+
+/// Lost contexts whose reason is remembered.
+pub const LOST_LIMIT: usize = 4096;
+/// Connects announced and not yet added, at most.
+pub const EXPECTED_LIMIT: usize = 65_536;
 
 /// The longest reason kept for a lost context: every later DEAD for it
 /// carries the reason (a peer's words, so bounded).
@@ -429,6 +448,25 @@ mod tests {
         assert!(!r.may_answer(2, 0, Origin::Stream(UP), true));
         // This broker itself.
         assert!(r.may_answer(4, 1, Origin::Local, true));
+    }
+
+    #[test]
+    fn the_records_of_lost_and_expected_ids_are_bounded() {
+        let mut r = Routes::new(0, vec![]);
+        for _ in 0..LOST_LIMIT + 10 {
+            let id = r.allocate(0).unwrap();
+            r.add(id, 0, 9);
+            assert!(r.remove(id, 9, "gone"));
+        }
+        assert_eq!(r.lost.len(), LOST_LIMIT);
+        // The oldest: no route, no reason; still never re-added.
+        assert_eq!(r.decide(&mut msg(0, 1), Origin::Local), Verdict::Dead(Undeliverable::NoRoute(1)));
+        assert_eq!(r.may_add_direct(1, 9), Err(RouteRefusal::NotAllocated));
+        let mut a = table();
+        for id in 100..100 + EXPECTED_LIMIT as u32 + 10 {
+            a.expect(id, 2);
+        }
+        assert_eq!(a.expected.len(), EXPECTED_LIMIT);
     }
 
     #[test]

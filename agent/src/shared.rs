@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 /// Where an agent writes its last words when its parent stream breaks
@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) next_sid: AtomicUsize,
     /// The master's logging thread.
     pub(crate) log_queue: Option<Arc<LogQueue>>,
+    /// Log records dropped because the stream to the parent was full.
+    pub(crate) dropped_logs: AtomicU64,
     pub(crate) done: (Mutex<bool>, Condvar),
 }
 
@@ -104,4 +106,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking holder can't leave these inconsistent: every update is
     // a single insert or remove.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    /// Set on a broker thread, which must never wait for room.
+    static ON_BROKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This thread is a broker's.
+pub(crate) fn mark_broker_thread() {
+    ON_BROKER.with(|b| b.set(true));
+}
+
+/// Is this thread a broker's?
+pub(crate) fn on_broker_thread() -> bool {
+    ON_BROKER.with(|b| b.get())
 }

@@ -9,7 +9,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::Child;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under the lock leaves the buffer whole.
@@ -45,7 +46,20 @@ pub(crate) struct Out {
     file: File,
     key: Source,
     state: Mutex<OutState>,
+    /// Signalled when the buffer falls below [`OUT_HIGH`].
+    room: Condvar,
 }
+
+/// Bytes queued for a stream past which its feeders stop: the broker stops
+/// reading what feeds it, threads sending into it wait (up to
+/// [`SEND_STALL`]), and log records for it are dropped and counted.
+pub const OUT_HIGH: usize = 4 << 20;
+/// Log records are dropped already past this much queued.
+pub const LOG_HIGH: usize = 1 << 20;
+/// The longest a thread waits for room in a full stream before it queues
+/// anyway (a peer that reads nothing for this long is being cut off by its
+/// keepalive, or by the operator).
+pub const SEND_STALL: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 struct OutState {
@@ -62,7 +76,26 @@ struct OutState {
 impl Out {
     /// The write side of `file`, polled under `key`.
     pub(crate) fn new(file: File, key: Source) -> Out {
-        Out { file, key, state: Mutex::new(OutState::default()) }
+        Out { file, key, state: Mutex::new(OutState::default()), room: Condvar::new() }
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        let st = lock(&self.state);
+        st.buf.len().saturating_sub(st.pos)
+    }
+
+    /// Wait (a sending thread, never the broker) until fewer than
+    /// [`OUT_HIGH`] bytes are queued, the stream failed, or `deadline`.
+    pub(crate) fn wait_room(&self, deadline: Instant) {
+        let mut st = lock(&self.state);
+        while st.buf.len().saturating_sub(st.pos) >= OUT_HIGH && st.failed.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            st = self.room.wait_timeout(st, left).map_or_else(|p| p.into_inner().0, |r| r.0);
+        }
     }
 
     /// The failure a sending thread saw, if any.
@@ -101,6 +134,9 @@ impl Out {
                     st.pos = 0;
                 }
             }
+        }
+        if st.buf.len().saturating_sub(st.pos) < OUT_HIGH || st.failed.is_some() {
+            self.room.notify_all();
         }
         if st.pos == st.buf.len() {
             st.buf.clear();
