@@ -27,6 +27,8 @@ pub const LINE_LIMIT: usize = 64 * 1024;
 pub const QUEUE_LIMIT: usize = 65_536;
 /// ...and bytes.
 pub const QUEUE_BYTES: usize = 16 << 20;
+/// How often a logger that lags hears how many records it lost.
+const DROP_REPORT: Duration = Duration::from_secs(1);
 /// The longest message shown of one record from the tree.
 pub const RECORD_LIMIT: usize = 64 * 1024;
 
@@ -210,6 +212,17 @@ impl LogQueue {
         self.cv.notify_all();
     }
 
+    /// Is the queue full (a record now would be dropped)?
+    pub(crate) fn full(&self) -> bool {
+        let st = lock(&self.state);
+        st.lines.len() >= QUEUE_LIMIT || st.bytes >= QUEUE_BYTES
+    }
+
+    /// Count a record dropped without looking at it (the queue is full).
+    pub(crate) fn drop_one(&self) {
+        lock(&self.state).dropped += 1;
+    }
+
     /// Show a record from the tree.
     pub(crate) fn record(&self, rec: &LogRecord) {
         for line in record_lines(rec) {
@@ -218,6 +231,7 @@ impl LogQueue {
     }
 
     fn serve(&self) {
+        let mut last_report = Instant::now();
         loop {
             let (line, dropped) = {
                 let mut st = lock(&self.state);
@@ -227,16 +241,22 @@ impl LogQueue {
                 let Some(line) = st.lines.pop_front() else { return };
                 st.bytes = st.bytes.saturating_sub(line.size());
                 st.busy = true;
-                (line, std::mem::take(&mut st.dropped))
+                // The count goes out once a second while the logger lags,
+                // and when it catches up.
+                let report = st.lines.is_empty() || last_report.elapsed() >= DROP_REPORT;
+                (line, if report { std::mem::take(&mut st.dropped) } else { 0 })
             };
             // A panicking logger loses its line, not the thread.
             let _ = std::panic::catch_unwind(|| {
+                to_logger(&line);
                 if dropped > 0 {
                     let text = format!("{dropped} log records dropped (the logger fell behind)");
                     to_logger(&Line { level: log::Level::Warn, target: "spore".into(), module: "spore".into(), text });
                 }
-                to_logger(&line);
             });
+            if dropped > 0 {
+                last_report = Instant::now();
+            }
             lock(&self.state).busy = false;
             self.cv.notify_all();
         }
