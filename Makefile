@@ -6,7 +6,7 @@ CARGO     ?= cargo
 # The master embeds the agent found here at build time.
 export SPORE_AGENT_BIN := $(CURDIR)/$(AGENT)
 
-.PHONY: all agent master deps test test-local docker-check lint bench size clean musl-target
+.PHONY: all agent master deps test test-local docker-check lint bench size clean musl-target fuzz
 
 all: master
 
@@ -60,6 +60,18 @@ size: agent
 	@nm --size-sort -r -S -C target/$(MUSL)/agent-syms/spore-agent | head -25
 	@size=$$(stat -c %s $(AGENT)); echo "agent: $$size bytes (budget $(AGENT_BUDGET))"; \
 	  [ $$size -le $(AGENT_BUDGET) ] || { echo "the agent is over its size budget"; exit 1; }
+
+# Each cargo-fuzz target (fuzz/, its own project) for FUZZ_SECONDS, on the
+# nightly toolchain; new inputs land in fuzz/corpus/<target>/, crashes in
+# fuzz/artifacts/<target>/. `make test` replays both on stable.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= decoder bodies core bootstrap
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && $(CARGO) +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean
