@@ -8,6 +8,8 @@ use crate::procs::kill_and_reap;
 use crate::stream::NewStream;
 use crate::sys::{self, pollfd};
 use spore_protocol::body::{self, ConnectArgs, Hello};
+#[cfg(test)]
+use spore_protocol::Message;
 use spore_protocol::{handle, Header, HEADER_LEN};
 use std::collections::VecDeque;
 use std::fmt;
@@ -655,4 +657,65 @@ pub fn parse_hello(buf: &[u8], id: u32) -> Result<Option<(Hello, usize)>, String
         return Err(format!("the agent says it is context {}, not {id}", hello.context_id));
     }
     Ok(Some((hello, end)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "spore-0123456789abcdef";
+
+    #[test]
+    fn the_marker_may_straddle_reads_and_follow_noise_on_its_line() {
+        let wire = format!("Welcome!\r\nLast login\nnoise{M}:NEED\r\nAGENT");
+        for split in 1..wire.len() {
+            let (a, b) = wire.as_bytes().split_at(split);
+            let mut scan = MarkerScan::new(M);
+            let mut words = LastWords::default();
+            let found = match scan.push(a, &mut words).unwrap() {
+                Some(f) => (f.needed, [a.get(f.rest..).unwrap(), b].concat()),
+                None => {
+                    let f = scan.push(b, &mut words).unwrap().unwrap();
+                    (f.needed, b.get(f.rest..).unwrap().to_vec())
+                }
+            };
+            assert_eq!(found, (true, b"AGENT".to_vec()), "split at {split}");
+            assert_eq!(words.lines(), ["Welcome!", "Last login", "noise"]);
+        }
+    }
+
+    #[test]
+    fn a_flood_without_a_newline_is_refused_in_bounded_memory() {
+        let mut scan = MarkerScan::new(M);
+        let mut words = LastWords::default();
+        let chunk = vec![0u8; READ_CHUNK];
+        let mut pushed = 0u64;
+        let error = loop {
+            match scan.push(&chunk, &mut words) {
+                Ok(None) => pushed += chunk.len() as u64,
+                Ok(Some(_)) => panic!("a marker in zeros"),
+                Err(e) => break e,
+            }
+            assert!(scan.partial().len() <= 2 * KEEP);
+        };
+        assert!(pushed <= LINE_LIMIT && error.contains("without a newline"), "{error}");
+        scan.finish(&mut words);
+        let shown = words.lines();
+        assert!(shown.len() == 1 && shown[0].len() < WORD_LEN + 32 && shown[0].starts_with("\\x00"), "{shown:?}");
+    }
+
+    #[test]
+    fn a_hello_is_parsed_once_whole_and_bounded() {
+        let hello = Hello { version: "1".into(), pid: 2, arch: "x".into(), context_id: 7 };
+        let mut wire = Message::new(0, handle::HELLO, body::to_json(&hello)).encode();
+        wire.extend_from_slice(b"next");
+        let whole = wire.len() - 4;
+        for n in 0..whole {
+            assert_eq!(parse_hello(wire.get(..n).unwrap(), 7), Ok(None));
+        }
+        assert_eq!(parse_hello(&wire, 7), Ok(Some((hello, whole))));
+        assert!(parse_hello(&wire, 8).unwrap_err().contains("not 8"));
+        let big = Message::new(0, handle::HELLO, vec![b' '; HELLO_LIMIT as usize + 1]).encode();
+        assert!(parse_hello(big.get(..HEADER_LEN).unwrap(), 7).unwrap_err().contains("over the limit"));
+    }
 }
