@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::hop::Hop;
-use crate::router::Router;
+use crate::router::{deadline_after, millis, Router, MAX_WAIT};
 use miniserde::{Deserialize, Serialize};
 use spore_agent::flow::{ack, acked, Outflow};
 use spore_agent::{Mailbox, RecvError};
@@ -21,7 +21,11 @@ use std::time::{Duration, Instant};
 /// Without a deadline of its own, a call waits this long at most. A lost
 /// context fails the call at once; this bounds a context that is alive
 /// but never answers.
-const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+const FOREVER: Duration = MAX_WAIT;
+
+/// How much of each of stdout and stderr [`Context::exec`] keeps unless
+/// [`Command::output_limit`] says otherwise: 64 MiB.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 64 << 20;
 
 /// How long past a command's own timeout the master waits for the remote
 /// to report it killed (SIGTERM, 2 s, SIGKILL, then the reply's trip back).
@@ -45,7 +49,7 @@ impl Router {
         let id = self.allocate_child_id(MASTER_ID, name)?;
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
         let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
-        how.connect_timeout_ms = self.inner.opts.connect_timeout.as_millis() as u64;
+        how.connect_timeout_ms = millis(self.inner.opts.connect_timeout);
         let connected = spore_agent::bootstrap::method_command(&how, &self.inner.image, &args)
             .map_err(|e| Error::Connect { target: name.to_string(), cause: e })
             .and_then(|command| {
@@ -93,7 +97,7 @@ pub struct Pending {
 impl Pending {
     /// Wait for the final reply.
     pub fn wait(self) -> Result<Message> {
-        self.wait_deadline(Instant::now() + FOREVER)
+        self.wait_deadline(deadline_after(FOREVER))
     }
 
     /// Wait for the final reply until `deadline`.
@@ -125,7 +129,7 @@ fn dead(context: &str, msg: &Message) -> Error {
 }
 
 /// What to run with [`Context::exec`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Command {
     /// Program and arguments; the program is looked up in the remote `PATH`.
     pub argv: Vec<String>,
@@ -133,8 +137,22 @@ pub struct Command {
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub cwd: Option<String>,
-    /// Kill the command's process group after this long.
+    /// Kill the command's process group after this long. At most
+    /// [`MAX_WAIT`] (a year): a longer one, `Duration::MAX` included, is
+    /// taken as that.
     pub timeout: Option<Duration>,
+    /// [`Context::exec`] keeps at most this many bytes of stdout, and as
+    /// many of stderr (default [`DEFAULT_OUTPUT_LIMIT`], 64 MiB). Past it the
+    /// command runs on to its end, the rest of its output is read and
+    /// dropped, and [`Output::truncated`] is set. [`Context::exec_streaming`]
+    /// keeps nothing and ignores it.
+    pub output_limit: usize,
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command { argv: Vec::new(), env: BTreeMap::new(), cwd: None, timeout: None, output_limit: DEFAULT_OUTPUT_LIMIT }
+    }
 }
 
 impl Command {
@@ -146,6 +164,12 @@ impl Command {
     /// Set the timeout.
     pub fn timeout(mut self, t: Duration) -> Command {
         self.timeout = Some(t);
+        self
+    }
+
+    /// Set how much of each output stream [`Context::exec`] keeps.
+    pub fn output_limit(mut self, bytes: usize) -> Command {
+        self.output_limit = bytes;
         self
     }
 
@@ -194,10 +218,14 @@ impl ExitStatus {
 pub struct Output {
     /// How it ended.
     pub status: ExitStatus,
-    /// Everything it wrote to stdout.
+    /// What it wrote to stdout: all of it, or the first
+    /// [`Command::output_limit`] bytes.
     pub stdout: Vec<u8>,
-    /// Everything it wrote to stderr.
+    /// What it wrote to stderr, likewise.
     pub stderr: Vec<u8>,
+    /// stdout or stderr (or both) wrote more than the limit, and what is
+    /// here is only its first [`Command::output_limit`] bytes.
+    pub truncated: bool,
 }
 
 /// Which output a streamed chunk came from.
@@ -312,11 +340,11 @@ impl Context {
         let mut args = hop.connect_args(self.router.options().become_password.as_deref());
         args.context_id = id;
         args.name = name.to_string();
-        args.connect_timeout_ms = timeout.as_millis() as u64;
+        args.connect_timeout_ms = millis(timeout);
         let pending = self.call_async(body::to_json(&args));
         drop(args);
         let reply: ConnectReply = pending
-            .wait_deadline(Instant::now() + timeout + Duration::from_secs(5))
+            .wait_deadline(deadline_after(timeout.saturating_add(Duration::from_secs(5))))
             .and_then(|msg| self.result(&msg))
             .map_err(|e| match e {
                 Error::Remote { message, .. } => {
@@ -331,18 +359,32 @@ impl Context {
         Ok(Context::new(self.router.clone(), id, name.to_string(), reply.uploaded))
     }
 
-    /// Run a command and collect its output.
+    /// Run a command and collect its output: up to
+    /// [`Command::output_limit`] bytes of each stream; past that the
+    /// command runs to its end, the rest is read (and acknowledged, so the
+    /// remote never stalls) but dropped, and [`Output::truncated`] is set.
     pub fn exec(&self, cmd: &Command) -> Result<Output> {
+        let limit = cmd.output_limit;
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
+        let mut truncated = false;
         let status = self.exec_inner(cmd, None, false, &mut |which, data| {
-            match which {
-                Stream::Stdout => stdout.extend_from_slice(data),
-                Stream::Stderr => stderr.extend_from_slice(data),
+            let buf = match which {
+                Stream::Stdout => &mut stdout,
+                Stream::Stderr => &mut stderr,
+            };
+            let room = limit.saturating_sub(buf.len());
+            let kept = data.get(..room).unwrap_or(data);
+            truncated |= kept.len() < data.len();
+            if buf.capacity() - buf.len() < kept.len() {
+                // Grow by doubling, but never past the limit.
+                let want = buf.capacity().max(kept.len()).min(room);
+                buf.reserve_exact(want);
             }
+            buf.extend_from_slice(kept);
             Ok(())
         })?;
-        Ok(Output { status, stdout, stderr })
+        Ok(Output { status, stdout, stderr, truncated })
     }
 
     /// Run a command, feeding it `stdin` (if any) and handing its output to
@@ -365,6 +407,7 @@ impl Context {
         stream: bool,
         sink: &mut dyn FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<ExitStatus> {
+        let timeout = cmd.timeout.map(|t| t.min(MAX_WAIT));
         let mut mb = self.router.broker().mailbox(Some(self.id));
         let err_handle = self.router.broker().alias(&mut mb);
         let args = ExecArgs {
@@ -373,7 +416,7 @@ impl Context {
             env: if cmd.env.is_empty() { None } else { Some(cmd.env.clone()) },
             cwd: cmd.cwd.clone(),
             stdin: stdin.is_some(),
-            timeout_ms: cmd.timeout.map(|t| t.as_millis() as u64),
+            timeout_ms: timeout.map(millis),
             stream,
             stderr_handle: err_handle,
         };
@@ -384,7 +427,7 @@ impl Context {
         let mut peer_stream: Option<u32> = None;
         // The remote enforces the command's timeout; if the remote itself
         // is stuck (a paused host), we stop waiting a little after it.
-        let deadline = Instant::now() + cmd.timeout.map_or(FOREVER, |t| t + EXEC_TIMEOUT_SLACK);
+        let deadline = deadline_after(timeout.map_or(FOREVER, |t| t.saturating_add(EXEC_TIMEOUT_SLACK)));
         let result = loop {
             let msg = match recv(&mb, &self.name, deadline, "the command") {
                 Ok(m) => m,
@@ -490,7 +533,7 @@ impl Context {
         let mut peer_stream = None;
         let mut consumed = 0u64;
         loop {
-            let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "file data")?;
+            let msg = recv(&mb, &self.name, deadline_after(FOREVER), "file data")?;
             if msg.is_binary() {
                 if let Err(e) = sink.write_all(&msg.body) {
                     if let Some(s) = peer_stream {
@@ -524,7 +567,7 @@ impl Context {
         self.send_call(&mb, body::to_json(&WriteArgs { op: "write_file".into(), path: path.into(), mode }));
         // The remote opens the temporary file first, then names its stream.
         let peer = loop {
-            let msg = recv(&mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+            let msg = recv(&mb, &self.name, deadline_after(FOREVER), "the remote file")?;
             if msg.is_end() {
                 let _: WriteReply = self.result(&msg)?;
                 return Err(Error::Protocol { context: self.name.to_string(), message: "write ended early".into() });
@@ -561,7 +604,7 @@ impl Context {
                 }
             };
             while !out.has_credit() {
-                let msg = recv(mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+                let msg = recv(mb, &self.name, deadline_after(FOREVER), "the remote file")?;
                 if msg.is_end() {
                     // An early end is a failure (disk full, permission).
                     let _: WriteReply = self.result(&msg)?;
@@ -576,7 +619,7 @@ impl Context {
             }
         }
         loop {
-            let msg = recv(mb, &self.name, Instant::now() + FOREVER, "the remote file")?;
+            let msg = recv(mb, &self.name, deadline_after(FOREVER), "the remote file")?;
             if msg.is_end() {
                 let reply: WriteReply = self.result(&msg)?;
                 return Ok(reply.size);

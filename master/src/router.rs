@@ -9,12 +9,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The longest wait spore accepts anywhere: a year. The durations in
+/// [`Options`] must be within it ([`Router::with_options`] refuses longer
+/// ones); a longer [`Command::timeout`](crate::Command::timeout) is taken
+/// as this; a call with no deadline of its own gives up after it.
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `d` from now, or as near as the clock allows: never a panic.
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    deadline_from(Instant::now(), d)
+}
+
+/// `d` after `start`, saturating (at [`MAX_WAIT`] after it, or `start`).
+pub(crate) fn deadline_from(start: Instant, d: Duration) -> Instant {
+    start.checked_add(d).or_else(|| start.checked_add(MAX_WAIT)).unwrap_or(start)
+}
+
+/// Whole milliseconds, saturating at `u64::MAX` rather than wrapping.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// How the master behaves.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// How long to wait for an agent's hello (default 30 s).
+    /// How long to wait for an agent's hello (default 30 s; at most
+    /// [`MAX_WAIT`]).
     pub connect_timeout: Duration,
-    /// How long a shutdown waits for the tree before forcing it (default 5 s).
+    /// How long a shutdown waits for the tree before forcing it (default
+    /// 5 s; at most [`MAX_WAIT`]).
     pub shutdown_grace: Duration,
     /// Largest message body accepted on any stream (default 128 MiB).
     pub max_message: u32,
@@ -24,7 +47,8 @@ pub struct Options {
     /// A custom agent binary (built with the `spore-agent` library); default
     /// [`crate::default_image`].
     pub agent_image: Option<Vec<u8>>,
-    /// Every context probes its idle children this often (zero: never)...
+    /// Every context probes its idle children this often (zero: never; at
+    /// most [`MAX_WAIT`])...
     pub keepalive: Duration,
     /// ...and declares one dead after this many silent intervals: its calls
     /// fail, its subtree is dropped, the rest of the tree carries on.
@@ -71,8 +95,10 @@ impl Router {
         Router::with_options(Options::default())
     }
 
-    /// Start a router.
+    /// Start a router. Fails with [`Error::Usage`] if a duration in `opts`
+    /// is longer than [`MAX_WAIT`].
     pub fn with_options(opts: Options) -> Result<Router> {
+        check_options(&opts)?;
         let image = match &opts.agent_image {
             Some(b) => Arc::new(Image::new(b.clone())),
             None => crate::image::default_image_shared()?,
@@ -106,8 +132,8 @@ impl Router {
             parent_ids,
             log_level: self.inner.log_level,
             max_message: self.inner.opts.max_message,
-            grace_ms: bootstrap::child_grace_ms(parent_grace.as_millis() as u64),
-            keepalive_ms: self.inner.opts.keepalive.as_millis() as u64,
+            grace_ms: bootstrap::child_grace_ms(millis(parent_grace)),
+            keepalive_ms: millis(self.inner.opts.keepalive),
             keepalive_misses: self.inner.opts.keepalive_misses,
         }
     }
@@ -120,14 +146,13 @@ impl Router {
         let started = Instant::now();
         if self.inner.shut.swap(true, Ordering::SeqCst) {
             // Already under way (another thread, a signal): wait for it.
-            let bound = started + self.inner.broker.shutdown_bound() + Duration::from_secs(1);
-            self.inner.broker.wait_done(bound);
+            self.inner.broker.wait_done(deadline_from(started, self.inner.shutdown_limit()));
             return;
         }
         self.inner.broker.shutdown("master shutdown");
-        let bound = started + self.inner.broker.shutdown_bound() + Duration::from_secs(1);
-        if !self.inner.broker.wait_done(bound) {
-            log::warn!("broker did not finish its shutdown within {:?}", bound - started);
+        let limit = self.inner.shutdown_limit();
+        if !self.inner.broker.wait_done(deadline_from(started, limit)) {
+            log::warn!("broker did not finish its shutdown within {limit:?}");
         }
         log::debug!("shutdown took {:?}", started.elapsed());
     }
@@ -157,14 +182,39 @@ impl Router {
     }
 }
 
+/// Refuse durations no clock can add (they would panic, or wrap when sent
+/// to an agent as milliseconds).
+fn check_options(opts: &Options) -> Result<()> {
+    let durations = [
+        ("connect_timeout", opts.connect_timeout),
+        ("shutdown_grace", opts.shutdown_grace),
+        ("keepalive", opts.keepalive),
+    ];
+    for (name, d) in durations {
+        if d > MAX_WAIT {
+            return Err(Error::Usage(format!(
+                "Options::{name} of {d:?} is too long: at most {} days",
+                MAX_WAIT.as_secs() / 86400
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// How long a shutdown may take: the broker's bound and a second.
+    fn shutdown_limit(&self) -> Duration {
+        self.broker.shutdown_bound().saturating_add(Duration::from_secs(1))
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if !self.shut.swap(true, Ordering::SeqCst) {
             // Backstop only: callers should shut down explicitly.
             log::debug!("router dropped without shutdown; shutting down now");
             self.broker.shutdown("router dropped");
-            let bound = Instant::now() + self.broker.shutdown_bound() + Duration::from_secs(1);
-            self.broker.wait_done(bound);
+            self.broker.wait_done(deadline_after(self.shutdown_limit()));
         }
     }
 }

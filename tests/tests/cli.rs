@@ -60,6 +60,65 @@ fn run_on_several_targets_prefixes_lines() {
     guard.check();
 }
 
+/// The `--json` lines of a run, parsed.
+fn json_lines(stdout: &[u8]) -> Vec<miniserde::json::Object> {
+    text(stdout)
+        .lines()
+        .map(|l| match miniserde::json::from_str::<miniserde::json::Value>(l) {
+            Ok(miniserde::json::Value::Object(o)) => o,
+            _ => panic!("not a JSON object: {l}"),
+        })
+        .collect()
+}
+
+fn field<'a>(o: &'a miniserde::json::Object, k: &str) -> Option<&'a str> {
+    match o.get(k) {
+        Some(miniserde::json::Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn number(o: &miniserde::json::Object, k: &str) -> Option<i64> {
+    match o.get(k) {
+        Some(miniserde::json::Value::Number(miniserde::json::Number::U64(n))) => Some(*n as i64),
+        Some(miniserde::json::Value::Number(miniserde::json::Number::I64(n))) => Some(*n),
+        _ => None,
+    }
+}
+
+/// Standard base64 (padded) back to bytes.
+fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    assert_eq!(s.len() % 4, 0, "{s}");
+    let mut out = Vec::new();
+    for g in s.as_bytes().chunks(4) {
+        let pad = g.iter().filter(|&&c| c == b'=').count();
+        let v = g.iter().take(4 - pad).enumerate().fold(0u32, |v, (i, &c)| v | u32::from(val(c)) << (18 - 6 * i));
+        out.extend_from_slice(&v.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
+/// A target's stream, put back together from its chunk objects.
+fn joined(objects: &[miniserde::json::Object], target: &str, stream: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for o in objects.iter().filter(|o| field(o, "target") == Some(target) && field(o, "stream") == Some(stream)) {
+        match (field(o, "data"), field(o, "data_b64")) {
+            (Some(d), None) => out.extend_from_slice(d.as_bytes()),
+            (None, Some(b)) => out.extend(unbase64(b)),
+            _ => panic!("a chunk needs one of data and data_b64"),
+        }
+    }
+    out
+}
+
 #[test]
 fn json_gives_one_object_per_target() {
     let guard = LeakGuard::new();
@@ -69,13 +128,43 @@ fn json_gives_one_object_per_target() {
     assert_eq!(lines.len(), 2);
     assert!(lines[0].contains(r#""target":"local""#) && lines[0].contains(r#""ok":true"#), "{}", lines[0]);
     assert!(lines[1].contains(r#""context":"local/local""#), "{}", lines[1]);
+    // run: the output as chunk objects, then the status.
     let out = spore(&["--json", "run", "local", "--", "sh", "-c", "echo hi; exit 4"]);
     assert_eq!(out.status.code(), Some(4));
-    let line = text(&out.stdout);
-    assert!(
-        line.contains(r#""status":4"#) && line.contains(r#""stdout":"hi\n""#) && line.contains(r#""ok":false"#),
-        "{line}"
-    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], r#"{"target":"local","stream":"stdout","data":"hi\n"}"#, "{stdout}");
+    let last = lines.last().unwrap();
+    assert!(last.contains(r#""status":4"#) && last.contains(r#""ok":false"#), "{last}");
+    assert!(last.contains(r#""stdout_bytes":3"#) && last.contains(r#""stderr_bytes":0"#), "{last}");
+    guard.check();
+}
+
+/// Text stays text (a character split between chunks included); bytes that
+/// are not UTF-8 come as base64; every target's streams add up exactly.
+#[test]
+fn json_run_streams_chunks_text_as_data_and_bytes_as_base64() {
+    let guard = LeakGuard::new();
+    let script = r#"printf 'a\303'; sleep 0.3; printf '\251 "q" \\ \001\n'; printf '\377\000x' >&2; printf 'end\342\202'; exit 3"#;
+    let out = spore(&["--json", "run", "local", "local/local", "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let objects = json_lines(&out.stdout);
+    for t in ["local", "local/local"] {
+        let chunks: Vec<_> =
+            objects.iter().filter(|o| field(o, "target") == Some(t) && o.contains_key("stream")).collect();
+        // The split é is held back and joined: text until the unfinished
+        // character at the very end.
+        let text_chunks: String =
+            chunks.iter().filter(|o| field(o, "stream") == Some("stdout")).filter_map(|o| field(o, "data")).collect();
+        assert_eq!(text_chunks, "aé \"q\" \\ \u{1}\nend", "{t}");
+        assert_eq!(joined(&objects, t, "stdout"), b"a\xc3\xa9 \"q\" \\ \x01\nend\xe2\x82", "{t}");
+        assert_eq!(joined(&objects, t, "stderr"), b"\xff\x00x", "{t}");
+        let last: Vec<_> = objects.iter().filter(|o| field(o, "target") == Some(t) && o.contains_key("ok")).collect();
+        assert_eq!(last.len(), 1, "{t}");
+        assert_eq!(number(last[0], "status"), Some(3));
+        assert_eq!(number(last[0], "stdout_bytes"), Some(17));
+        assert_eq!(number(last[0], "stderr_bytes"), Some(3));
+    }
     guard.check();
 }
 
