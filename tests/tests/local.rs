@@ -338,7 +338,7 @@ fn collected_output_is_bounded_in_the_agent() {
     let r = router();
     let ctx = r.local().unwrap();
     let pid = ctx.info().unwrap().pid;
-    let out = ctx.exec(&Command::new(["head", "-c", "200000000", "/dev/zero"])).unwrap();
+    let out = ctx.exec(&Command::new(["head", "-c", "200000000", "/dev/zero"]).output_limit(200_000_000)).unwrap();
     assert_eq!(out.stdout.len(), 200_000_000);
     let peak = spore_tests::peak_rss_kib(pid);
     assert!(peak < 48 * 1024, "the agent held {peak} KiB for a collected command");
