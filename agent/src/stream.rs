@@ -53,9 +53,9 @@ pub(crate) struct Out {
 /// Bytes queued for a stream past which its feeders stop: the broker stops
 /// reading what feeds it, threads sending into it wait (up to
 /// [`SEND_STALL`]), and log records for it are dropped and counted.
-pub const OUT_HIGH: usize = 4 << 20;
+pub const OUT_HIGH: usize = 8 << 20;
 /// Log records are dropped already past this much queued.
-pub const LOG_HIGH: usize = 1 << 20;
+pub const LOG_HIGH: usize = 4 << 20;
 /// The longest a thread waits for room in a full stream before it queues
 /// anyway (a peer that reads nothing for this long is being cut off by its
 /// keepalive, or by the operator).
