@@ -5,8 +5,8 @@
 //!
 //! Each `run(data)` panics when an invariant breaks; otherwise it returns.
 
-pub mod input;
 pub mod bodies;
-pub mod decoder;
-pub mod core;
 pub mod bootstrap;
+pub mod core;
+pub mod decoder;
+pub mod input;
