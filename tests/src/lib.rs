@@ -10,6 +10,7 @@
 
 pub mod docker;
 pub mod fleet;
+pub mod hostile;
 pub mod site;
 pub mod sshd;
 pub mod strays;

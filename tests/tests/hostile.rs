@@ -14,156 +14,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
-use miniserde::{Deserialize, Serialize};
-use spore::{Command, Context, Error, Hop, InfoReply, Options, Output, Router};
-use spore_protocol::body::{self, AddRoute, ExecArgs, LogRecord};
-use spore_protocol::{handle, Message, FLAG_BINARY, FLAG_DEAD, FLAG_END, MASTER_ID};
-use spore_tests::{descendants, reap_zombies, LeakGuard, Scratch, RECORDS};
+use spore::{Command, Context, Error, InfoReply, Output, Router};
+use spore_protocol::body::{self, ExecArgs, LogRecord};
+use spore_protocol::{handle, FLAG_BINARY, FLAG_DEAD, FLAG_END, MASTER_ID};
+use spore_tests::hostile::*;
+use spore_tests::{LeakGuard, Scratch, RECORDS};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-// ---- harness -----------------------------------------------------------
-
-fn hostile_image() -> Vec<u8> {
-    let p = spore_tests::target_dir().join("debug/spore-hostile-agent");
-    assert!(p.is_file(), "{} is missing: run `cargo build -p spore-tests`", p.display());
-    std::fs::read(p).unwrap()
-}
-
-/// A router, shut down when dropped; a failing test also kills whatever it
-/// started (we are a subreaper: every agent is our descendant).
-struct Fixture {
-    r: Router,
-}
-
-impl Fixture {
-    /// A router whose image is the hostile agent's binary.
-    fn new() -> Fixture {
-        Fixture::with(
-            Router::with_options(Options {
-                agent_image: Some(hostile_image()),
-                agent_log_level: Some(log::LevelFilter::Info),
-                shutdown_grace: Duration::from_secs(2),
-                connect_timeout: Duration::from_secs(20),
-                ..Options::default()
-            })
-            .unwrap(),
-        )
-    }
-
-    fn with(r: Router) -> Fixture {
-        Fixture { r }
-    }
-
-    /// A direct child of the master: hostile if `name` starts with `hostile`.
-    fn connect(&self, name: &str) -> Context {
-        self.r.connect(&Hop::Local, name).unwrap_or_else(|e| panic!("connect {name}: {e}"))
-    }
-
-    /// Shut down, drop, and check that nothing was left behind.
-    fn finish(self, guard: LeakGuard) {
-        self.r.shutdown();
-        drop(self);
-        guard.check();
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.r.shutdown();
-        if std::thread::panicking() {
-            for p in descendants() {
-                // SAFETY: kill has no memory effects; these are our own processes.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-            reap_zombies();
-        }
-    }
-}
-
-/// A child of `parent`, named `<parent>/<name>`, started by `parent`'s agent
-/// with its own image.
-fn below(parent: &Context, name: &str) -> Context {
-    let full = format!("{}/{name}", parent.name());
-    parent.connect_hop(&Hop::Local, &full).unwrap_or_else(|e| panic!("connect {full}: {e}"))
-}
-
-/// One frame of a `raw` call, or a spray of them (see the hostile agent).
-#[derive(Serialize, Default, Clone)]
-struct Frame {
-    dst: u32,
-    src: Option<u32>,
-    auth: Option<u32>,
-    handle: u32,
-    handle_to: Option<u32>,
-    reply_to: Option<u32>,
-    flags: Option<u8>,
-    body: Option<String>,
-    repeat: Option<u32>,
-}
-
-fn frame(dst: u32, handle: u32, body: &str) -> Frame {
-    Frame { dst, handle, body: Some(body.into()), ..Frame::default() }
-}
-
-/// The same frame to every handle in `from..=to` at `dst`.
-fn spray(dst: u32, from: u32, to: u32, flags: u8, body: &str) -> Frame {
-    Frame { dst, handle: from, handle_to: Some(to), flags: Some(flags), body: Some(body.into()), ..Frame::default() }
-}
-
-#[derive(Serialize)]
-struct RawCall {
-    op: String,
-    frames: Vec<Frame>,
-}
-
-#[derive(Serialize)]
-struct StatsCall {
-    op: String,
-    handle: u32,
-}
-
-/// What the hostile agent saw on one of its handles.
-#[derive(Deserialize, Debug)]
-struct Stats {
-    total: u64,
-    dead: u64,
-    /// Messages not flagged DEAD.
-    replies: u64,
-    /// Replies whose body holds `"id"`.
-    with_id: u64,
-    /// Calls for other contexts that were routed to it.
-    impersonated: u64,
-}
-
-/// Have the hostile context `h` write `frames` on its parent pipe; returns
-/// the call's outcome once the frames have gone through (its own reply
-/// handle may be among those sprayed, and a router may drop `h` for what
-/// it sent, so the outcome is not the point).
-fn send_frames(h: &Context, frames: Vec<Frame>) -> spore::Result<Message> {
-    let body = body::to_json(&RawCall { op: "raw".into(), frames });
-    let result = h.call_async(body).wait_deadline(Instant::now() + Duration::from_secs(30));
-    // The frames that follow a reply forged to our own handle are still on
-    // their way; give the routers a moment with them.
-    std::thread::sleep(Duration::from_millis(200));
-    result
-}
-
-fn stats(h: &Context, handle: u32) -> spore::Result<Stats> {
-    let body = body::to_json(&StatsCall { op: "stats".into(), handle });
-    let msg = h.call_async(body).wait_deadline(Instant::now() + Duration::from_secs(10))?;
-    h.decode(&msg)
-}
-
-fn info_within(ctx: &Context, within: Duration) -> spore::Result<InfoReply> {
-    let msg = ctx.call_async(br#"{"op":"info"}"#.to_vec()).wait_deadline(Instant::now() + within)?;
-    ctx.decode(&msg)
-}
-
-fn ping_within(ctx: &Context, within: Duration) -> spore::Result<()> {
-    let msg = ctx.call_async(br#"{"op":"ping"}"#.to_vec()).wait_deadline(Instant::now() + within)?;
-    ctx.decode::<spore_protocol::body::Empty>(&msg).map(|_| ())
-}
+// ---- harness (the rest is in spore_tests::hostile) ---------------------
 
 /// `sleep 1; echo ok` on `ctx`, in a thread (bounded by its timeout).
 fn slow_echo(ctx: &Context) -> JoinHandle<spore::Result<Output>> {
@@ -231,11 +90,6 @@ fn calls_to_a_lost_context_all_fail(ctx: &Context) {
         answered.len(),
         answered.first()
     );
-}
-
-/// An ADD_ROUTE body claiming context `id`, started by `parent`.
-fn add_route(id: u32, parent: u32, name: &str) -> String {
-    String::from_utf8(body::to_json(&AddRoute { id, parent, name: name.into() })).unwrap()
 }
 
 // ---- forged DEAD replies -----------------------------------------------

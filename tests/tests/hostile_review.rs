@@ -1,143 +1,18 @@
 //! A security review of the broker's core (DESIGN.md, Security and
 //! Bounds): holes a hostile child or grandchild can use, each as a test
-//! that fails while the hole is open. The harness is copied from
-//! `hostile.rs` (a router whose image is `spore-hostile-agent`: a context
-//! whose last hop is named `hostile` writes whatever frames its `raw` call
-//! names on its parent pipe).
+//! that fails while the hole is open, on the harness of `hostile.rs`
+//! (`spore_tests::hostile`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
-use miniserde::{Deserialize, Serialize};
-use spore::{Context, Hop, InfoReply, Options, Router};
-use spore_protocol::body::{self, AddRoute, DelRoute, LogRecord};
-use spore_protocol::{handle, Message, MASTER_ID};
-use spore_tests::{descendants, reap_zombies, LeakGuard, RECORDS};
+use spore::{Context, Hop};
+use spore_protocol::body::{self, LogRecord};
+use spore_protocol::{handle, MASTER_ID};
+use spore_tests::hostile::*;
+use spore_tests::{LeakGuard, RECORDS};
 use std::time::{Duration, Instant};
 
-// ---- harness (from hostile.rs) -----------------------------------------
-
-fn hostile_image() -> Vec<u8> {
-    let p = spore_tests::target_dir().join("debug/spore-hostile-agent");
-    assert!(p.is_file(), "{} is missing: run `cargo build -p spore-tests`", p.display());
-    std::fs::read(p).unwrap()
-}
-
-struct Fixture {
-    r: Router,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        Fixture {
-            r: Router::with_options(Options {
-                agent_image: Some(hostile_image()),
-                agent_log_level: Some(log::LevelFilter::Info),
-                shutdown_grace: Duration::from_secs(2),
-                connect_timeout: Duration::from_secs(20),
-                ..Options::default()
-            })
-            .unwrap(),
-        }
-    }
-
-    fn connect(&self, name: &str) -> Context {
-        self.r.connect(&Hop::Local, name).unwrap_or_else(|e| panic!("connect {name}: {e}"))
-    }
-
-    fn finish(self, guard: LeakGuard) {
-        self.r.shutdown();
-        drop(self);
-        guard.check();
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.r.shutdown();
-        if std::thread::panicking() {
-            for p in descendants() {
-                // SAFETY: kill has no memory effects; these are our own processes.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-            reap_zombies();
-        }
-    }
-}
-
-fn below(parent: &Context, name: &str) -> Context {
-    let full = format!("{}/{name}", parent.name());
-    parent.connect_hop(&Hop::Local, &full).unwrap_or_else(|e| panic!("connect {full}: {e}"))
-}
-
-#[derive(Serialize, Default, Clone)]
-struct Frame {
-    dst: u32,
-    src: Option<u32>,
-    auth: Option<u32>,
-    handle: u32,
-    handle_to: Option<u32>,
-    reply_to: Option<u32>,
-    flags: Option<u8>,
-    body: Option<String>,
-    repeat: Option<u32>,
-}
-
-fn frame(dst: u32, handle: u32, body: &str) -> Frame {
-    Frame { dst, handle, body: Some(body.into()), ..Frame::default() }
-}
-
-#[derive(Serialize)]
-struct RawCall {
-    op: String,
-    frames: Vec<Frame>,
-}
-
-#[derive(Serialize)]
-struct StatsCall {
-    op: String,
-    handle: u32,
-}
-
-#[derive(Deserialize, Debug)]
-#[allow(dead_code, reason = "read through Debug")]
-struct Stats {
-    total: u64,
-    dead: u64,
-    replies: u64,
-    with_id: u64,
-    impersonated: u64,
-}
-
-fn send_frames(h: &Context, frames: Vec<Frame>) -> spore::Result<Message> {
-    let body = body::to_json(&RawCall { op: "raw".into(), frames });
-    let result = h.call_async(body).wait_deadline(Instant::now() + Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(200));
-    result
-}
-
-fn stats(h: &Context, handle: u32) -> spore::Result<Stats> {
-    let body = body::to_json(&StatsCall { op: "stats".into(), handle });
-    let msg = h.call_async(body).wait_deadline(Instant::now() + Duration::from_secs(10))?;
-    h.decode(&msg)
-}
-
-fn info_within(ctx: &Context, within: Duration) -> spore::Result<InfoReply> {
-    let msg = ctx.call_async(br#"{"op":"info"}"#.to_vec()).wait_deadline(Instant::now() + within)?;
-    ctx.decode(&msg)
-}
-
-fn ping_within(ctx: &Context, within: Duration) -> spore::Result<()> {
-    let msg = ctx.call_async(br#"{"op":"ping"}"#.to_vec()).wait_deadline(Instant::now() + within)?;
-    ctx.decode::<spore_protocol::body::Empty>(&msg).map(|_| ())
-}
-
-fn add_route(id: u32, parent: u32, name: &str) -> String {
-    String::from_utf8(body::to_json(&AddRoute { id, parent, name: name.into() })).unwrap()
-}
-
-fn del_route(id: u32, reason: &str) -> String {
-    String::from_utf8(body::to_json(&DelRoute { id, reason: reason.into() })).unwrap()
-}
+// ---- harness (the rest is in spore_tests::hostile) ---------------------
 
 /// Records (from any target) whose message contains `text`, once their
 /// number has stopped growing (bounded).
