@@ -13,9 +13,8 @@ use crate::routes::{Origin, Refusal, StreamId, Undeliverable};
 use crate::shared::{lock, say_last_words, Cmd, Prepared, Shared};
 use crate::shutdown::{self, Facts};
 use crate::spin;
-use crate::stream::{Out, LOG_HIGH, OUT_HIGH};
+use crate::stream::{Out, LOG_HIGH};
 use crate::sys;
-use spore_protocol::body::{self, LogRecord};
 use spore_protocol::{handle, Decoder, FrameError, Message};
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,6 +39,12 @@ const CAPTURE_STDERR: usize = 1;
 /// Where the core's own lines are logged from.
 const CORE_TARGET: &str = "spore_agent::broker";
 
+mod finish;
+mod lines;
+mod pressure;
+
+use pressure::CALL_LIMIT;
+
 /// The fd side of one stream.
 struct StreamFds {
     name: String,
@@ -53,16 +58,6 @@ struct StreamFds {
     paused: bool,
 }
 
-/// Calls waiting for a worker past which the broker stops reading its
-/// parent (back-pressure), and below which it reads again.
-pub const CALL_BACKLOG: usize = 4096;
-/// Calls waiting past which more get a `DEAD` "busy" reply. Reached only
-/// when the backlog made no progress for [`BACKLOG_STALL`] and the broker
-/// read on (the calls running may be waiting for messages from the parent).
-pub const CALL_LIMIT: usize = 4 * CALL_BACKLOG;
-/// How long a paused parent stream may wait on a backlog that doesn't move.
-const BACKLOG_STALL: Duration = Duration::from_secs(1);
-
 pub(crate) struct Loop {
     shared: Arc<Shared>,
     core: Core,
@@ -74,7 +69,7 @@ pub(crate) struct Loop {
     finished: bool,
     /// Why the loop gave up, if it did.
     died: Option<String>,
-    /// Since when the call backlog has been over [`CALL_BACKLOG`], and how
+    /// Since when the call backlog has been over `pressure::CALL_BACKLOG`, and how
     /// long it was then.
     backlog_since: Option<(Instant, usize)>,
 }
@@ -221,52 +216,6 @@ impl Loop {
             }
             #[allow(clippy::panic, reason = "the test hook's whole point")]
             Cmd::Crash => panic!("crash requested by a test"),
-        }
-    }
-
-    // ---- back-pressure ---------------------------------------------------
-    //
-    // Nothing grows without bound because a peer stops reading: a stream
-    // with OUT_HIGH bytes queued stops the reading of what feeds it (the
-    // parent feeds the children, the children feed the parent), and calls
-    // queued past CALL_BACKLOG stop the reading of the parent.
-
-    fn pace(&mut self) {
-        let now = Instant::now();
-        let backlog = self.shared.handles.queued(handle::CALL_FUNCTION);
-        self.backlog_since = match self.backlog_since {
-            _ if backlog < CALL_BACKLOG / 2 => None,
-            None if backlog >= CALL_BACKLOG => Some((now, backlog)),
-            // Progress: start the clock again.
-            Some((_, at)) if backlog < at => Some((now, backlog)),
-            other => other,
-        };
-        let parent_full = self.streams.values().any(|s| s.is_parent && s.out.queued() >= OUT_HIGH);
-        // A backlog that doesn't move while the parent reads may be waiting
-        // for the parent itself (a running call's acks): read on, up to
-        // CALL_LIMIT. While the parent reads nothing, wait for it.
-        let backlog_full =
-            self.backlog_since.is_some_and(|(since, _)| parent_full || now.duration_since(since) < BACKLOG_STALL);
-        let child_full = self.streams.values().any(|s| !s.is_parent && s.out.queued() >= OUT_HIGH);
-        let poller = &self.shared.poller;
-        for (&sid, s) in self.streams.iter_mut() {
-            let pause = if s.is_parent { backlog_full || child_full } else { parent_full };
-            if pause != s.paused {
-                let interest = if pause { Interest::NONE } else { Interest::READ };
-                if poller.modify(s.input.as_fd(), Source::Input(sid), interest).is_ok() {
-                    s.paused = pause;
-                }
-            }
-        }
-        // Say how many log records a full parent stream cost.
-        let dropped = self.shared.dropped_logs.load(Ordering::SeqCst);
-        if dropped > 0 && !parent_full && self.shared.log_queue.is_none() {
-            let room = self.streams.values().any(|s| s.is_parent && s.out.queued() < LOG_HIGH);
-            if room {
-                self.shared.dropped_logs.fetch_sub(dropped, Ordering::SeqCst);
-                let text = format!("{dropped} log records dropped (the stream to the parent was full)");
-                self.forward_line("spore_agent::logs", log::Level::Warn, &text);
-            }
         }
     }
 
@@ -540,115 +489,5 @@ impl Loop {
         for (sid, why) in failed {
             self.core.drop_stream(sid, DropReason::WriteFailed(why), Instant::now());
         }
-    }
-
-    // ---- log lines -------------------------------------------------------
-
-    fn read_stream_stderr(&mut self, sid: StreamId) {
-        let Some(src) = self.streams.get_mut(&sid).and_then(|s| s.stderr.as_mut()) else { return };
-        let (target, level) = (src.target.clone(), src.level);
-        let mut lines = Vec::new();
-        let open = src.drain(false, |l| lines.push(l.to_string()));
-        if !open {
-            let _ = self.shared.poller.delete(src.file.as_fd());
-            if let Some(s) = self.streams.get_mut(&sid) {
-                s.stderr = None;
-            }
-        }
-        for l in lines {
-            self.forward_line(&target, level, &l);
-        }
-    }
-
-    fn read_capture(&mut self, n: usize) {
-        let Some(src) = self.captures.get_mut(&n) else { return };
-        let (target, level) = (src.target.clone(), src.level);
-        let mut lines = Vec::new();
-        if !src.drain(false, |l| lines.push(l.to_string())) {
-            let _ = self.shared.poller.delete(src.file.as_fd());
-            self.captures.remove(&n);
-        }
-        for l in lines {
-            self.forward_line(&target, level, &l);
-        }
-    }
-
-    /// A line this context read (captured output, a connection's stderr):
-    /// shown here in the master, sent towards it elsewhere.
-    fn forward_line(&mut self, target: &str, level: log::Level, line: &str) {
-        let rec = LogRecord {
-            level: level as u8,
-            name: self.shared.cfg.name.clone(),
-            target: target.into(),
-            msg: line.into(),
-        };
-        match &self.shared.log_queue {
-            Some(q) => q.record(&rec),
-            None => {
-                let msg = Message::new(0, handle::FORWARD_LOG, body::to_json(&rec));
-                self.core.handle_message(msg, Origin::Local, Instant::now());
-                self.run_actions();
-            }
-        }
-    }
-
-    // ---- the end ---------------------------------------------------------
-
-    fn finish(mut self) {
-        // Whatever the logger queued during the last steps goes out too;
-        // after this, `push` handles late commands itself.
-        self.take_commands();
-        let late = {
-            let mut queue = lock(&self.shared.queue);
-            self.shared.finished.store(true, Ordering::SeqCst);
-            std::mem::take(&mut *queue)
-        };
-        for cmd in late {
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            match cmd {
-                Cmd::Send(msg) => self.core.handle_message(msg, Origin::Local, Instant::now()),
-                Cmd::AddStream(s) => {
-                    if let Some(child) = s.child {
-                        self.reaper.add(child, format!("connection process for {}", s.name), Some(Instant::now()));
-                    }
-                }
-                Cmd::Reap(child, what) => self.reaper.add(child, what, Some(Instant::now())),
-                Cmd::Capture { .. } | Cmd::Shutdown(_) | Cmd::Crash => {}
-            }
-            self.run_actions();
-        }
-        let deadline = Instant::now() + shutdown::FINAL_WRITE_LIMIT;
-        while let Some(out) = self.streams.values().find(|s| s.is_parent && s.out.pending()).map(|s| s.out.clone()) {
-            if Instant::now() >= deadline || out.flush(&self.shared.poller).is_some() {
-                break;
-            }
-            std::thread::sleep(BUSY_TICK);
-        }
-        // From here on, a thread's message takes the slow path, which the
-        // finished broker drops.
-        self.shared.outs.write().unwrap_or_else(|p| p.into_inner()).clear();
-        let now = Instant::now();
-        for (_, mut s) in self.streams.drain() {
-            let _ = self.shared.poller.delete(s.input.as_fd());
-            s.out.unwatch(&self.shared.poller);
-            if let Some(src) = &s.stderr {
-                let _ = self.shared.poller.delete(src.file.as_fd());
-            }
-            if let Some(child) = s.child.take() {
-                let _ = sys::kill(child.id() as i32, libc::SIGTERM);
-                self.reaper.add(child, s.name, Some(now + shutdown::FORCED_KILL_DELAY));
-            }
-        }
-        self.reaper.finish(shutdown::REAP_LIMIT);
-        for path in self.shared.temps() {
-            let _ = std::fs::remove_file(path);
-        }
-        if let Some(q) = &self.shared.log_queue {
-            q.close(Duration::from_secs(1));
-        }
-        if self.shared.cfg.exit_process {
-            sys::terminate_self();
-        }
-        self.shared.mark_done(self.died.as_deref());
     }
 }
