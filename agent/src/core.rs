@@ -248,17 +248,18 @@ impl Core {
         if let Origin::Stream(sid) = origin {
             self.heard(sid, now);
         }
-        let verdict = self.routes().decide(&mut msg, origin);
-        let from_parent = matches!(origin, Origin::Stream(sid) if Some(sid) == self.routes().parent());
+        // One look at the table for the verdict and what it depends on.
+        let (verdict, from_parent, privileged) = {
+            let routes = self.routes();
+            let verdict = routes.decide(&mut msg, origin);
+            let from_parent = matches!(origin, Origin::Stream(sid) if Some(sid) == routes.parent());
+            (verdict, from_parent, routes.privileged(msg.header.auth))
+        };
         let from_child = matches!(origin, Origin::Stream(_)) && !from_parent;
         // Passing down from the parent: the master's notice of an id it
         // allocated for a connect below (every router on the way learns it).
         let refused = matches!(verdict, Verdict::Drop(_));
-        if from_parent
-            && !refused
-            && msg.header.handle == handle::ALLOCATE_ID
-            && self.routes().privileged(msg.header.auth)
-        {
+        if from_parent && !refused && msg.header.handle == handle::ALLOCATE_ID && privileged {
             match body::from_json::<AllocatedId>(&msg.body, "ALLOCATE_ID") {
                 Ok(a) => self.routes_mut().expect(a.id, a.parent),
                 Err(e) => {
@@ -279,7 +280,7 @@ impl Core {
             }
         }
         match verdict {
-            Verdict::Local => self.local(msg, origin, from_parent),
+            Verdict::Local => self.local(msg, origin, from_parent, privileged),
             Verdict::Forward(sid) => self.write(sid, msg),
             Verdict::Dead(why) => self.undeliverable(msg, why),
             Verdict::Drop(why) => self.refuse(origin, why),
@@ -342,7 +343,7 @@ impl Core {
         self.route(reply, Origin::Local);
     }
 
-    fn local(&mut self, msg: Message, origin: Origin, from_parent: bool) {
+    fn local(&mut self, msg: Message, origin: Origin, from_parent: bool, privileged: bool) {
         let (h, src) = (msg.header.handle, msg.header.src);
         match h {
             handle::ADD_ROUTE | handle::DEL_ROUTE => match origin {
@@ -372,7 +373,7 @@ impl Core {
                     self.route(echo, Origin::Local);
                 }
             }
-            handle::CALL_FUNCTION if !self.routes().privileged(msg.header.auth) => {
+            handle::CALL_FUNCTION if !privileged => {
                 let why = Undeliverable::NotAllowed { auth: msg.header.auth, at: self.cfg.id };
                 self.complain(origin, why.to_string());
                 self.undeliverable(msg, why);
