@@ -10,12 +10,13 @@
 //! DEAD replies and the ordering after commands.
 
 use crate::event_loop::Loop;
+use crate::locks::{lock, read, write};
 use crate::logs::LogQueue;
 use crate::mailbox::{Handles, Mailbox};
 use crate::poller::{Poller, Source};
 use crate::procs::{self, Groups};
 use crate::routes::Routes;
-use crate::shared::{lock, on_broker_thread, Cmd, Prepared, Shared};
+use crate::shared::{on_broker_thread, Cmd, Prepared, Shared};
 use crate::shutdown;
 use crate::stream::{NewStream, Out, LOG_HIGH, OUT_HIGH, SEND_STALL};
 use crate::sys;
@@ -155,16 +156,17 @@ impl Broker {
         if msg.header.dst == me {
             return self.push(Cmd::Send(msg));
         }
-        let sid = self.shared.routes.read().unwrap_or_else(|p| p.into_inner()).route(msg.header.dst);
-        let out = sid.and_then(|sid| self.shared.outs.read().unwrap_or_else(|p| p.into_inner()).get(&sid).cloned());
+        let sid = read(&self.shared.routes).route(msg.header.dst);
+        let out = sid.and_then(|sid| read(&self.shared.outs).get(&sid).cloned());
         if let Some(out) = &out {
             // Back-pressure: a full stream's log records are dropped (and
             // counted); other senders wait for room.
-            if msg.header.handle == handle::FORWARD_LOG && out.queued() >= LOG_HIGH {
+            let queued = out.queued();
+            if msg.header.handle == handle::FORWARD_LOG && queued >= LOG_HIGH {
                 self.shared.dropped_logs.fetch_add(1, Ordering::SeqCst);
                 return;
             }
-            if out.queued() >= OUT_HIGH && !on_broker_thread() {
+            if queued >= OUT_HIGH && !on_broker_thread() {
                 out.wait_room(Instant::now() + SEND_STALL);
             }
         }
@@ -201,7 +203,7 @@ impl Broker {
             }
         }
         {
-            let mut outs = self.shared.outs.write().unwrap_or_else(|p| p.into_inner());
+            let mut outs = write(&self.shared.outs);
             // `finish` sets `finished` before it clears `outs`: checked under
             // the lock, a stream is never registered with a gone broker.
             if self.shared.finished.load(Ordering::SeqCst) {
@@ -253,7 +255,7 @@ impl Broker {
     /// `parent` is told first (`ALLOCATE_ID`). `None` in an agent, or once
     /// the id space is spent.
     pub fn allocate_child_id(&self, parent: u32) -> Option<u32> {
-        let id = self.shared.routes.write().unwrap_or_else(|p| p.into_inner()).allocate(parent)?;
+        let id = write(&self.shared.routes).allocate(parent)?;
         if parent != self.id() {
             self.send(Message::new(parent, handle::ALLOCATE_ID, body::to_json(&AllocatedId { id, parent })));
         }
@@ -262,7 +264,7 @@ impl Broker {
 
     /// The connect `id` was allocated for failed: nobody may add it now.
     pub fn forget_child_id(&self, id: u32) {
-        self.shared.routes.write().unwrap_or_else(|p| p.into_inner()).forget(id);
+        write(&self.shared.routes).forget(id);
     }
 
     /// Register a fresh handle. `peer` is the remote context it waits on:

@@ -10,6 +10,7 @@
 //! authority (with [`Routes`]), keepalive, and the shutdown phases (with
 //! [`crate::shutdown`]).
 
+use crate::locks::{read, write};
 pub use crate::reasons::DropReason;
 use crate::routes::{Origin, Refusal, RouteRefusal, Routes, StreamId, Undeliverable, Verdict};
 use crate::shutdown::{Facts, Phase, Step};
@@ -108,11 +109,11 @@ impl Core {
     }
 
     fn routes(&self) -> RwLockReadGuard<'_, Routes> {
-        self.routes.read().unwrap_or_else(|p| p.into_inner())
+        read(&self.routes)
     }
 
     fn routes_mut(&self) -> RwLockWriteGuard<'_, Routes> {
-        self.routes.write().unwrap_or_else(|p| p.into_inner())
+        write(&self.routes)
     }
 
     /// The next thing to do.

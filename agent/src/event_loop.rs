@@ -5,12 +5,13 @@
 //! moves bytes and owns fds and processes.
 
 use crate::core::{Action, Core, CoreConfig, DropReason};
+use crate::locks::{lock, read, write};
 use crate::logs::{self, LineSource};
 use crate::mailbox::Undelivered;
 use crate::poller::{Events, Interest, Source};
 use crate::procs::Reaper;
 use crate::routes::{Origin, Refusal, StreamId, Undeliverable};
-use crate::shared::{lock, say_last_words, Cmd, Prepared, Shared};
+use crate::shared::{say_last_words, Cmd, Prepared, Shared};
 use crate::shutdown::{self, Facts};
 use crate::spin;
 use crate::stream::{Out, LOG_HIGH};
@@ -268,10 +269,7 @@ impl Loop {
             return self.core.undeliverable(msg, Undeliverable::Busy(CALL_LIMIT));
         }
         let routes = self.shared.routes.clone();
-        let delivered = self
-            .shared
-            .handles
-            .deliver(msg, |peer| routes.read().unwrap_or_else(|p| p.into_inner()).may_answer(peer, src, origin, dead));
+        let delivered = self.shared.handles.deliver(msg, |peer| read(&routes).may_answer(peer, src, origin, dead));
         match delivered {
             Ok(()) => {}
             Err((msg, Undelivered::NoHandle)) => self.core.no_handle(msg),
@@ -283,7 +281,7 @@ impl Loop {
 
     /// Close a stream the core dropped: its fds, its connection process.
     fn close(&mut self, sid: StreamId, why: DropReason) {
-        self.shared.outs.write().unwrap_or_else(|p| p.into_inner()).remove(&sid);
+        write(&self.shared.outs).remove(&sid);
         let Some(mut s) = self.streams.remove(&sid) else { return };
         let poller = &self.shared.poller;
         let _ = poller.delete(s.input.as_fd());
@@ -338,7 +336,7 @@ impl Loop {
                 logs::blog!(log::Level::Warn, "stream {}: can't make fd non-blocking: {e}", s.name);
             }
         }
-        let Some(out) = self.shared.outs.read().unwrap_or_else(|p| p.into_inner()).get(&sid).cloned() else {
+        let Some(out) = read(&self.shared.outs).get(&sid).cloned() else {
             // Its write side is gone already: it can't be served.
             if let Some(child) = s.child {
                 self.reaper.add(child, format!("connection process for {}", s.name), Some(Instant::now()));

@@ -43,6 +43,7 @@ mod event_loop;
 pub mod flow;
 mod guardian;
 pub mod handshake;
+mod locks;
 pub mod logs;
 pub mod mailbox;
 mod ops;

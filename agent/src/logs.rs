@@ -13,12 +13,13 @@
 //!   paused pager) or panics can't stall keepalives or the shutdown.
 //!   Beyond [`QUEUE_LIMIT`] records are dropped and counted.
 
+use crate::locks::lock;
 use spore_protocol::body::LogRecord;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest unfinished line held; past it, the part goes out as a line.
@@ -185,10 +186,6 @@ struct QueueState {
 pub(crate) struct LogQueue {
     state: Mutex<QueueState>,
     cv: Condvar,
-}
-
-fn lock(m: &Mutex<QueueState>) -> MutexGuard<'_, QueueState> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LogQueue {

@@ -3,6 +3,7 @@
 //! an optional pipe that becomes readable when a message arrives, so a
 //! thread can `poll` a mailbox together with its own fds).
 
+use crate::locks::lock;
 use crate::spin;
 use crate::sys;
 use spore_protocol::{handle, Message, FLAG_DEAD};
@@ -102,12 +103,6 @@ impl Queue {
             st = self.cv.wait_timeout(st, left).map_or_else(|p| p.into_inner().0, |r| r.0);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks is a single push, insert or remove:
-    // a panicking holder can't leave them inconsistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Entry {

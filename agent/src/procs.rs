@@ -20,9 +20,14 @@ const STUCK_AFTER_KILL: Duration = Duration::from_secs(1);
 /// End a process (its whole group) and reap it. Blocking: only for a
 /// process that was never handed to the broker.
 pub(crate) fn kill_and_reap(child: &mut Child) {
+    kill(child);
+    let _ = child.wait();
+}
+
+/// SIGKILL a process and its group.
+fn kill(child: &mut Child) {
     let _ = sys::killpg(child.id() as i32, libc::SIGKILL);
     let _ = child.kill();
-    let _ = child.wait();
 }
 
 struct Reaping {
@@ -80,8 +85,7 @@ impl Reaper {
                 Ok(None) => {
                     if p.killed.is_none() && p.kill_at.is_some_and(|k| now >= k) {
                         blog!(log::Level::Debug, "{} still running; killing it", p.what);
-                        let _ = sys::killpg(p.child.id() as i32, libc::SIGKILL);
-                        let _ = p.child.kill();
+                        kill(&mut p.child);
                         p.killed = Some(now);
                     }
                     self.procs.push(p);
@@ -129,7 +133,7 @@ impl Groups {
     /// Signal every group that still has members (a group whose members
     /// are all gone is forgotten first: its id may be reused).
     pub(crate) fn signal(&mut self, sig: i32) {
-        self.set.retain(|&g| sys::group_alive(g));
+        self.any_alive();
         for &g in &self.set {
             let _ = sys::killpg(g, sig);
         }

@@ -3,6 +3,7 @@
 //! write sides, the process groups.
 
 use crate::broker::Config;
+use crate::locks::lock;
 use crate::logs::LogQueue;
 use crate::mailbox::Handles;
 use crate::poller::Poller;
@@ -15,7 +16,7 @@ use std::fs::File;
 use std::io::Write;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 /// Where an agent writes its last words when its parent stream breaks
 /// (the original stderr: the connection's, which the parent may still read).
@@ -100,12 +101,6 @@ impl Shared {
         *lock(m) = true;
         cv.notify_all();
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking holder can't leave these inconsistent: every update is
-    // a single insert or remove.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 thread_local! {

@@ -2,6 +2,7 @@
 //! ([`NewStream`]), and the write side ([`Out`]) that the broker and the
 //! threads sending from this context share.
 
+use crate::locks::lock;
 use crate::poller::{Interest, Poller, Source};
 use crate::sys;
 use spore_protocol::Message;
@@ -9,13 +10,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::Child;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under the lock leaves the buffer whole.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A connection handed to the broker once its handshake is done.
 pub struct NewStream {

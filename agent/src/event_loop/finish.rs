@@ -3,8 +3,9 @@
 //! temporary files removed, every waiter told.
 
 use super::{Loop, BUSY_TICK};
+use crate::locks::{lock, write};
 use crate::routes::Origin;
-use crate::shared::{lock, Cmd};
+use crate::shared::Cmd;
 use crate::shutdown;
 use crate::sys;
 use std::os::fd::AsFd;
@@ -46,7 +47,7 @@ impl Loop {
         }
         // From here on, a thread's message takes the slow path, which the
         // finished broker drops.
-        self.shared.outs.write().unwrap_or_else(|p| p.into_inner()).clear();
+        write(&self.shared.outs).clear();
         let now = Instant::now();
         for (_, mut s) in self.streams.drain() {
             let _ = self.shared.poller.delete(s.input.as_fd());
