@@ -400,3 +400,22 @@ pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::pro
 pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
+
+/// Standard base64 (padded) back to bytes, appended to `out` (for the
+/// CLI's `data_b64` chunks).
+pub fn unbase64_into(s: &[u8], out: &mut Vec<u8>) {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    assert_eq!(s.len() % 4, 0, "{}", String::from_utf8_lossy(s));
+    for g in s.chunks_exact(4) {
+        let pad = g.iter().rev().take_while(|&&c| c == b'=').count();
+        let v = g.iter().take(4 - pad).enumerate().fold(0u32, |v, (i, &c)| v | u32::from(val(c)) << (18 - 6 * i));
+        out.extend_from_slice(v.to_be_bytes().get(1..4 - pad).unwrap_or_default());
+    }
+}

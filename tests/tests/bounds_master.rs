@@ -7,36 +7,13 @@
 use miniserde::json::{Number, Object, Value};
 use spore::router::MAX_WAIT;
 use spore::{Command, Error, Options, Router};
-use spore_tests::{peak_rss_kib, spore_bin, LeakGuard};
+use spore_tests::{peak_rss_kib, spore_bin, unbase64_into, LeakGuard};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-
-/// Standard base64 (padded) back to bytes, appended to `out`.
-fn unbase64(s: &[u8], out: &mut Vec<u8>) {
-    fn val(c: u8) -> u32 {
-        u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        })
-    }
-    assert_eq!(s.len() % 4, 0);
-    for g in s.chunks_exact(4) {
-        let pad = g.iter().rev().take_while(|&&c| c == b'=').count();
-        let mut v = 0;
-        for (i, &c) in g[..4 - pad].iter().enumerate() {
-            v |= val(c) << (18 - 6 * i);
-        }
-        out.extend_from_slice(&v.to_be_bytes()[1..4 - pad]);
-    }
-}
 
 fn parse(line: &[u8]) -> Object {
     match miniserde::json::from_str::<Value>(std::str::from_utf8(line).unwrap()) {
@@ -89,7 +66,7 @@ fn json_carries_a_gibibyte_in_bounded_memory() {
                 assert!(matches!(o.get("data_b64"), Some(Value::String(_))));
             }
             bytes.clear();
-            unbase64(b64, &mut bytes);
+            unbase64_into(b64, &mut bytes);
             assert!(bytes.iter().all(|&b| b == 0xff), "chunk {chunks} differs");
             total += bytes.len() as u64;
             chunks += 1;

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use spore_protocol::{handle, Message};
-use spore_tests::{agent_path, pattern, run_spore, spore_bin, wait_bounded, LeakGuard, Scratch};
+use spore_tests::{agent_path, pattern, run_spore, spore_bin, unbase64_into, wait_bounded, LeakGuard, Scratch};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
@@ -86,33 +86,13 @@ fn number(o: &miniserde::json::Object, k: &str) -> Option<i64> {
     }
 }
 
-/// Standard base64 (padded) back to bytes.
-fn unbase64(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    assert_eq!(s.len() % 4, 0, "{s}");
-    let mut out = Vec::new();
-    for g in s.as_bytes().chunks(4) {
-        let pad = g.iter().filter(|&&c| c == b'=').count();
-        let v = g.iter().take(4 - pad).enumerate().fold(0u32, |v, (i, &c)| v | u32::from(val(c)) << (18 - 6 * i));
-        out.extend_from_slice(&v.to_be_bytes()[1..4 - pad]);
-    }
-    out
-}
-
 /// A target's stream, put back together from its chunk objects.
 fn joined(objects: &[miniserde::json::Object], target: &str, stream: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for o in objects.iter().filter(|o| field(o, "target") == Some(target) && field(o, "stream") == Some(stream)) {
         match (field(o, "data"), field(o, "data_b64")) {
             (Some(d), None) => out.extend_from_slice(d.as_bytes()),
-            (None, Some(b)) => out.extend(unbase64(b)),
+            (None, Some(b)) => unbase64_into(b.as_bytes(), &mut out),
             _ => panic!("a chunk needs one of data and data_b64"),
         }
     }
