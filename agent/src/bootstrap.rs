@@ -4,39 +4,11 @@
 //! [`crate::handshake`]. The master and every intermediate agent use this
 //! same code.
 
-use spore_protocol::body::ConnectArgs;
-use spore_protocol::{hex, posix_cksum, sha256};
+use crate::images::{machines, Images, OWN_ARCH};
+use spore_protocol::body::{ConnectArgs, ImageInfo};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
-
-/// An agent binary, named by its content.
-pub struct Image {
-    bytes: Arc<Vec<u8>>,
-    hash: OnceLock<String>,
-    cksum: OnceLock<u32>,
-}
-
-impl Image {
-    /// Wrap the bytes of a static agent binary.
-    pub fn new(bytes: Vec<u8>) -> Image {
-        Image { bytes: Arc::new(bytes), hash: OnceLock::new(), cksum: OnceLock::new() }
-    }
-
-    /// The binary.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// Lower-case hex SHA-256 of the binary: its name in the cache.
-    pub fn hash(&self) -> &str {
-        self.hash.get_or_init(|| hex(&sha256(&self.bytes)))
-    }
-
-    /// Its POSIX `cksum`: how the target checks a cached copy, cheaply.
-    pub fn cksum(&self) -> u32 {
-        *self.cksum.get_or_init(|| posix_cksum(&self.bytes))
-    }
-}
 
 /// What an agent is told on its command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +29,11 @@ pub struct AgentArgs {
     pub keepalive_ms: u64,
     /// Missed intervals before a child is declared dead.
     pub keepalive_misses: u32,
+    /// The directory the bootstrap started in: the script runs the agent
+    /// from inside its cache directory (so the checks and the `exec` see
+    /// the same one) and passes this (`--cwd=`) for the agent to return
+    /// to. Not part of [`AgentArgs::to_argv`]: the script adds it.
+    pub cwd: Option<OsString>,
 }
 
 /// Default keepalive: probe an idle child every 15 s, declare it dead after
@@ -85,7 +62,7 @@ impl AgentArgs {
     /// Parse what [`AgentArgs::to_argv`] produced. A process started as a
     /// command's guardian (by `exec`) becomes one here and never returns:
     /// so does any agent binary that parses its arguments first.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<AgentArgs, String> {
+    pub fn parse<I: IntoIterator<Item = T>, T: Into<OsString>>(args: I) -> Result<AgentArgs, String> {
         crate::guardian::run_if_asked();
         let mut a = AgentArgs {
             id: u32::MAX,
@@ -96,8 +73,16 @@ impl AgentArgs {
             grace_ms: 4000,
             keepalive_ms: KEEPALIVE_MS,
             keepalive_misses: KEEPALIVE_MISSES,
+            cwd: None,
         };
         for arg in args {
+            let arg: OsString = arg.into();
+            // A directory is bytes on Unix; everything else spore wrote.
+            if let Some(dir) = arg.as_bytes().strip_prefix(b"--cwd=") {
+                a.cwd = Some(std::ffi::OsStr::from_bytes(dir).to_os_string());
+                continue;
+            }
+            let arg = arg.into_string().map_err(|a| format!("argument {a:?} is not UTF-8"))?;
             let (key, value) = arg.split_once('=').ok_or_else(|| format!("unexpected argument {arg:?}"))?;
             let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number in {arg:?}"));
             match key {
@@ -137,20 +122,33 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The marker token for this image: unlikely in any shell start-up noise.
-pub(crate) fn marker(image: &Image) -> String {
-    format!("spore-{}", image.hash().get(..16).unwrap_or_default())
+/// The marker token for these images: unlikely in any shell start-up noise.
+pub(crate) fn marker(images: &[ImageInfo]) -> String {
+    let first = images.first().map_or("", |i| i.hash.as_str());
+    format!("spore-{}", first.get(..16).unwrap_or("0000000000000000"))
+}
+
+/// The images a script offers: for a method that stays on this host
+/// (`local`, `sudo`, `su`, `doas`) only our own architecture's, when we
+/// have it (no `uname` to run); for the rest, all of them.
+pub fn offered<'a>(images: &'a Images, method: &str) -> Vec<&'a ImageInfo> {
+    let same_host = matches!(method, "local" | "sudo" | "su" | "doas");
+    match images.for_arch(OWN_ARCH) {
+        Some(own) if same_host => vec![own],
+        _ => images.infos().iter().collect(),
+    }
 }
 
 /// The POSIX `sh` script run on the target (see DESIGN.md, Bootstrap), as
 /// one line: some login shells (csh) reject newlines inside a quoted
 /// remote command.
-pub fn script(image: &Image, args: &AgentArgs) -> String {
-    one_line(&script_lines(image, args))
+pub fn script(images: &[&ImageInfo], args: &AgentArgs) -> String {
+    one_line(&script_lines(images, args))
 }
 
 /// Join a script's lines with `; `, or a space after a line that can't end
-/// a command (`then`, `do`, `else`, `{`, `&&`, `||`, `|`).
+/// a command (`then`, `do`, `else`, `{`, `&&`, `||`, `|`). A `case` stays
+/// on one line.
 fn one_line(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -163,89 +161,151 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// `ok DIR`: may `DIR/spore-agent-<hash>`, a cached agent, be run? Every
-/// time (built-ins, and one `ls` run in DIR): DIR is the user's, not a
-/// symlink, writable by nobody else (so nobody else can swap the file
-/// between this check and the `exec`); the file is a regular file, the
-/// user's, not a symlink, executable, writable by nobody else and of the
-/// right size. Without `ls` the answer is no. `ls` runs with `-n` and the
-/// C locale, and its output is split at the `.` that ends DIR's line, so
-/// group names with spaces, `TIME_STYLE` and `BLOCK_SIZE` can't shift the
-/// fields. Then the content: its stamp `FILE.ok` (the user's, not a
-/// symlink; written only after a `cksum` passed, at upload or here) names
-/// FILE's inode and is newer than FILE, or FILE's `cksum` is right now.
-/// The stamp saves the `cksum` process (a third of a local connect) on
-/// every later start and can't vouch for other bytes: writing to FILE sets
-/// its mtime to now, which only the owner (or root) can set back, and
-/// another file renamed onto the name has another inode. Without `cksum`,
-/// size and mode decide, and no stamp is written.
+/// The line that sets the chosen image's variables: `r` its architecture,
+/// `h` its hash, `n` its size, `k` its `cksum`, `z` its gzip size (0:
+/// none). With more than one image, `uname -m` chooses; without `uname`,
+/// the ELF header of `/bin/sh` (its `e_machine`, the last byte of the
+/// first 19 once the shell has dropped the NULs).
+fn choose(images: &[&ImageInfo]) -> String {
+    let set = |i: &ImageInfo| format!("r={} h={} n={} k={} z={}", i.arch, i.hash, i.size, i.cksum, i.gz_size);
+    if let [only] = images {
+        return set(only);
+    }
+    let have: Vec<&str> = images.iter().map(|i| i.arch.as_str()).collect();
+    let mut out = String::from(
+        "a=$(uname -m 2>/dev/null) || a=\n\
+         if [ -z \"$a\" ]; then\n\
+         { e=$(head -c 19 /bin/sh || dd bs=19 count=1 if=/bin/sh); } 2>/dev/null\n\
+         case $e in *'>') a=x86_64;; *\"$(printf '\\267')\") a=aarch64;; *'(') a=armv7l;; esac\n\
+         fi\n\
+         case $a in",
+    );
+    for i in images {
+        out.push_str(&format!(" {}) {};;", machines(&i.arch), set(i)));
+    }
+    out.push_str(&format!(
+        " *) echo \"spore: unsupported architecture ${{a:-unknown (no uname, and /bin/sh unreadable)}}: spore has {}\" >&2; exit 96;; esac",
+        have.join(", ")
+    ));
+    out
+}
+
+/// The script, one command or clause a line.
 ///
-/// An install never removes the cached name first: bootstraps racing on a
-/// cold cache each rename a complete, checked copy over it, so whichever
-/// copy a sibling's `exec` finds is whole. Names it writes are removed
-/// first, so a symlink planted while a directory was open can't redirect a
-/// write.
-fn script_lines(image: &Image, args: &AgentArgs) -> String {
+/// Tools: a POSIX `sh`, `ls`, `mkdir`, `chmod`, `mv`, `rm`, and `head` or
+/// `dd`; `uname`, `cksum`, `find`, `id` and `gzip`/`gunzip` when present.
+/// A missing one is named.
+///
+/// Every candidate directory is entered (`cd -P`) and then judged and used
+/// as `.`: whoever renames it or its parents afterwards changes nothing we
+/// see, check or `exec` (`./name`). `look` runs one `ls -ldin . .. FILE`
+/// (numeric ids, the C locale, literal names; fields split at the names,
+/// so group names, `TIME_STYLE` and `BLOCK_SIZE` can't shift them).
+/// `safe`: `.` is ours and writable by nobody else, and its parent is ours
+/// or root's and writable by nobody else unless sticky (a directory others
+/// may rename is never used). `ok`: FILE is a regular file, ours, not a
+/// symlink, executable, writable by nobody else, of the right size; and
+/// its stamp `FILE.ok` (ours, newer than FILE, written only after a
+/// `cksum` passed) names FILE's inode, or FILE's `cksum` is right now.
+/// The stamp saves the `cksum` process on every later start and can't
+/// vouch for other bytes: writing to FILE sets its mtime to now, which
+/// only the owner (or root) can set back, and another file renamed onto
+/// the name has another inode. Without `cksum`, size and mode decide, and
+/// no stamp is written.
+///
+/// An install first fills the file with as many zeros as the agent has
+/// bytes, so a full disk sends the script on to the next directory before
+/// anything is read; after the upload (exactly its length is read) a
+/// failed `mv` does too, asking for the agent again (`NEED`). It never removes the cached name first: bootstraps racing on
+/// a cold cache each rename a complete, checked copy over it, so whichever
+/// copy a sibling's `exec` finds is whole. A directory planted at the
+/// agent's name is removed when it is ours, and the candidate skipped when
+/// it is not. The agent is started with `--cwd=` the directory the script
+/// began in, and returns there.
+fn script_lines(images: &[&ImageInfo], args: &AgentArgs) -> String {
     let argv: Vec<String> = args.to_argv().iter().map(|a| sh_quote(a)).collect();
-    let argv = argv.join(" ");
+    let run = format!("exec \"./$f\" {} \"--cwd=$o\"", argv.join(" "));
+    let infos: Vec<ImageInfo> = images.iter().map(|i| (*i).clone()).collect();
     format!(
-        r#"h={hash} n={size} k={cksum} m={marker}
+        r#"m={marker}
 umask 077
+for x in ls mkdir chmod mv rm; do command -v $x >/dev/null 2>&1 || {{ echo "spore: this host has no $x, which the bootstrap needs" >&2; exit 95; }}; done
+command -v head >/dev/null 2>&1 || command -v dd >/dev/null 2>&1 || {{ echo "spore: this host has neither head nor dd, which the bootstrap needs" >&2; exit 95; }}
+{choose}
+f=spore-agent-$h o=${{PWD:-/}} y=
+look() {{
+  j=$1 P= Q= U= I= W= S=
+  set -- $(LC_ALL=C BLOCK_SIZE=1 LS_BLOCK_SIZE=1 QUOTING_STYLE=literal ls -ldin . .. "$j" 2>/dev/null)
+  while [ $# -gt 6 ]; do
+    q1=$1 q2=$2 q4=$4 q6=$6
+    shift 6
+    while [ $# -gt 0 ]; do q=$1; shift; case $q in .|..|"$j") break;; esac; done
+    case $q in .) P=$q2;; ..) Q=$q2 U=$q4;; "$j") I=$q1 W=$q2 S=$q6;; esac
+  done
+  return 0
+}}
+safe() {{
+  [ -O . ] || return 1
+  case $P in d????[!w]??[!w]*) ;; *) return 1;; esac
+  [ -O .. ] || [ "$U" = 0 ] || return 1
+  case $Q in d????[!w]??[!w]*|d????????[tT]*) ;; *) return 1;; esac
+}}
 ok() {{
-  [ -n "$1" ] && [ -O "$1" ] && [ ! -L "$1" ] || return 1
-  a=$1/spore-agent-$h
-  [ -f "$a" ] && [ -O "$a" ] && [ ! -L "$a" ] && [ -x "$a" ] || return 1
-  set -- $(cd "$1" 2>/dev/null && LC_ALL=C BLOCK_SIZE=1 LS_BLOCK_SIZE=1 ls -ldin . "spore-agent-$h" 2>/dev/null)
-  case $2 in d????[!w]??[!w]*) ;; *) return 1;; esac
-  while [ $# -gt 0 ] && [ "$1" != . ]; do shift; done
-  [ $# -gt 7 ] || return 1
-  shift
-  case $2 in -????[!w]??[!w]*) ;; *) return 1;; esac
-  [ "$6" = "$n" ] || return 1
-  i=$1 o=
-  [ -f "$a.ok" ] && [ -O "$a.ok" ] && [ ! -L "$a.ok" ] && [ "$a.ok" -nt "$a" ] && {{ read -r o <"$a.ok"; }} 2>/dev/null
-  [ "$o" = "$i" ] && return
+  safe && [ -f "$f" ] && [ -O "$f" ] && [ ! -L "$f" ] && [ -x "$f" ] || return 1
+  case $W in -????[!w]??[!w]*) ;; *) return 1;; esac
+  [ "$S" = "$n" ] || return 1
+  i=
+  [ -f "$f.ok" ] && [ -O "$f.ok" ] && [ ! -L "$f.ok" ] && [ "$f.ok" -nt "$f" ] && {{ read -r i <"$f.ok"; }} 2>/dev/null
+  [ -n "$i" ] && [ "$i" = "$I" ] && return 0
   command -v cksum >/dev/null 2>&1 || return 0
-  set -- $(cksum <"$a")
+  set -- $(cksum <"$f")
   [ "$1 $2" = "$k $n" ] || return 1
-  {{ rm -f "$a.ok"; echo "$i" >"$a.ok"; }} 2>/dev/null
+  {{ rm -f "$f.ok"; echo "$I" >"$f.ok"; }} 2>/dev/null
   return 0
 }}
 for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}"; do
-  if ok "$c"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
+  case $c in /*) cd -P "$c" 2>/dev/null && look "$f" && ok && {{ echo "$m:HAVE"; {run}; }};; esac
 done
+g=plain x=$n
+if command -v head >/dev/null 2>&1; then rd() {{ head -c $x; }}
+elif dd if=/dev/null of=/dev/null iflag=fullblock 2>/dev/null; then rd() {{ dd bs=$x count=1 iflag=fullblock 2>/dev/null; }}
+else rd() {{ dd bs=1 count=$x 2>/dev/null; }}; fi
+if [ "$z" -gt 0 ] && command -v gzip >/dev/null 2>&1; then g=gz x=$z; un() {{ gzip -dc; }}
+elif [ "$z" -gt 0 ] && command -v gunzip >/dev/null 2>&1; then g=gz x=$z; un() {{ gunzip -c; }}; fi
 u=$(id -u 2>/dev/null) || u=x
-d=
 for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}" /tmp/spore-$u /var/tmp/spore-$u /dev/shm/spore-$u; do
-  [ -n "$c" ] || continue
-  if ok "$c"; then echo "$m:HAVE"; exec "$c/spore-agent-$h" {argv}; fi
-  [ -d "$c" ] || mkdir -p "$c" 2>/dev/null || continue
-  [ -O "$c" ] && [ ! -L "$c" ] && chmod 700 "$c" 2>/dev/null || continue
-  t=$c/.probe.$$
-  if printf '#!/bin/sh\n' >"$t" 2>/dev/null && chmod 700 "$t" && "$t" 2>/dev/null; then rm -f "$t"; d=$c; break; fi
+  case $c in /*) ;; *) continue;; esac
+  [ -d "$c" ] || mkdir -p "$c" 2>/dev/null || {{ y="$y $c: can't create it;"; continue; }}
+  cd -P "$c" 2>/dev/null || {{ y="$y $c: can't enter it;"; continue; }}
+  [ -O . ] && chmod 700 . 2>/dev/null || {{ y="$y $c: not ours;"; continue; }}
+  look "$f"
+  safe || {{ y="$y $c: others may write its parent;"; continue; }}
+  if ok; then echo "$m:HAVE"; {run}; fi
+  if [ -d "$f" ] && [ ! -L "$f" ]; then
+    [ -O "$f" ] && rm -rf "$f" 2>/dev/null || {{ y="$y $c: a directory of another user is in the way;"; continue; }}
+  fi
+  t=.probe.$$
+  if printf '#!/bin/sh\n' >"$t" 2>/dev/null && chmod 700 "$t" && "./$t" 2>/dev/null; then rm -f "$t"; else rm -f "$t"; y="$y $c: can't write and run a file there;"; continue; fi
+  if command -v find >/dev/null 2>&1; then find . -maxdepth 1 -name 'spore-agent-*' ! -name "$f*" -mtime +30 -exec rm -f {{}} \; 2>/dev/null; find . -maxdepth 1 -name 'spore-agent-*.part' -mmin +60 -exec rm -f {{}} \; 2>/dev/null; fi
+  t=$f.$$.part
   rm -f "$t"
+  {{ if command -v dd >/dev/null 2>&1; then dd bs=$n count=1; else head -c $n; fi; }} </dev/zero >"$t" 2>/dev/null
+  look "$t"
+  if [ "$S" != "$n" ]; then rm -f "$t"; y="$y $c: no room for $n bytes;"; continue; fi
+  echo "$m:NEED:$r:$g"
+  if [ $g = gz ]; then rd | un >"$t"; else rd >"$t"; fi 2>/dev/null
+  look "$t"
+  if [ "$S" != "$n" ]; then rm -f "$t"; echo "spore: upload cut short (${{S:-0}} of $n bytes)" >&2; exit 98; fi
+  if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$t"); if [ "$1 $2" != "$k $n" ]; then rm -f "$t"; echo "spore: upload damaged (cksum $1, expected $k)" >&2; exit 98; fi; v=1; else v=; fi
+  chmod 700 "$t" && mv -f "$t" "$f" || {{ rm -f "$t"; y="$y $c: can't install the agent there;"; continue; }}
+  if [ -n "$v" ]; then look "$f"; [ -n "$I" ] && {{ rm -f "$f.ok"; echo "$I" >"$f.ok"; }} 2>/dev/null; fi
+  {run}
 done
-if [ -z "$d" ]; then echo "spore: no writable exec directory (tried \$XDG_RUNTIME_DIR/spore, ~/.cache/spore, /tmp, /var/tmp and /dev/shm)" >&2; exit 97; fi
-f=$d/spore-agent-$h
-if command -v find >/dev/null 2>&1; then find "$d" -maxdepth 1 -name 'spore-agent-*' ! -name "spore-agent-$h*" -mtime +30 -exec rm -f {{}} \; 2>/dev/null; find "$d" -maxdepth 1 -name 'spore-agent-*.part' -mmin +60 -exec rm -f {{}} \; 2>/dev/null; fi
-echo "$m:NEED"
-t=$f.$$.part
-rm -f "$t"
-if command -v head >/dev/null 2>&1; then head -c $n >"$t"
-elif dd if=/dev/null of=/dev/null iflag=fullblock 2>/dev/null; then dd bs=$n count=1 iflag=fullblock >"$t" 2>/dev/null
-else dd bs=1 count=$n >"$t" 2>/dev/null; fi
-s=$(wc -c <"$t")
-if [ "$((s))" -ne $n ]; then rm -f "$t"; echo "spore: upload cut short ($((s)) of $n bytes)" >&2; exit 98; fi
-v=
-if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$t"); if [ "$1 $2" != "$k $n" ]; then rm -f "$t"; echo "spore: upload damaged (cksum $1, expected $k)" >&2; exit 98; fi; v=1; fi
-chmod 700 "$t" && mv -f "$t" "$f" || {{ rm -f "$t"; echo "spore: can't install the agent in $d" >&2; exit 99; }}
-if [ -n "$v" ]; then set -- $(ls -ldi "$f" 2>/dev/null); [ -n "$1" ] && {{ rm -f "$f.ok"; echo "$1" >"$f.ok"; }} 2>/dev/null; fi
-exec "$f" {argv}
+echo "spore: no usable directory for the agent:$y" >&2
+exit 97
 "#,
-        hash = image.hash(),
-        size = image.bytes().len(),
-        cksum = image.cksum(),
-        marker = marker(image),
+        marker = marker(&infos),
+        choose = choose(images),
     )
 }
 
@@ -255,8 +315,8 @@ pub(crate) const PROMPT: &str = "spore-become-password:";
 
 /// The command that runs the bootstrap script through the connection
 /// method `how` describes.
-pub fn method_command(how: &ConnectArgs, image: &Image, args: &AgentArgs) -> Result<Command, String> {
-    let script = script(image, args);
+pub fn method_command(how: &ConnectArgs, images: &Images, args: &AgentArgs) -> Result<Command, String> {
+    let script = script(&offered(images, &how.method), args);
     let user = how.user.as_deref();
     let need_host = || how.host.clone().filter(|h| !h.is_empty()).ok_or(format!("{}: no host given", how.method));
     let cmd = match how.method.as_str() {
@@ -330,7 +390,12 @@ pub(crate) fn classify(method: &str, last_words: &[String]) -> Option<&'static s
     let said = |needle: &str| last_words.iter().any(|l| l.contains(needle));
     if said("Host key verification failed") || said("REMOTE HOST IDENTIFICATION HAS CHANGED") {
         Some("host key rejected")
-    } else if said("Permission denied") || said("Too many authentication failures") {
+    } else if said("Permission denied (")
+        || said("Permission denied, please try again")
+        || said("Too many authentication failures")
+    {
+        // ssh's own words: "Permission denied" alone may come from any
+        // command (a mkdir in the install) and says nothing of the login.
         Some("authentication failed")
     } else if said("Could not resolve hostname")
         || said("Connection refused")
@@ -351,8 +416,12 @@ pub(crate) fn classify(method: &str, last_words: &[String]) -> Option<&'static s
         Some("not allowed to become that user")
     } else if said("No such container") || said("is not running") {
         Some("no such running container")
-    } else if said("no writable exec directory") {
-        Some("no writable exec directory")
+    } else if said("which the bootstrap needs") {
+        Some("the host lacks a tool the bootstrap needs")
+    } else if said("spore: unsupported architecture") {
+        Some("unsupported architecture")
+    } else if said("no usable directory for the agent") {
+        Some("no usable directory for the agent")
     } else if said("upload cut short") {
         Some("upload cut short")
     } else if said("upload damaged") {
@@ -377,20 +446,40 @@ mod tests {
             grace_ms: 3500,
             keepalive_ms: 1500,
             keepalive_misses: 3,
+            cwd: None,
         };
         assert_eq!(AgentArgs::parse(a.to_argv()).unwrap(), a);
+        let mut with_cwd = a.to_argv().into_iter().map(OsString::from).collect::<Vec<_>>();
+        with_cwd.push(OsString::from(std::ffi::OsStr::from_bytes(b"--cwd=/tmp/caf\xe9 x")));
+        assert_eq!(AgentArgs::parse(with_cwd).unwrap().cwd.unwrap().as_bytes(), b"/tmp/caf\xe9 x");
         assert!(AgentArgs::parse(vec!["--bogus=1".to_string()]).is_err());
         assert!(AgentArgs::parse(Vec::<String>::new()).is_err());
     }
 
     #[test]
     fn the_script_is_one_line_of_valid_sh() {
-        let image = Image::new(b"not really an agent".to_vec());
         let args = AgentArgs::parse(vec!["--id=1".to_string(), "--parents=0".to_string()]).unwrap();
-        let text = script(&image, &args);
-        assert!(!text.contains('\n'));
-        let checked = std::process::Command::new("sh").args(["-n", "-c", &text]).status().unwrap();
-        assert!(checked.success(), "sh -n rejects: {text}");
+        let image = |arch: &str| ImageInfo {
+            arch: arch.into(),
+            hash: "0123456789abcdef0123".into(),
+            size: 10,
+            cksum: 7,
+            gz_size: 5,
+        };
+        let (x86, arm) = (image("x86_64"), image("aarch64"));
+        for images in [vec![&x86], vec![&x86, &arm]] {
+            let text = script(&images, &args);
+            assert!(!text.contains('\n'));
+            assert_eq!(text.contains("uname"), images.len() > 1);
+            for shell in ["sh", "bash", "busybox"] {
+                let mut cmd = std::process::Command::new(shell);
+                if shell == "busybox" {
+                    cmd.arg("sh");
+                }
+                let Ok(checked) = cmd.args(["-n", "-c", &text]).status() else { continue };
+                assert!(checked.success(), "{shell} -n rejects: {text}");
+            }
+        }
     }
 
     #[test]

@@ -374,6 +374,18 @@ impl Core {
                     self.route(echo, Origin::Local);
                 }
             }
+            // A child asks for an image to start its own children with:
+            // only a direct child, on its own stream.
+            handle::GET_IMAGE => match origin {
+                Origin::Stream(sid) if !from_parent && self.peers.get(&sid).map(|p| p.remote) == Some(src) => {
+                    self.actions.push_back(Action::Deliver(msg, origin))
+                }
+                _ => {
+                    let why = Undeliverable::NotDirectChild { src, at: self.cfg.id };
+                    self.complain(origin, why.to_string());
+                    self.undeliverable(msg, why);
+                }
+            },
             handle::CALL_FUNCTION if !privileged => {
                 let why = Undeliverable::NotAllowed { auth: msg.header.auth, at: self.cfg.id };
                 self.complain(origin, why.to_string());

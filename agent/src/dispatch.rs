@@ -51,7 +51,7 @@ impl Agent {
     /// shut down, then end the process.
     pub fn run(self) -> ! {
         crate::guardian::run_if_asked();
-        let args = match AgentArgs::parse(std::env::args().skip(1)) {
+        let args = match AgentArgs::parse(std::env::args_os().skip(1)) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("spore-agent: {e}");
@@ -78,6 +78,13 @@ impl Agent {
         // SIGHUP when it closes; our end comes from the parent stream's EOF.
         sys::ignore_signal(libc::SIGHUP);
         sys::cloexec_inherited();
+        // The script ran us from inside the cache directory: back to where
+        // it started (else home, else /), for the commands we run.
+        if let Some(dir) = &args.cwd {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            let back = [dir.as_os_str(), home.as_os_str(), "/".as_ref()];
+            let _ = back.iter().filter(|d| !d.is_empty()).find(|d| std::env::set_current_dir(d).is_ok());
+        }
         let parent_in = File::from(sys::dup_at_least(0, 10)?);
         let parent_out = File::from(sys::dup_at_least(1, 10)?);
         crate::shared::set_last_words(File::from(sys::dup_at_least(2, 10)?));
@@ -101,8 +108,8 @@ impl Agent {
             exit_process: true,
         })?;
         let calls = broker.listen(handle::CALL_FUNCTION);
-        let (_, _, _, machine) = sys::uname();
-        let hello = Hello { version: crate::VERSION.into(), pid: sys::getpid(), arch: machine, context_id: args.id };
+        let arch = crate::images::OWN_ARCH.into();
+        let hello = Hello { version: crate::VERSION.into(), pid: sys::getpid(), arch, context_id: args.id };
         // The hello goes out with the stream, before anything read from it
         // is handled: even a parent that sends garbage gets it first.
         broker.add_stream(NewStream {

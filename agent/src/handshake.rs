@@ -3,7 +3,8 @@
 //! image if asked, answer a become prompt, and wait for the agent's hello.
 //! Every failure names its cause with the remote's last words.
 
-use crate::bootstrap::{classify, marker, AgentArgs, Image, PROMPT};
+use crate::bootstrap::{classify, marker, offered, AgentArgs, PROMPT};
+use crate::images::Images;
 use crate::procs::kill_and_reap;
 use crate::stream::NewStream;
 use crate::sys::{self, pollfd};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 mod scan;
 pub use scan::{
-    parse_hello, shown, Found, LastWords, MarkerScan, AFTER_MARKER_LIMIT, HELLO_LIMIT, KEEP, LAST_WORDS, LINE_LIMIT,
+    parse_hello, shown, Found, Need, LastWords, MarkerScan, AFTER_MARKER_LIMIT, HELLO_LIMIT, KEEP, LAST_WORDS, LINE_LIMIT,
     LOGGED_LINES, NOISE_LIMIT, WORD_LEN,
 };
 
@@ -51,6 +52,8 @@ pub struct Connected {
     pub hello: Hello,
     /// The image was uploaded (the target's cache missed).
     pub uploaded: bool,
+    /// Bytes of images written to the connection (0 on a cache hit).
+    pub image_bytes: u64,
 }
 
 /// Run `command` (the connection method's argv, with the script as its last
@@ -58,7 +61,7 @@ pub struct Connected {
 pub fn connect(
     mut command: Command,
     how: &ConnectArgs,
-    image: &Image,
+    images: &Images,
     args: &AgentArgs,
     timeout: Duration,
 ) -> Result<Connected, ConnectError> {
@@ -97,7 +100,7 @@ pub fn connect(
         None => take_fd(child.stdin.take()).and_then(|w| take_fd(child.stdout.take()).map(|r| (w, r))),
     };
     let pipes = pipes.and_then(|(w, r)| take_fd(child.stderr.take()).map(|e| (w, r, e)));
-    let hs = pipes.and_then(|(w, r, e)| Handshake::new(w, r, e, image, args, deadline, how.password.clone(), pty));
+    let hs = pipes.and_then(|(w, r, e)| Handshake::new(w, r, e, images, &how.method, args, deadline, how.password.clone(), pty));
     let mut hs = match hs {
         Ok(hs) => hs,
         Err(e) => {
@@ -107,7 +110,7 @@ pub fn connect(
     };
     match hs.run() {
         Ok(hello) => {
-            let uploaded = hs.uploaded;
+            let (uploaded, image_bytes) = (hs.uploaded, hs.image_bytes);
             let Handshake { stdin, stdout, stderr, buf, .. } = hs;
             let stream = NewStream {
                 remote_id: args.id,
@@ -120,7 +123,7 @@ pub fn connect(
                 is_parent: false,
                 greeting: None,
             };
-            Ok(Connected { stream, hello, uploaded })
+            Ok(Connected { stream, hello, uploaded, image_bytes })
         }
         Err(cause) => {
             kill_and_reap(&mut child);
@@ -138,7 +141,9 @@ pub fn connect(
 }
 
 struct Handshake<'a> {
-    image: &'a Image,
+    images: &'a Images,
+    /// The bootstrap's marker.
+    marker: String,
     args: &'a AgentArgs,
     deadline: Instant,
     stdin: File,
@@ -157,6 +162,7 @@ struct Handshake<'a> {
     err_len: u64,
     last_words: LastWords,
     uploaded: bool,
+    image_bytes: u64,
     /// The become password, and whether it has been typed already.
     password: Option<String>,
     typed: bool,
@@ -170,6 +176,8 @@ fn take_fd<T: Into<OwnedFd>>(t: Option<T>) -> io::Result<File> {
 
 /// One read from the connection's stdout or stderr.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// Uploads one bootstrap may ask for: one per candidate directory.
+const UPLOAD_LIMIT: u32 = 5;
 /// Reads of stderr in one go, so a flood of it can't hold up the rest.
 const STDERR_READS: usize = 16;
 
@@ -179,7 +187,8 @@ impl<'a> Handshake<'a> {
         stdin: File,
         stdout: File,
         stderr: File,
-        image: &'a Image,
+        images: &'a Images,
+        method: &str,
         args: &'a AgentArgs,
         deadline: Instant,
         password: Option<String>,
@@ -188,8 +197,12 @@ impl<'a> Handshake<'a> {
         for f in [&stdin, &stdout, &stderr] {
             sys::set_nonblocking(f.as_fd(), true)?;
         }
+        let infos: Vec<_> = offered(images, method).into_iter().cloned().collect();
+        let marker = marker(&infos);
         Ok(Handshake {
-            image,
+            images,
+            scan: MarkerScan::new(&marker),
+            marker,
             args,
             deadline,
             stdin,
@@ -197,11 +210,11 @@ impl<'a> Handshake<'a> {
             stderr,
             buf: Vec::new(),
             marked: false,
-            scan: MarkerScan::new(&marker(image)),
             err_buf: Vec::new(),
             err_len: 0,
             last_words: LastWords::default(),
             uploaded: false,
+            image_bytes: 0,
             password,
             typed: false,
             pty,
@@ -209,50 +222,26 @@ impl<'a> Handshake<'a> {
     }
 
     fn run(&mut self) -> Result<Hello, String> {
-        // 1. Up to the marker, skipping shell start-up noise: each byte is
-        // looked at once, and only the end of the current line is kept.
-        let needed = loop {
-            let bytes = std::mem::take(&mut self.buf);
-            let found = self.scan.push(&bytes, &mut self.last_words);
-            for line in self.scan.take_logged() {
-                log::debug!("{}: noise before the marker: {line}", self.args.name);
+        let mut uploads = 0;
+        loop {
+            // 1. Up to the marker: HAVE, or NEED and the image it wants.
+            let Some(need) = self.until_marker()? else { break };
+            // 2. The image, only when asked for.
+            uploads += 1;
+            if uploads > UPLOAD_LIMIT {
+                return Err(format!("the bootstrap asked for the agent {uploads} times"));
             }
-            if let Some(found) = found? {
-                self.buf = bytes.get(found.rest..).unwrap_or_default().to_vec();
-                self.marked = true;
-                let (lines, bytes) = self.scan.unlogged();
-                if lines > 0 {
-                    log::debug!(
-                        "{}: and {lines} more lines of noise ({bytes} bytes) before the marker",
-                        self.args.name
-                    );
-                }
-                break found.needed;
+            self.upload(&need)?;
+            // The hello follows, or (an install failed after the upload, and
+            // the script moved on to another directory) another marker.
+            while self.buf.is_empty() {
+                self.wait_io(false, "the agent's hello")?;
             }
-            if self.pty && !self.typed && is_password_prompt(self.scan.partial()) {
-                // su's "Password: ", doas's "doas (me@host) password: ".
-                self.scan.clear_partial();
-                self.type_password()?;
-                continue;
+            if !self.buf.starts_with(b"s") {
+                break;
             }
-            self.wait_io(false, "the bootstrap marker")?;
-        };
-        // 2. The image, only when asked for.
-        if needed {
-            log::debug!("{}: uploading agent ({} bytes)", self.args.name, self.image.bytes().len());
-            let mut sent = 0;
-            let bytes = self.image.bytes();
-            while sent < bytes.len() {
-                match (&self.stdin).write(bytes.get(sent..).unwrap_or_default()) {
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.wait_io(true, "the upload to be read")?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("upload cut short after {sent} of {} bytes: {e}", bytes.len())),
-                }
-            }
-            self.uploaded = true;
+            self.marked = false;
+            self.scan = MarkerScan::new(&self.marker);
         }
         // 3. The hello: the first protocol message.
         loop {
@@ -270,6 +259,67 @@ impl<'a> Handshake<'a> {
             }
             self.wait_io(false, "the agent's hello")?;
         }
+    }
+
+    /// Read up to the marker, skipping shell start-up noise: each byte is
+    /// looked at once, and only the end of the current line is kept.
+    fn until_marker(&mut self) -> Result<Option<Need>, String> {
+        loop {
+            let bytes = std::mem::take(&mut self.buf);
+            let found = self.scan.push(&bytes, &mut self.last_words);
+            for line in self.scan.take_logged() {
+                log::debug!("{}: noise before the marker: {line}", self.args.name);
+            }
+            if let Some(found) = found? {
+                self.buf = bytes.get(found.rest..).unwrap_or_default().to_vec();
+                self.marked = true;
+                let (lines, bytes) = self.scan.unlogged();
+                if lines > 0 {
+                    log::debug!(
+                        "{}: and {lines} more lines of noise ({bytes} bytes) before the marker",
+                        self.args.name
+                    );
+                }
+                return Ok(found.need);
+            }
+            if self.pty && !self.typed && is_password_prompt(self.scan.partial()) {
+                // su's "Password: ", doas's "doas (me@host) password: ".
+                self.scan.clear_partial();
+                self.type_password()?;
+                continue;
+            }
+            self.wait_io(false, "the bootstrap marker")?;
+        }
+    }
+
+    /// Send the image the script asked for.
+    fn upload(&mut self, need: &Need) -> Result<(), String> {
+        let info = self.images.for_arch(&need.arch).ok_or_else(|| {
+            format!("the target needs an agent for {}, and spore has {}", need.arch, self.images.arch_list())
+        })?;
+        let gz = need.gz && info.gz_size > 0;
+        let bytes = self.images.bytes(info, gz, self.deadline)?;
+        log::debug!(
+            "{}: uploading the {} agent ({} bytes{})",
+            self.args.name,
+            info.arch,
+            bytes.len(),
+            if gz { ", gzip" } else { "" }
+        );
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match (&self.stdin).write(bytes.get(sent..).unwrap_or_default()) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait_io(true, "the upload to be read")?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("upload cut short after {sent} of {} bytes: {e}", bytes.len())),
+            }
+        }
+        self.uploaded = true;
+        self.image_bytes += bytes.len() as u64;
+        Ok(())
     }
 
     /// Wait for stdout (and stdin, when writing) to be ready, reading

@@ -43,6 +43,7 @@ mod event_loop;
 pub mod flow;
 mod guardian;
 pub mod handshake;
+pub mod images;
 mod locks;
 pub mod logs;
 pub mod mailbox;

@@ -96,6 +96,8 @@ pub enum Undeliverable {
     NotAllocator,
     /// Too many calls are waiting for a worker.
     Busy(usize),
+    /// A request only a direct child may make (`GET_IMAGE`).
+    NotDirectChild { src: u32, at: u32 },
 }
 
 impl fmt::Display for Undeliverable {
@@ -110,6 +112,9 @@ impl fmt::Display for Undeliverable {
             Undeliverable::BadBody { what, error } => write!(f, "{what}: {error}"),
             Undeliverable::NotAllocator => f.write_str("only the master allocates context ids"),
             Undeliverable::Busy(n) => write!(f, "busy: {n} calls are waiting already"),
+            Undeliverable::NotDirectChild { src, at } => {
+                write!(f, "context {src} is not a direct child of context {at}: no image for it")
+            }
         }
     }
 }

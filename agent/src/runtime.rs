@@ -1,27 +1,37 @@
 //! What the operations know about the agent they run in (set once, when
 //! the agent starts).
 
-use crate::bootstrap::{AgentArgs, Image};
-use std::sync::OnceLock;
+use crate::bootstrap::AgentArgs;
+use crate::broker::Broker;
+use crate::images::{self, Images};
+use spore_protocol::body::ImageInfo;
+use std::sync::{Arc, OnceLock};
 
 /// What the operations need to know about the agent they run in.
 pub(crate) struct Runtime {
     pub args: AgentArgs,
-    /// This agent's own image, read on the first connect: most agents
-    /// start no child, and the image is half their memory otherwise.
-    /// (`/proc/self/exe` names the running file even once it is replaced
-    /// or removed, and a running executable can't be written.)
-    image: OnceLock<Option<Image>>,
+    /// The images this agent starts children with, known from the first
+    /// connect it is asked to make: most agents start no child, and hold
+    /// no image (not even their own binary) in memory.
+    images: OnceLock<Arc<Images>>,
 }
 
 impl Runtime {
     pub(crate) fn new(args: AgentArgs) -> Runtime {
-        Runtime { args, image: OnceLock::new() }
+        Runtime { args, images: OnceLock::new() }
     }
 
-    /// This agent's own image, to start children with.
-    pub(crate) fn image(&self) -> Option<&Image> {
-        self.image.get_or_init(|| std::fs::read("/proc/self/exe").ok().map(Image::new)).as_ref()
+    /// The images, named by the master's `infos`; the first call also
+    /// starts answering the children's requests for them.
+    pub(crate) fn images(&self, infos: &[ImageInfo], broker: &Broker) -> Arc<Images> {
+        let parent = self.args.parent_ids.last().copied().unwrap_or(0);
+        self.images
+            .get_or_init(|| {
+                let images = Arc::new(Images::from_parent(infos.to_vec(), broker.clone(), parent));
+                images::serve(broker, &images);
+                images
+            })
+            .clone()
     }
 }
 

@@ -17,7 +17,7 @@ usage: spore [OPTIONS] COMMAND ...
 commands:
   run TARGET... -- PROG [ARGS...]   run a command; one target: its output and exit
                                     status pass through; several: lines prefixed
-  info TARGET...                    hostname, arch, kernel, uid, pid, agent version
+  info TARGET...                    hostname, agent arch, machine, kernel, uid, pid, version
   put TARGET... LOCAL REMOTE        copy a local file to every target
   get TARGET REMOTE LOCAL           copy a remote file here
 
@@ -584,10 +584,11 @@ fn base64(out: &mut Vec<u8>, data: &[u8]) {
 fn cmd_info(ctx: &Context, o: &mut Outcome) -> spore::Result<()> {
     let i = ctx.info()?;
     o.text = Some(format!(
-        "{}: hostname={} arch={} kernel={:?} uid={} gid={} pid={} version={}",
-        o.target, i.hostname, i.arch, i.kernel, i.uid, i.gid, i.pid, i.version
+        "{}: hostname={} arch={} machine={} kernel={:?} uid={} gid={} pid={} version={}",
+        o.target, i.hostname, i.arch, i.machine, i.kernel, i.uid, i.gid, i.pid, i.version
     ));
-    for (k, v) in [("hostname", &i.hostname), ("arch", &i.arch), ("kernel", &i.kernel), ("version", &i.version)] {
+    let text = [("hostname", &i.hostname), ("arch", &i.arch), ("machine", &i.machine), ("kernel", &i.kernel)];
+    for (k, v) in text.into_iter().chain([("version", &i.version)]) {
         o.set(k, Value::String(v.clone()));
     }
     o.set("uid", num(i.uid.into()));

@@ -50,13 +50,14 @@ impl Router {
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
         let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
         how.connect_timeout_ms = millis(self.inner.opts.connect_timeout);
-        let connected = spore_agent::bootstrap::method_command(&how, &self.inner.image, &args)
+        how.images = self.images_for_connect();
+        let connected = spore_agent::bootstrap::method_command(&how, &self.inner.images, &args)
             .map_err(|e| Error::Connect { target: name.to_string(), cause: e })
             .and_then(|command| {
                 spore_agent::handshake::connect(
                     command,
                     &how,
-                    &self.inner.image,
+                    &self.inner.images,
                     &args,
                     self.inner.opts.connect_timeout,
                 )
@@ -69,7 +70,7 @@ impl Router {
             if connected.uploaded { "agent uploaded" } else { "agent cached" }
         );
         self.inner.broker.add_stream(connected.stream);
-        Ok(Context::new(self.clone(), id, name.to_string(), connected.uploaded))
+        Ok(Context::new(self.clone(), id, name.to_string(), connected.image_bytes))
     }
 }
 
@@ -79,7 +80,8 @@ pub struct Context {
     router: Router,
     id: u32,
     name: Arc<str>,
-    uploaded: bool,
+    /// Bytes of agent image its connect sent (0: the target's cache hit).
+    image_bytes: u64,
 }
 
 impl std::fmt::Debug for Context {
@@ -245,8 +247,8 @@ struct Credit {
 }
 
 impl Context {
-    pub(crate) fn new(router: Router, id: u32, name: String, uploaded: bool) -> Context {
-        Context { router, id, name: name.into(), uploaded }
+    pub(crate) fn new(router: Router, id: u32, name: String, image_bytes: u64) -> Context {
+        Context { router, id, name: name.into(), image_bytes }
     }
 
     /// The context id.
@@ -261,7 +263,13 @@ impl Context {
 
     /// The agent image had to be uploaded to start this context.
     pub fn uploaded(&self) -> bool {
-        self.uploaded
+        self.image_bytes > 0
+    }
+
+    /// Bytes of agent image its connect sent over its last hop: the gzip
+    /// form where the target can unpack it; 0 when the target's cache hit.
+    pub fn image_bytes(&self) -> u64 {
+        self.image_bytes
     }
 
     /// The router this context belongs to.
@@ -341,6 +349,7 @@ impl Context {
         args.context_id = id;
         args.name = name.to_string();
         args.connect_timeout_ms = millis(timeout);
+        args.images = self.router.images_for_connect();
         let pending = self.call_async(body::to_json(&args));
         drop(args);
         let reply: ConnectReply = pending
@@ -356,7 +365,7 @@ impl Context {
             // A connect that failed (or that we gave up on) never adds its id.
             .inspect_err(|_| self.router.broker().forget_child_id(id))?;
         log::debug!("connected {name} (context {id}, pid {})", reply.hello.pid);
-        Ok(Context::new(self.router.clone(), id, name.to_string(), reply.uploaded))
+        Ok(Context::new(self.router.clone(), id, name.to_string(), reply.image_bytes))
     }
 
     /// Run a command and collect its output: up to

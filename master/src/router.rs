@@ -2,7 +2,8 @@
 //! started, and shutdown.
 
 use crate::error::{Error, Result};
-use spore_agent::bootstrap::{self, AgentArgs, Image};
+use spore_agent::bootstrap::{self, AgentArgs};
+use spore_agent::images::{self, Held, Images};
 use spore_agent::{Broker, Config};
 use spore_protocol::{Message, DEFAULT_MAX_MESSAGE, MASTER_ID};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +76,9 @@ impl Default for Options {
 
 pub(crate) struct Inner {
     pub(crate) broker: Broker,
-    pub(crate) image: Arc<Image>,
+    pub(crate) images: Arc<Images>,
+    /// The broker answers its children's `GET_IMAGE` (from the first connect).
+    serving: std::sync::OnceLock<()>,
     pub(crate) opts: Options,
     log_level: u8,
     pub(crate) shut: AtomicBool,
@@ -99,9 +102,9 @@ impl Router {
     /// is longer than [`MAX_WAIT`].
     pub fn with_options(opts: Options) -> Result<Router> {
         check_options(&opts)?;
-        let image = match &opts.agent_image {
-            Some(b) => Arc::new(Image::new(b.clone())),
-            None => crate::image::default_image_shared()?,
+        let images = match &opts.agent_image {
+            Some(b) => Arc::new(Images::held(vec![Held::from_bytes(b.clone())])),
+            None => crate::image::default_images_shared()?,
         };
         let broker = Broker::start(Config {
             id: MASTER_ID,
@@ -115,7 +118,14 @@ impl Router {
         })
         .map_err(|e| Error::Local { what: "start the broker".into(), source: e })?;
         let level = opts.agent_log_level.unwrap_or_else(log::max_level);
-        let inner = Inner { broker, image, log_level: level as u8, opts, shut: AtomicBool::new(false) };
+        let inner = Inner {
+            broker,
+            images,
+            serving: std::sync::OnceLock::new(),
+            log_level: level as u8,
+            opts,
+            shut: AtomicBool::new(false),
+        };
         Ok(Router { inner: Arc::new(inner) })
     }
 
@@ -135,7 +145,15 @@ impl Router {
             grace_ms: bootstrap::child_grace_ms(millis(parent_grace)),
             keepalive_ms: millis(self.inner.opts.keepalive),
             keepalive_misses: self.inner.opts.keepalive_misses,
+            cwd: None,
         }
+    }
+
+    /// The images a connect may need, for its `ConnectArgs`; from here on
+    /// the broker answers its children's requests for them.
+    pub(crate) fn images_for_connect(&self) -> Vec<spore_protocol::body::ImageInfo> {
+        self.inner.serving.get_or_init(|| images::serve(&self.inner.broker, &self.inner.images));
+        self.inner.images.infos().to_vec()
     }
 
     /// End the whole tree: SHUTDOWN to each direct child, wait up to the

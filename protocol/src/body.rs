@@ -32,7 +32,8 @@ pub struct Hello {
     pub version: String,
     /// Process id of the agent on its host.
     pub pid: u32,
-    /// Machine architecture (`uname -m`).
+    /// The agent's own architecture, spore's name for it (`x86_64`,
+    /// `aarch64`, `armv7`).
     pub arch: String,
     /// The context id the agent was started as.
     pub context_id: u32,
@@ -58,8 +59,12 @@ pub struct InfoReply {
     pub context_id: u32,
     /// Host name.
     pub hostname: String,
-    /// Machine architecture.
+    /// The agent's own architecture, spore's name for it (`x86_64`,
+    /// `aarch64`, `armv7`): the image the bootstrap chose.
     pub arch: String,
+    /// The kernel's machine name (`uname -m`; under emulation, the
+    /// emulated one).
+    pub machine: String,
     /// Kernel name and release, e.g. `Linux 6.1.0`.
     pub kernel: String,
     /// Real user id.
@@ -229,6 +234,34 @@ pub struct ConnectArgs {
     pub name: String,
     /// Milliseconds to wait for the child's hello.
     pub connect_timeout_ms: u64,
+    /// The agent images the master has, one per architecture: the
+    /// bootstrap script picks the target's, and the image travels down
+    /// the tree on demand ([`crate::handle::GET_IMAGE`]).
+    pub images: Vec<ImageInfo>,
+}
+
+/// One agent image, as the bootstrap script knows it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// spore's name for its architecture: `x86_64`, `aarch64`, `armv7`.
+    pub arch: String,
+    /// Lower-case hex SHA-256 of the binary: its name in the cache.
+    pub hash: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its POSIX `cksum`.
+    pub cksum: u32,
+    /// The size of its gzip form (0: none; it then travels plain).
+    pub gz_size: u64,
+}
+
+/// `GET_IMAGE`: the image named by `hash`, gzipped or plain.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageRequest {
+    /// [`ImageInfo::hash`].
+    pub hash: String,
+    /// The gzip form, not the binary.
+    pub gz: bool,
 }
 
 /// Result of `connect`.
@@ -238,6 +271,8 @@ pub struct ConnectReply {
     pub hello: Hello,
     /// The agent image was uploaded (cache miss).
     pub uploaded: bool,
+    /// Bytes of images the connect wrote to the connection (0: a hit).
+    pub image_bytes: u64,
 }
 
 /// First message of a streaming op: the callee's handle for data and acks.

@@ -115,6 +115,10 @@ pub mod handle {
     /// the child broker's echo (`reply_to` 0). Answered by the broker itself,
     /// so a busy dispatcher never looks like a dead host.
     pub const KEEPALIVE: u32 = 108;
+    /// spore's addition: a child's request to its parent for an agent image
+    /// ([`crate::body::ImageRequest`]) it must send further down; answered
+    /// with the bytes, or `DEAD`. Accepted only from a direct child.
+    pub const GET_IMAGE: u32 = 109;
     /// Handles from here up are allocated at run time.
     pub const FIRST_DYNAMIC: u32 = 1000;
 }

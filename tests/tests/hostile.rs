@@ -177,7 +177,7 @@ fn forged_dead_replies_passed_up_by_an_intermediate_do_not_fail_calls() {
 // ---- forged replies ----------------------------------------------------
 
 /// Decodes as an `info` result and as an `exec` result.
-const FAKE_RESULT: &str = r#"{"name":"evil","context_id":0,"hostname":"evil","arch":"evil","kernel":"evil","uid":0,"gid":0,"pid":1,"version":"evil","status":66,"signal":null,"timed_out":false,"stdout_len":5,"stderr_len":0}"#;
+const FAKE_RESULT: &str = r#"{"name":"evil","context_id":0,"hostname":"evil","arch":"evil","machine":"evil","kernel":"evil","uid":0,"gid":0,"pid":1,"version":"evil","status":66,"signal":null,"timed_out":false,"stdout_len":5,"stderr_len":0}"#;
 
 #[test]
 fn forged_replies_do_not_answer_other_contexts_calls() {

@@ -7,7 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
-use spore_agent::bootstrap::{script, AgentArgs, Image};
+use spore_agent::bootstrap::{offered, script, AgentArgs};
+use spore_agent::images::{Held, Images};
 use spore_agent::handshake::{connect, Connected};
 use spore_protocol::body::ConnectArgs;
 use spore_tests::{agent_path, LeakGuard};
@@ -32,7 +33,7 @@ fn status_bytes(field: &str) -> u64 {
 /// Run `noise` (sh), then the bootstrap, through `handshake::connect`;
 /// the result, how long it took and how much the peak RSS grew.
 fn connect_after(noise: &str) -> (Result<Connected, String>, Duration, u64) {
-    let image = Image::new(std::fs::read(agent_path()).unwrap());
+    let images = Images::held(vec![Held::from_bytes(std::fs::read(agent_path()).unwrap())]);
     let args = AgentArgs {
         id: 1,
         name: "noisy".into(),
@@ -42,13 +43,14 @@ fn connect_after(noise: &str) -> (Result<Connected, String>, Duration, u64) {
         grace_ms: 2000,
         keepalive_ms: 0,
         keepalive_misses: 4,
+        cwd: None,
     };
     let how = ConnectArgs { op: "connect".into(), method: "local".into(), ..Default::default() };
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(format!("{noise}; {}", script(&image, &args)));
+    cmd.arg("-c").arg(format!("{noise}; {}", script(&offered(&images, "local"), &args)));
     let before = status_bytes("VmRSS:");
     let t0 = Instant::now();
-    let result = connect(cmd, &how, &image, &args, TIMEOUT).map_err(|e| e.to_string());
+    let result = connect(cmd, &how, &images, &args, TIMEOUT).map_err(|e| e.to_string());
     let took = t0.elapsed();
     let grew = status_bytes("VmHWM:").saturating_sub(before);
     (result, took, grew)

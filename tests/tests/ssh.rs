@@ -454,7 +454,7 @@ fn bootstrap_failures_name_their_cause() {
     let r = Router::with_options(opts).unwrap();
     Sshd::clear_cache(USER_SHORT);
     let cases = [
-        (USER_NOEXEC, "no writable exec directory", "spore: no writable exec directory"),
+        (USER_NOEXEC, "no usable directory for the agent", "spore: no usable directory for the agent"),
         (USER_SHORT, "upload cut short", "spore: upload cut short (1000 of"),
         (USER_HANG, "timed out waiting for the bootstrap marker", "this host is stuck"),
     ];

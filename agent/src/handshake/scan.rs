@@ -81,11 +81,20 @@ pub fn shown(line: &[u8], len: u64) -> String {
     out
 }
 
+/// What the script asked for: `NEED:<arch>:gz` or `NEED:<arch>:plain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    /// The architecture whose image it chose.
+    pub arch: String,
+    /// It can unpack gzip.
+    pub gz: bool,
+}
+
 /// Where the marker was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    /// `NEED`: the image must be uploaded; `HAVE`: the cache hit.
-    pub needed: bool,
+    /// `NEED`: the image must be uploaded; `None` (`HAVE`): the cache hit.
+    pub need: Option<Need>,
     /// Offset, in the bytes last pushed, of what follows the marker's line.
     pub rest: usize,
 }
@@ -124,7 +133,7 @@ impl MarkerScan {
     pub fn with_limits(marker: &str, line_limit: u64, noise_limit: u64) -> MarkerScan {
         MarkerScan {
             have: format!("{marker}:HAVE").into_bytes(),
-            need: format!("{marker}:NEED").into_bytes(),
+            need: format!("{marker}:NEED:").into_bytes(),
             line: Vec::new(),
             line_len: 0,
             total: 0,
@@ -178,18 +187,18 @@ impl MarkerScan {
             let line = std::mem::take(&mut self.line);
             let len = std::mem::take(&mut self.line_len);
             let text = line.trim_ascii_end();
-            let (noise, needed) = if let Some(n) = text.strip_suffix(self.have.as_slice()) {
-                (n, Some(false))
-            } else if let Some(n) = text.strip_suffix(self.need.as_slice()) {
-                (n, Some(true))
+            let (noise, found) = if let Some(n) = text.strip_suffix(self.have.as_slice()) {
+                (n, Some(None))
+            } else if let Some((n, need)) = split_need(text, &self.need) {
+                (n, Some(Some(need)))
             } else {
                 (text, None)
             };
             // The part of the line we no longer hold.
             let gone = len - line.len() as u64;
             self.noise(noise, gone + noise.len() as u64, words);
-            if let Some(needed) = needed {
-                return Ok(Some(Found { needed, rest: at }));
+            if let Some(need) = found {
+                return Ok(Some(Found { need, rest: at }));
             }
             self.line = line;
             self.line.clear();
@@ -245,6 +254,26 @@ impl MarkerScan {
     }
 }
 
+/// `noise` + `marker:NEED:<arch>:<gz|plain>` at the end of `line`: the
+/// noise before it, and what it asks for.
+fn split_need<'a>(line: &'a [u8], prefix: &[u8]) -> Option<(&'a [u8], Need)> {
+    let at = line.windows(prefix.len()).rposition(|w| w == prefix)?;
+    let ask = line.get(at + prefix.len()..)?;
+    let colon = ask.iter().position(|&b| b == b':')?;
+    let (arch, form) = (ask.get(..colon)?, ask.get(colon + 1..)?);
+    let plain_name = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_';
+    if arch.is_empty() || arch.len() > 32 || !arch.iter().all(plain_name) {
+        return None;
+    }
+    let gz = match form {
+        b"gz" => true,
+        b"plain" => false,
+        _ => return None,
+    };
+    let arch = String::from_utf8_lossy(arch).into_owned();
+    Some((line.get(..at)?, Need { arch, gz }))
+}
+
 /// The agent's hello at the front of `buf`, the bytes after the marker:
 /// `Ok(None)` while it is incomplete; `Ok(Some((hello, used)))` once it
 /// is in, `used` bytes long; an error when the first message is not a
@@ -274,21 +303,37 @@ mod tests {
 
     #[test]
     fn the_marker_may_straddle_reads_and_follow_noise_on_its_line() {
-        let wire = format!("Welcome!\r\nLast login\nnoise{M}:NEED\r\nAGENT");
+        let wire = format!("Welcome!\r\nLast login\nnoise{M}:NEED:aarch64:gz\r\nAGENT");
         for split in 1..wire.len() {
             let (a, b) = wire.as_bytes().split_at(split);
             let mut scan = MarkerScan::new(M);
             let mut words = LastWords::default();
             let found = match scan.push(a, &mut words).unwrap() {
-                Some(f) => (f.needed, [a.get(f.rest..).unwrap(), b].concat()),
+                Some(f) => (f.need, [a.get(f.rest..).unwrap(), b].concat()),
                 None => {
                     let f = scan.push(b, &mut words).unwrap().unwrap();
-                    (f.needed, b.get(f.rest..).unwrap().to_vec())
+                    (f.need, b.get(f.rest..).unwrap().to_vec())
                 }
             };
-            assert_eq!(found, (true, b"AGENT".to_vec()), "split at {split}");
+            let need = Need { arch: "aarch64".into(), gz: true };
+            assert_eq!(found, (Some(need), b"AGENT".to_vec()), "split at {split}");
             assert_eq!(words.lines(), ["Welcome!", "Last login", "noise"]);
         }
+    }
+
+    #[test]
+    fn a_need_names_an_architecture_and_a_form() {
+        let p = format!("{M}:NEED:");
+        let p = p.as_bytes();
+        let need = |arch: &str, gz| Need { arch: arch.into(), gz };
+        assert_eq!(split_need(format!("x{M}:NEED:armv7:plain").as_bytes(), p), Some((&b"x"[..], need("armv7", false))));
+        for bad in ["NEED:", "NEED::gz", "NEED:x86_64", "NEED:x86_64:zip", "NEED:X86:gz", "NEED:a b:gz"] {
+            assert_eq!(split_need(format!("{M}:{bad}").as_bytes(), p), None, "{bad}");
+        }
+        let mut scan = MarkerScan::new(M);
+        let mut words = LastWords::default();
+        let found = scan.push(format!("{M}:NEED:mips:gz\n{M}:HAVE\n").as_bytes(), &mut words).unwrap().unwrap();
+        assert_eq!(found.need, Some(need("mips", true)));
     }
 
     #[test]
