@@ -188,7 +188,12 @@ impl Victim {
                 c
             }
         };
-        cmd.args(["-v", "run", "local", "--", "true"]).env_remove("SPORE_LOG").env("HOME", &self.home);
+        // In HOME: a shell that runs a binary as a script (as a lost race
+        // can make it) leaves its junk there, not in the work tree.
+        cmd.args(["-v", "run", "local", "--", "true"])
+            .current_dir(&self.home)
+            .env_remove("SPORE_LOG")
+            .env("HOME", &self.home);
         match &self.xdg {
             Some(x) => cmd.env("XDG_RUNTIME_DIR", x),
             None => cmd.env_remove("XDG_RUNTIME_DIR"),
