@@ -11,6 +11,7 @@
 pub mod docker;
 pub mod fleet;
 pub mod hostile;
+pub mod race;
 pub mod site;
 pub mod sshd;
 pub mod strays;
