@@ -145,6 +145,7 @@ impl Hostile {
             context_id: call.header.dst,
             hostname: "hostile-impersonator".into(),
             arch: std::env::consts::ARCH.into(),
+            machine: "hostile".into(),
             kernel: "hostile".into(),
             uid: 0,
             gid: 0,
