@@ -23,7 +23,6 @@ const ID: u32 = 7;
 /// keeps).
 fn reference(data: &[u8], line_limit: u64, noise_limit: u64) -> Option<Result<Option<(bool, usize)>, ()>> {
     let have = format!("{MARKER}:HAVE");
-    let need = format!("{MARKER}:NEED");
     let mut pos = 0;
     let mut total = 0u64;
     loop {
@@ -37,20 +36,33 @@ fn reference(data: &[u8], line_limit: u64, noise_limit: u64) -> Option<Result<Op
         let Some(nl) = nl else { return Some(Ok(None)) };
         let text = line.trim_ascii_end();
         let found = if text.ends_with(have.as_bytes()) {
-            Some(false)
-        } else if text.ends_with(need.as_bytes()) {
-            Some(true)
+            Some((false, have.len()))
         } else {
-            None
+            need_at_end(text).map(|len| (true, len))
         };
-        if let Some(needed) = found {
-            if line.len() - text.len() + have.len() > KEEP {
+        if let Some((needed, marker_len)) = found {
+            if line.len() - text.len() + marker_len > KEEP {
                 return None;
             }
             return Some(Ok(Some((needed, pos + nl + 1))));
         }
         pos += nl + 1;
     }
+}
+
+/// `MARKER:NEED:<arch>:<gz|plain>` at the end of `text` (the arch 1 to 32
+/// of `[a-z0-9_]`): its length.
+fn need_at_end(text: &[u8]) -> Option<usize> {
+    let prefix = format!("{MARKER}:NEED:");
+    for form in [&b":gz"[..], b":plain"] {
+        let Some(head) = text.strip_suffix(form) else { continue };
+        let plain = |b: &&u8| b.is_ascii_lowercase() || b.is_ascii_digit() || **b == b'_';
+        let arch = head.iter().rev().take_while(plain).count();
+        if (1..=32).contains(&arch) && head[..head.len() - arch].ends_with(prefix.as_bytes()) {
+            return Some(prefix.len() + arch + form.len());
+        }
+    }
+    None
 }
 
 fn scan(pieces: &[&[u8]], line_limit: u64, noise_limit: u64) -> Result<Option<(bool, usize)>, ()> {
@@ -68,7 +80,7 @@ fn scan(pieces: &[&[u8]], line_limit: u64, noise_limit: u64) -> Result<Option<(b
             Ok(None) => offset += piece.len(),
             Ok(Some(found)) => {
                 assert!(found.rest <= piece.len());
-                result = Ok(Some((found.needed, offset + found.rest)));
+                result = Ok(Some((found.need.is_some(), offset + found.rest)));
                 break;
             }
             Err(e) => {
@@ -137,7 +149,7 @@ pub fn run(data: &[u8]) {
         }
         out.extend_from_slice(input.bytes(40));
         out.extend_from_slice(MARKER.as_bytes());
-        out.extend_from_slice(if mode & 2 == 0 { b":HAVE" } else { b":NEED" });
+        out.extend_from_slice(if mode & 2 == 0 { b":HAVE" } else { b":NEED:x86_64:gz" });
         out.extend_from_slice(input.pick(&[&b"\n"[..], b"\r\n", b" \t\n"]));
         let h = Hello {
             version: String::from_utf8_lossy(input.bytes(16)).into_owned(),

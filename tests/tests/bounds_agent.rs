@@ -34,6 +34,7 @@ impl RawParent {
             grace_ms: 1000,
             keepalive_ms: 0,
             keepalive_misses: 3,
+            cwd: None,
         };
         let mut cmd = Command::new(bin);
         cmd.args(args.to_argv()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
