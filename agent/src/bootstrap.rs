@@ -192,9 +192,9 @@ fn choose(images: &[&ImageInfo]) -> String {
 
 /// The script, one command or clause a line.
 ///
-/// Tools: a POSIX `sh`, `ls`, `mkdir`, `chmod`, `mv`, `rm`, and `head` or
-/// `dd`; `uname`, `cksum`, `find`, `id` and `gzip`/`gunzip` when present.
-/// A missing one is named.
+/// Tools: a POSIX `sh` and `ls` for a cache hit; `mkdir`, `chmod`, `mv`,
+/// `rm`, and `head` or `dd` to install; `uname`, `cksum`, `find`, `id` and
+/// `gzip`/`gunzip` when present. A missing one is named.
 ///
 /// Every candidate directory is entered (`cd -P`) and then judged and used
 /// as `.`: whoever renames it or its parents afterwards changes nothing we
@@ -213,9 +213,10 @@ fn choose(images: &[&ImageInfo]) -> String {
 /// the name has another inode. Without `cksum`, size and mode decide, and
 /// no stamp is written.
 ///
-/// An install first fills the file with as many zeros as the agent has
-/// bytes, so a full disk sends the script on to the next directory before
-/// anything is read; after the upload (exactly its length is read) a
+/// An install first fills the file with as many zeros as the agent and
+/// its gzip form take, so a full disk sends the script on to the next
+/// directory before anything is read; the gzip form is kept whole before
+/// it is unpacked, so a short upload and a damaged one are told apart; after the upload (exactly its length is read) a
 /// failed `mv` does too, asking for the agent again (`NEED`). It never removes the cached name first: bootstraps racing on
 /// a cold cache each rename a complete, checked copy over it, so whichever
 /// copy a sibling's `exec` finds is whole. A directory planted at the
@@ -229,8 +230,6 @@ fn script_lines(images: &[&ImageInfo], args: &AgentArgs) -> String {
     format!(
         r#"m={marker}
 umask 077
-for x in ls mkdir chmod mv rm; do command -v $x >/dev/null 2>&1 || {{ echo "spore: this host has no $x, which the bootstrap needs" >&2; exit 95; }}; done
-command -v head >/dev/null 2>&1 || command -v dd >/dev/null 2>&1 || {{ echo "spore: this host has neither head nor dd, which the bootstrap needs" >&2; exit 95; }}
 {choose}
 f=spore-agent-$h o=${{PWD:-/}} y=
 look() {{
@@ -266,6 +265,8 @@ ok() {{
 for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/spore}}"; do
   case $c in /*) cd -P "$c" 2>/dev/null && look "$f" && ok && {{ echo "$m:HAVE"; {run}; }};; esac
 done
+for x in ls mkdir chmod mv rm; do command -v $x >/dev/null 2>&1 || {{ echo "spore: this host has no $x, which the bootstrap needs" >&2; exit 95; }}; done
+command -v head >/dev/null 2>&1 || command -v dd >/dev/null 2>&1 || {{ echo "spore: this host has neither head nor dd, which the bootstrap needs" >&2; exit 95; }}
 g=plain x=$n
 if command -v head >/dev/null 2>&1; then rd() {{ head -c $x; }}
 elif dd if=/dev/null of=/dev/null iflag=fullblock 2>/dev/null; then rd() {{ dd bs=$x count=1 iflag=fullblock 2>/dev/null; }}
@@ -277,10 +278,11 @@ for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/s
   case $c in /*) ;; *) continue;; esac
   [ -d "$c" ] || mkdir -p "$c" 2>/dev/null || {{ y="$y $c: can't create it;"; continue; }}
   cd -P "$c" 2>/dev/null || {{ y="$y $c: can't enter it;"; continue; }}
+  look "$f"
+  if ok; then echo "$m:HAVE"; {run}; fi
   [ -O . ] && chmod 700 . 2>/dev/null || {{ y="$y $c: not ours;"; continue; }}
   look "$f"
   safe || {{ y="$y $c: others may write its parent;"; continue; }}
-  if ok; then echo "$m:HAVE"; {run}; fi
   if [ -d "$f" ] && [ ! -L "$f" ]; then
     [ -O "$f" ] && rm -rf "$f" 2>/dev/null || {{ y="$y $c: a directory of another user is in the way;"; continue; }}
   fi
@@ -288,12 +290,20 @@ for c in "${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/spore}}" "${{HOME:+$HOME/.cache/s
   if printf '#!/bin/sh\n' >"$t" 2>/dev/null && chmod 700 "$t" && "./$t" 2>/dev/null; then rm -f "$t"; else rm -f "$t"; y="$y $c: can't write and run a file there;"; continue; fi
   if command -v find >/dev/null 2>&1; then find . -maxdepth 1 -name 'spore-agent-*' ! -name "$f*" -mtime +30 -exec rm -f {{}} \; 2>/dev/null; find . -maxdepth 1 -name 'spore-agent-*.part' -mmin +60 -exec rm -f {{}} \; 2>/dev/null; fi
   t=$f.$$.part
-  rm -f "$t"
-  {{ if command -v dd >/dev/null 2>&1; then dd bs=$n count=1; else head -c $n; fi; }} </dev/zero >"$t" 2>/dev/null
+  rm -f "$t" "$t.gz"
+  {{ if command -v dd >/dev/null 2>&1; then dd bs=$((n + z)) count=1; else head -c $((n + z)); fi; }} </dev/zero >"$t" 2>/dev/null
   look "$t"
-  if [ "$S" != "$n" ]; then rm -f "$t"; y="$y $c: no room for $n bytes;"; continue; fi
+  if [ "$S" != $((n + z)) ]; then rm -f "$t"; y="$y $c: no room for $((n + z)) bytes;"; continue; fi
   echo "$m:NEED:$r:$g"
-  if [ $g = gz ]; then rd | un >"$t"; else rd >"$t"; fi 2>/dev/null
+  if [ $g = gz ]; then
+    rd >"$t.gz" 2>/dev/null
+    look "$t.gz"
+    if [ "$S" != "$z" ]; then rm -f "$t" "$t.gz"; echo "spore: upload cut short (${{S:-0}} of $z bytes)" >&2; exit 98; fi
+    un <"$t.gz" >"$t" 2>/dev/null || {{ rm -f "$t" "$t.gz"; echo "spore: upload damaged (it does not unpack)" >&2; exit 98; }}
+    rm -f "$t.gz"
+  else
+    rd >"$t" 2>/dev/null
+  fi
   look "$t"
   if [ "$S" != "$n" ]; then rm -f "$t"; echo "spore: upload cut short (${{S:-0}} of $n bytes)" >&2; exit 98; fi
   if command -v cksum >/dev/null 2>&1; then set -- $(cksum <"$t"); if [ "$1 $2" != "$k $n" ]; then rm -f "$t"; echo "spore: upload damaged (cksum $1, expected $k)" >&2; exit 98; fi; v=1; else v=; fi

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 mod scan;
 pub use scan::{
-    parse_hello, shown, Found, Need, LastWords, MarkerScan, AFTER_MARKER_LIMIT, HELLO_LIMIT, KEEP, LAST_WORDS, LINE_LIMIT,
-    LOGGED_LINES, NOISE_LIMIT, WORD_LEN,
+    parse_hello, shown, Found, LastWords, MarkerScan, Need, AFTER_MARKER_LIMIT, HELLO_LIMIT, KEEP, LAST_WORDS,
+    LINE_LIMIT, LOGGED_LINES, NOISE_LIMIT, WORD_LEN,
 };
 
 /// A failed bootstrap: the cause and what the remote printed last.
@@ -100,7 +100,8 @@ pub fn connect(
         None => take_fd(child.stdin.take()).and_then(|w| take_fd(child.stdout.take()).map(|r| (w, r))),
     };
     let pipes = pipes.and_then(|(w, r)| take_fd(child.stderr.take()).map(|e| (w, r, e)));
-    let hs = pipes.and_then(|(w, r, e)| Handshake::new(w, r, e, images, &how.method, args, deadline, how.password.clone(), pty));
+    let hs = pipes
+        .and_then(|(w, r, e)| Handshake::new(w, r, e, images, &how.method, args, deadline, how.password.clone(), pty));
     let mut hs = match hs {
         Ok(hs) => hs,
         Err(e) => {

@@ -226,26 +226,24 @@ pub fn serve(broker: &Broker, images: &Arc<Images>) {
     let requests = broker.listen(handle::GET_IMAGE);
     let (broker, images) = (broker.clone(), images.clone());
     let busy = Arc::new(AtomicUsize::new(0));
-    let spawned = std::thread::Builder::new().name("spore-images".into()).spawn(move || {
-        loop {
-            let msg = match requests.recv_deadline(Instant::now() + Duration::from_secs(3600)) {
-                Ok(msg) => msg,
-                Err(crate::RecvError::Timeout) => continue,
-                Err(crate::RecvError::Closed) => break,
-            };
-            if busy.fetch_add(1, Ordering::SeqCst) >= SERVING_LIMIT {
-                busy.fetch_sub(1, Ordering::SeqCst);
-                broker.send(dead(&msg, format!("busy: {SERVING_LIMIT} image requests are being served")));
-                continue;
-            }
-            let (broker, images, busy) = (broker.clone(), images.clone(), busy.clone());
-            let answered = std::thread::Builder::new().name("spore-image".into()).spawn(move || {
-                broker.send(answer(&images, &msg));
-                busy.fetch_sub(1, Ordering::SeqCst);
-            });
-            if let Err(e) = answered {
-                log::warn!("can't start a thread to send an image: {e}");
-            }
+    let spawned = std::thread::Builder::new().name("spore-images".into()).spawn(move || loop {
+        let msg = match requests.recv_deadline(Instant::now() + Duration::from_secs(3600)) {
+            Ok(msg) => msg,
+            Err(crate::RecvError::Timeout) => continue,
+            Err(crate::RecvError::Closed) => break,
+        };
+        if busy.fetch_add(1, Ordering::SeqCst) >= SERVING_LIMIT {
+            busy.fetch_sub(1, Ordering::SeqCst);
+            broker.send(dead(&msg, format!("busy: {SERVING_LIMIT} image requests are being served")));
+            continue;
+        }
+        let (broker, images, busy) = (broker.clone(), images.clone(), busy.clone());
+        let answered = std::thread::Builder::new().name("spore-image".into()).spawn(move || {
+            broker.send(answer(&images, &msg));
+            busy.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = answered {
+            log::warn!("can't start a thread to send an image: {e}");
         }
     });
     if let Err(e) = spawned {

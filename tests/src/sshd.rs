@@ -61,9 +61,23 @@ pub fn setup_machine() {
     write_exec(&noisy, "#!/bin/sh\necho 'Welcome! Last login: yesterday'\nprintf 'partial line, no newline'\necho >&2 'motd on stderr'\nexec /bin/sh \"$@\"\n");
     let nohead_bin = format!("{SHELLS}/nohead-bin");
     fs::create_dir_all(&nohead_bin).unwrap();
-    for tool in
-        ["sh", "id", "mkdir", "chmod", "printf", "rm", "wc", "mv", "dd", "cat", "sha256sum", "sleep", "uname", "true"]
-    {
+    for tool in [
+        "sh",
+        "ls",
+        "id",
+        "mkdir",
+        "chmod",
+        "printf",
+        "rm",
+        "wc",
+        "mv",
+        "dd",
+        "cat",
+        "sha256sum",
+        "sleep",
+        "uname",
+        "true",
+    ] {
         let link = format!("{nohead_bin}/{tool}");
         if !Path::new(&link).exists() {
             let target = which(tool);

@@ -62,6 +62,7 @@ fn a_direct_child_gets_the_image_it_names_and_nothing_else() {
         assert_eq!((got.replies, got.dead), (0, 1), "handle {on}: {got:?}");
     }
     h.ping().unwrap();
+    drop(h);
     f.finish(guard);
 }
 
@@ -72,16 +73,15 @@ fn a_grandchild_gets_no_image_from_the_master_but_one_from_its_parent() {
     let i = f.connect("i");
     let h = below(&i, "hostile");
     let hash = image_hash();
-    let frames = vec![
-        get_image(MASTER_ID, 5000, &request(&hash, false), 1),
-        get_image(i.id(), 5001, &request(&hash, false), 1),
-    ];
+    let frames =
+        vec![get_image(MASTER_ID, 5000, &request(&hash, false), 1), get_image(i.id(), 5001, &request(&hash, false), 1)];
     send_frames(&h, frames).unwrap();
     let refused = answers(&h, 5000, 1);
     assert_eq!((refused.replies, refused.dead), (0, 1), "from the master: {refused:?}");
     let served = answers(&h, 5001, 1);
     assert_eq!((served.replies, served.dead), (1, 0), "from its parent: {served:?}");
     i.ping().unwrap();
+    drop((i, h));
     f.finish(guard);
 }
 
@@ -100,5 +100,6 @@ fn a_flood_of_image_requests_is_answered_in_bounded_parallel() {
     let started = Instant::now();
     honest.ping().unwrap();
     assert!(started.elapsed() < Duration::from_secs(2), "a sibling waited {:?}", started.elapsed());
+    drop((h, honest));
     f.finish(guard);
 }

@@ -8,8 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use spore_agent::bootstrap::{offered, script, AgentArgs};
-use spore_agent::images::{Held, Images};
 use spore_agent::handshake::{connect, Connected};
+use spore_agent::images::{Held, Images};
 use spore_protocol::body::ConnectArgs;
 use spore_tests::{agent_path, LeakGuard};
 use std::process::Command;
