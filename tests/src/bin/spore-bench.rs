@@ -211,7 +211,7 @@ fn main() {
     let mut report = Report::default();
     let started = Instant::now();
     eprintln!("spore bench: spore vs mitogen {} and plain ssh, {ROUNDS} alternating rounds", mitogen_version());
-    // SPORE_BENCH_ONLY=spawn,calls,read,ssh,fanout,agent,shutdown picks workloads.
+    // SPORE_BENCH_ONLY=spawn,cli,wire,calls,read,ssh,fanout,agent,shutdown picks workloads.
     let only = std::env::var("SPORE_BENCH_ONLY").ok();
     let run = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
 
@@ -240,6 +240,37 @@ fn main() {
             target: "≥ 30× faster than mitogen".into(),
             met: Some(ratio >= 30.0),
         });
+    }
+
+    // 1b. The whole CLI process, beside mitogen's whole process, for `true`.
+    if run("cli") {
+        let spore = spore_tests::target_dir().join("release/spore");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/mitogen_true.py");
+        let (mut sp, mut mi) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            for _ in 0..10 {
+                sp.push(secs(timed(Command::new(&spore).args(["run", "local", "--", "true"]))));
+            }
+            for _ in 0..2 {
+                mi.push(secs(timed(Command::new(python()).arg(script))));
+            }
+        }
+        let (s, m) = (Stat::of(sp), Stat::of(mi));
+        let ratio = m.median / s.median;
+        report.add(Row {
+            workload: "`spore run local -- true`, whole process".into(),
+            unit: Unit::Secs,
+            spore: s,
+            baseline: Some(("mitogen, whole process".into(), m)),
+            ratio: Some(ratio),
+            target: "≤ 5 ms; ≥ 60× faster than mitogen".into(),
+            met: Some(s.median <= 0.005 && ratio >= 60.0),
+        });
+    }
+
+    // 1c. What a cold connect sends, per architecture.
+    if run("wire") {
+        wire_rows(&mut report);
     }
 
     // 2. 10,000 no-op calls, direct and through one intermediate.
@@ -412,6 +443,55 @@ fn main() {
     std::fs::write(out.join("latest.md"), format!("# spore bench\n\n{md}")).unwrap();
     std::fs::write(out.join("latest.json"), report.json()).unwrap();
     eprintln!("wrote {}/latest.{{md,json}}", out.display());
+}
+
+/// Bytes on the wire per cold connect: the script and the image, plain
+/// and gzipped, for each architecture spore has; and one cold local
+/// connect, measured.
+fn wire_rows(report: &mut Report) {
+    let images = spore::image::default_images().unwrap();
+    let args = spore_agent::bootstrap::AgentArgs::parse(["--id=1", "--parents=0"]).unwrap();
+    let script = spore_agent::bootstrap::script(&images.infos().iter().collect::<Vec<_>>(), &args).len();
+    for i in images.infos() {
+        report.add(Row {
+            workload: format!("cold connect to a {} host: script + gzip image (plain: {} bytes)", i.arch, i.size),
+            unit: Unit::Bytes,
+            spore: Stat::one((script as u64 + i.gz_size) as f64),
+            baseline: Some(("script + plain image".into(), Stat::one((script as u64 + i.size) as f64))),
+            ratio: Some((script as u64 + i.size) as f64 / (script as u64 + i.gz_size) as f64),
+            target: String::new(),
+            met: None,
+        });
+    }
+    // Measured: a fresh cache, a local context.
+    let dir = std::env::temp_dir().join(format!("spore-bench-wire-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let old: Vec<_> = ["XDG_RUNTIME_DIR", "HOME"].iter().map(|k| (*k, std::env::var_os(k))).collect();
+    for (k, _) in &old {
+        std::env::set_var(k, &dir);
+    }
+    let r = Router::new().unwrap();
+    let c = r.local().unwrap();
+    let sent = c.image_bytes();
+    r.shutdown();
+    drop((c, r));
+    for (k, v) in old {
+        match v {
+            Some(v) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report.add(Row {
+        workload: "cold local connect, measured: image bytes written".into(),
+        unit: Unit::Bytes,
+        spore: Stat::one(sent as f64),
+        baseline: None,
+        ratio: None,
+        target: String::new(),
+        met: None,
+    });
 }
 
 fn mitogen_version() -> String {
