@@ -224,9 +224,8 @@ impl<'a> Handshake<'a> {
 
     fn run(&mut self) -> Result<Hello, String> {
         let mut uploads = 0;
-        loop {
-            // 1. Up to the marker: HAVE, or NEED and the image it wants.
-            let Some(need) = self.until_marker()? else { break };
+        // 1. Up to the marker: HAVE, or NEED and the image it wants.
+        while let Some(need) = self.until_marker()? {
             // 2. The image, only when asked for.
             uploads += 1;
             if uploads > UPLOAD_LIMIT {

@@ -160,8 +160,12 @@ fn no_image(info: &ImageInfo) -> String {
     format!("no {} image {}", info.arch, info.hash.get(..16).unwrap_or_default())
 }
 
-/// The images this agent has read or received: (hash, gz, bytes).
-static FETCHED: Mutex<Vec<(String, bool, Arc<[u8]>)>> = Mutex::new(Vec::new());
+/// An image this agent has read or received: its hash, its form (gzip or
+/// not), its bytes.
+type Copy = (String, bool, Arc<[u8]>);
+
+/// The images this agent holds.
+static FETCHED: Mutex<Vec<Copy>> = Mutex::new(Vec::new());
 
 /// An agent's copy of an image: its own binary, or what its parent sent.
 /// Fetches are one at a time (the lock is held), so concurrent connects

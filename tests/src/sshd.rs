@@ -40,6 +40,10 @@ pub const USER_HANG: &str = "spore-hang";
 pub const USER_CACHE_A: &str = "spore-cache-a";
 /// See [`USER_CACHE_A`].
 pub const USER_CACHE_B: &str = "spore-cache-b";
+/// Users of their own for the test of images passed down the tree.
+pub const USER_IMAGE_A: &str = "spore-image-a";
+/// See [`USER_IMAGE_A`].
+pub const USER_IMAGE_B: &str = "spore-image-b";
 
 const SHELLS: &str = "/usr/local/lib/spore-test";
 
@@ -152,6 +156,8 @@ pub fn setup_machine() {
         (USER_HANG, hang.as_str()),
         (USER_CACHE_A, "/bin/sh"),
         (USER_CACHE_B, "/bin/sh"),
+        (USER_IMAGE_A, "/bin/sh"),
+        (USER_IMAGE_B, "/bin/sh"),
     ] {
         let exists = Command::new("id").arg(user).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
         if !exists.success() {

@@ -8,8 +8,8 @@
 use spore::{Command, Error, Hop, Options, Router};
 use spore_tests::site::Site;
 use spore_tests::sshd::{
-    Sshd, PASSWORD, USER_ASH, USER_BASH, USER_CACHE_A, USER_CACHE_B, USER_HANG, USER_NOCACHE, USER_NOEXEC, USER_NOHEAD,
-    USER_NOISY, USER_NOPW, USER_PW, USER_SHORT,
+    Sshd, PASSWORD, USER_ASH, USER_BASH, USER_CACHE_A, USER_CACHE_B, USER_HANG, USER_IMAGE_A, USER_IMAGE_B,
+    USER_NOCACHE, USER_NOEXEC, USER_NOHEAD, USER_NOISY, USER_NOPW, USER_PW, USER_SHORT,
 };
 use spore_tests::{spore_bin, wait_for_record, LeakGuard};
 use std::os::unix::fs::MetadataExt;
@@ -514,5 +514,35 @@ fn su_and_doas_with_a_password_through_a_pty() {
     assert!(err.to_string().contains("wrong password"), "{err}");
     r.shutdown();
     drop((nopw, r));
+    w.finish();
+}
+
+#[test]
+fn an_intermediate_asks_its_parent_for_the_gzip_image_once_for_all_its_targets() {
+    spore_tests::init_logger();
+    let w = World::new();
+    let opts = Options { agent_log_level: Some(log::LevelFilter::Debug), ..Options::default() };
+    let r = Router::with_options(opts).unwrap();
+    let i = r.local().unwrap();
+    let x86 = spore::image::default_images().unwrap().for_arch("x86_64").cloned().unwrap();
+    for user in [USER_IMAGE_A, USER_IMAGE_B] {
+        Sshd::clear_cache(user);
+        // ssh leads off this host: the script chooses by `uname -m`, and
+        // the target has gzip, so it asks for the gzip form, which only
+        // the master holds.
+        let ctx = i.connect_hop(&w.hop(Some(user), &[]), &format!("local/{user}")).unwrap();
+        assert_eq!(ctx.image_bytes(), x86.gz_size, "{user}");
+        assert_eq!(ctx.info().unwrap().arch, "x86_64");
+        Sshd::clear_cache(user);
+    }
+    let received = spore_tests::RECORDS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, m)| m.contains("received the x86_64 image (gzip) from the parent"))
+        .count();
+    assert_eq!(received, 1, "the intermediate asked its parent once");
+    r.shutdown();
+    drop((i, r));
     w.finish();
 }
