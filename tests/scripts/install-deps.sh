@@ -49,39 +49,45 @@ apt_update() {
     apt-get update -qq >/dev/null 2>&1 || say "apt-get update failed"
 }
 
-# unpack PKG:ARCH...: `apt-get download` and `dpkg -x` into
-# target/cross/PKG_ARCH/, for each not there yet. Foreign architectures are
-# added to dpkg (root only) so apt can see their packages.
-unpack() {
-    missing=
+# Foreign architectures of PKG:ARCH... added to dpkg (root only), so apt
+# can see their packages.
+add_archs() {
+    native=$(dpkg --print-architecture 2>/dev/null) || { say "no dpkg: can't fetch $*"; return 1; }
     for p in "$@"; do
-        [ -f "$cross/${p%%:*}_${p#*:}/.unpacked" ] || missing="$missing $p"
-    done
-    [ -z "$missing" ] && return 0
-    native=$(dpkg --print-architecture 2>/dev/null) || { say "no dpkg: can't fetch$missing"; return 1; }
-    for p in $missing; do
         a=${p#*:}
         [ "$a" = "$native" ] && continue
         dpkg --print-foreign-architectures | grep -qx "$a" && continue
         if ! is_root; then
-            say "need dpkg --add-architecture $a (root) for$missing"
+            say "need dpkg --add-architecture $a (root) for $*"
             return 1
         fi
         dpkg --add-architecture "$a"
         updated=
         apt_update
     done
+}
+
+# fetch DIR PKG:ARCH...: `apt-get download` them into DIR.
+fetch() {
+    dir=$1
+    shift
+    add_archs "$@" || return 1
+    (cd "$dir" && apt-get download -qq "$@" >/dev/null 2>&1) && return 0
+    apt_update
+    (cd "$dir" && apt-get download -qq "$@" >/dev/null 2>&1) || { say "apt-get download $* failed"; return 1; }
+}
+
+# unpack PKG:ARCH...: each `dpkg -x`ed into target/cross/PKG_ARCH/, unless
+# it is there already.
+unpack() {
+    missing=
+    for p in "$@"; do
+        [ -f "$cross/${p%%:*}_${p#*:}/.unpacked" ] || missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
     tmp=$(mktemp -d)
     # shellcheck disable=SC2086
-    if ! (cd "$tmp" && apt-get download -qq $missing >/dev/null 2>&1); then
-        apt_update
-        # shellcheck disable=SC2086
-        (cd "$tmp" && apt-get download -qq $missing >/dev/null 2>&1) || {
-            say "apt-get download$missing failed"
-            rm -rf "$tmp"
-            return 1
-        }
-    fi
+    fetch "$tmp" $missing || { rm -rf "$tmp"; return 1; }
     for p in $missing; do
         dir="$cross/${p%%:*}_${p#*:}"
         deb=$(ls "$tmp/${p%%:*}_"*"_${p#*:}.deb")
@@ -93,8 +99,27 @@ unpack() {
     rm -rf "$tmp"
 }
 
+# bundle NAME PKG:ARCH...: all of them `dpkg -x`ed together into
+# target/cross/NAME/, unless it is there already.
+bundle() {
+    name=$1
+    shift
+    [ -f "$cross/$name/.unpacked" ] && return 0
+    tmp=$(mktemp -d)
+    fetch "$tmp" "$@" || { rm -rf "$tmp"; return 1; }
+    rm -rf "${cross:?}/$name"
+    mkdir -p "$cross/$name"
+    for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$cross/$name"; done
+    (cd "$tmp" && ls) >"$cross/$name/.unpacked"
+    rm -rf "$tmp"
+}
+
+if [ "$mode" = toolchain ]; then
+    # `make agent` says in one line what it can't build, and why.
+    toolchain 2>/dev/null
+    exit 0
+fi
 toolchain
-[ "$mode" = toolchain ] && exit 0
 
 need=
 command -v /usr/sbin/sshd >/dev/null 2>&1 || need="$need openssh-server"
@@ -125,6 +150,13 @@ if [ -n "$need" ]; then
 fi
 # shellcheck disable=SC2086
 unpack $images
+# An arm64 sshd host (tests/docker/build-rootfs.sh target-arm64): sshd and
+# the libraries it links, as on this machine.
+sshd_libs="libaudit1 libc6 libcap-ng0 libcap2 libcom-err2 libcrypt1 libgcrypt20 libgpg-error0 libgssapi-krb5-2
+    libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0 liblz4-1 liblzma5 libnsl2 libpam0g libpcre2-8-0 libselinux1
+    libssl3 libsystemd0 libtirpc3 libwrap0 libzstd1 zlib1g"
+# shellcheck disable=SC2046
+bundle sshd_arm64 openssh-server:arm64 $(for p in $sshd_libs; do echo "$p:arm64"; done)
 
 # Bookworm's qemu-user (7.2) fails prctl(PR_SET_CHILD_SUBREAPER) with
 # EINVAL, and with it every exec of a foreign agent; QEMU 8 passes it on.
