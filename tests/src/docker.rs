@@ -275,6 +275,32 @@ pub fn minimal_image(arch: &str, reader: &str) -> String {
     fs.image(&format!("minimal-{arch}-{reader}"))
 }
 
+/// The fleet's target host for arm64 (tests/docker/build-rootfs.sh
+/// target-arm64): Debian's arm64 busybox and sshd, run through qemu-user
+/// (call [`require_foreign_arch`]`("aarch64")` first). Tagged by a hash of
+/// the script and the Debian packages it is made of.
+pub fn arm64_sshd_image() -> String {
+    require_docker();
+    let script_path = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/build-rootfs.sh");
+    let script = fs::read(script_path).unwrap();
+    let sshd = fs::read(debian_package("sshd", "arm64").join(".unpacked")).unwrap();
+    let busybox = fs::read(debian_package("busybox-static", "arm64").join(".unpacked")).unwrap();
+    let tag = format!("spore-test-target-arm64:{}", hash_hex(&[&script, &sshd, &busybox]));
+    let lock = fs::OpenOptions::new().create(true).append(true).open("/tmp/spore-test-images.lock").unwrap();
+    // SAFETY: flock on an fd we own; released when `lock` closes.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    if image_exists(&tag) {
+        return tag;
+    }
+    let dir = crate::target_dir().join("spore-images/target-arm64");
+    let out = Command::new("sh").arg(script_path).arg("target-arm64").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "build-rootfs.sh target-arm64: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker").args(["build", "--no-cache", "-q", "-t", &tag]).arg(&dir).output().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
+    tag
+}
+
 /// A command that idles in any busybox image, links or not.
 pub const IDLE: [&str; 3] = ["/bin/busybox", "sleep", "100000"];
 
