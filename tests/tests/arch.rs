@@ -15,9 +15,10 @@
 
 use spore::{Command, Hop, Router};
 use spore_tests::docker::{
-    foreign_busybox_image, minimal_applets, minimal_image, require_foreign_arch, Container, IDLE,
+    arm64_sshd_image, foreign_busybox_image, minimal_applets, minimal_image, require_foreign_arch, Container, IDLE,
 };
-use spore_tests::LeakGuard;
+use spore_tests::{fleet, LeakGuard};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn text(b: &[u8]) -> String {
@@ -208,6 +209,148 @@ fn foreign_agents_work_on_their_architecture() {
         assert!(same, "the file came back changed from the {expected} agent");
         assert_clean(&c);
     }
+}
+
+/// An x86_64 bastion and an arm64 sshd host (`arm64`, through qemu-user)
+/// on a network of their own, like tests/src/fleet.rs's, each sshd
+/// published on 127.0.0.1; all removed on drop.
+struct MixedFleet {
+    network: String,
+    containers: Vec<String>,
+    dir: PathBuf,
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+impl MixedFleet {
+    fn start() -> MixedFleet {
+        let bastion_image = fleet::image("bastion");
+        let arm64_image = arm64_sshd_image();
+        let pid = std::process::id();
+        let label = format!("spore-test-owner={pid}");
+        let dir = std::env::temp_dir().join(format!("spore-mixed-fleet-{pid}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = MixedFleet { network: String::new(), containers: Vec::new(), dir };
+        let key = f.dir.join("id");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+        std::fs::copy(f.dir.join("id.pub"), f.dir.join("authorized_keys")).unwrap();
+        let network = format!("spore-test-mixed-{pid}");
+        docker(&["network", "create", "--label", &label, &network]);
+        f.network = network;
+        let mount = format!("{}:/etc/spore:ro", f.dir.display());
+        let mut cfg = String::new();
+        for (name, image) in [("bastion", &bastion_image), ("arm64", &arm64_image)] {
+            let container = format!("spore-mixed-{name}-{pid}");
+            let _ = std::process::Command::new("docker").args(["rm", "-f", &container]).output();
+            f.containers.push(container.clone());
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                &container,
+                "--hostname",
+                name,
+                "--label",
+                &label,
+                "--network",
+                &f.network,
+                "--network-alias",
+                name,
+                "-p",
+                "127.0.0.1::22",
+                "-v",
+                &mount,
+                image,
+            ]);
+            let port = docker(&["port", &container, "22/tcp"]);
+            let port: u16 =
+                port.lines().next().and_then(|l| l.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap();
+            cfg.push_str(&format!("Host {name}\n  HostName 127.0.0.1\n  Port {port}\n"));
+            wait_for_sshd(&container, port);
+        }
+        cfg.push_str(&format!(
+            "Host *\n  User root\n  IdentityFile {}/id\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  \
+             UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+            f.dir.display()
+        ));
+        std::fs::write(f.config(), cfg).unwrap();
+        f
+    }
+
+    fn config(&self) -> String {
+        self.dir.join("config").display().to_string()
+    }
+}
+
+fn wait_for_sshd(container: &str, port: u16) {
+    use std::io::Read;
+    // sshd under qemu-user takes a while to start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut banner = [0u8; 4];
+            if s.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
+                return;
+            }
+        }
+        let logs = std::process::Command::new("docker").args(["logs", container]).output();
+        assert!(Instant::now() < deadline, "sshd in {container} never answered: {logs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for MixedFleet {
+    fn drop(&mut self) {
+        if !self.containers.is_empty() {
+            let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&self.containers).output();
+        }
+        if !self.network.is_empty() {
+            let _ = std::process::Command::new("docker").args(["network", "rm", &self.network]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An arm64 host reached by ssh, directly and through an x86_64 bastion:
+/// each hop gets the agent of its own architecture.
+#[test]
+fn arm64_sshd_host_direct_and_behind_an_x86_64_bastion() {
+    require_foreign_arch("aarch64");
+    let f = MixedFleet::start();
+    let cfg = f.config();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-F", &cfg];
+        all.extend(args);
+        let out = spore_tests::run_spore(&all, None);
+        assert!(out.status.success(), "spore {all:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // The host is arm64: its own uname says so, whatever agent runs there.
+    assert_eq!(cli(&["run", "bastion/arm64", "--", "uname", "-m"]), "aarch64\n");
+    let info = cli(&["info", "bastion", "bastion/arm64", "arm64"]);
+    let arch_of = |target: &str| {
+        info.lines()
+            .find(|l| l.starts_with(&format!("{target}: ")))
+            .and_then(|l| l.split(' ').find_map(|w| w.strip_prefix("arch=")))
+            .unwrap_or_else(|| panic!("no arch for {target} in {info}"))
+            .to_string()
+    };
+    assert_eq!(arch_of("bastion"), "x86_64", "{info}");
+    assert_eq!(arch_of("bastion/arm64"), "aarch64", "the agent behind the bastion: {info}");
+    assert_eq!(arch_of("arm64"), "aarch64", "the agent reached directly: {info}");
+    drop(f);
+    assert_eq!(fleet::leftovers(), Vec::<String>::new(), "containers or networks left");
 }
 
 /// `make agent` left a static agent for each architecture where the
