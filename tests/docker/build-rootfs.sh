@@ -4,13 +4,19 @@
 # tool, sshd, sudo with the PAM bits it needs, and the libraries ldd names.
 # No Python, no bash, no coreutils. The bastion also gets the ssh client.
 #
-#   build-rootfs.sh target|bastion OUTDIR
+#   build-rootfs.sh target|bastion|target-arm64 OUTDIR
+#
+# target-arm64: the same host for arm64 (run through qemu-user), from
+# Debian's arm64 packages that install-deps.sh unpacked in target/cross/:
+# busybox and sshd with its libraries; no sudo.
 #
 # Users: root; spore (uid 1000, key login, passwordless sudo, a home it may
 # not write); sporepw (uid 1001, key login, sudo with password "sporepw-1").
 set -eu
 role=$1
 out=$2
+here=$(cd "$(dirname "$0")" && pwd)
+cross=${CARGO_TARGET_DIR:-$here/../../target}/cross
 rm -rf "$out"
 mkdir -p "$out/rootfs"
 cd "$out/rootfs"
@@ -21,24 +27,51 @@ ln -s usr/lib64 lib64
 chmod 1777 tmp var/tmp
 chmod 700 root
 
-cp /bin/busybox bin/busybox
-for applet in $(bin/busybox --list); do
-    [ -e "bin/$applet" ] || ln -s busybox "bin/$applet"
-done
-
 copy() {
     mkdir -p ".$(dirname "$1")"
     cp -L "$1" ".$1"
 }
-files="/usr/sbin/sshd /usr/bin/sudo /usr/libexec/sudo/sudoers.so /usr/libexec/sudo/group_file.so
-    /usr/libexec/sudo/system_group.so /usr/lib/x86_64-linux-gnu/security/pam_unix.so
-    /usr/lib/x86_64-linux-gnu/security/pam_permit.so /usr/lib/x86_64-linux-gnu/security/pam_deny.so"
-[ "$role" = bastion ] && files="$files /usr/bin/ssh"
-for f in $files; do copy "$f"; done
-for lib in $(for f in $files; do ldd "$f"; done | awk '/=>/ { print $3 } /ld-linux/ { print $1 }' | sort -u); do
-    copy "$lib"
+if [ "$role" = target-arm64 ]; then
+    debs=$cross/sshd_arm64
+    [ -f "$debs/.unpacked" ] && [ -f "$cross/busybox-static_arm64/.unpacked" ] ||
+        { echo "build-rootfs.sh: no arm64 packages in $cross: run tests/scripts/install-deps.sh" >&2; exit 1; }
+    cp "$cross/busybox-static_arm64/bin/busybox" bin/busybox
+    cp "$debs/usr/sbin/sshd" usr/sbin/sshd
+    # The libraries sshd needs, by their DT_NEEDED, from the unpacked packages.
+    mkdir -p usr/lib/aarch64-linux-gnu
+    todo=usr/sbin/sshd
+    seen=
+    while [ -n "$todo" ]; do
+        set -- $todo
+        f=$1
+        shift
+        todo="$*"
+        for n in $(readelf -d "$f" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+            case " $seen " in *" $n "*) continue ;; esac
+            seen="$seen $n"
+            src=$(find "$debs/lib/aarch64-linux-gnu" "$debs/usr/lib/aarch64-linux-gnu" -name "$n" | head -1)
+            [ -n "$src" ] || { echo "build-rootfs.sh: $n (needed by $f) is in none of the packages" >&2; exit 1; }
+            cp -L "$src" "usr/lib/aarch64-linux-gnu/$n"
+            todo="$todo usr/lib/aarch64-linux-gnu/$n"
+        done
+    done
+    ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 usr/lib/ld-linux-aarch64.so.1
+else
+    cp /bin/busybox bin/busybox
+    files="/usr/sbin/sshd /usr/bin/sudo /usr/libexec/sudo/sudoers.so /usr/libexec/sudo/group_file.so
+        /usr/libexec/sudo/system_group.so /usr/lib/x86_64-linux-gnu/security/pam_unix.so
+        /usr/lib/x86_64-linux-gnu/security/pam_permit.so /usr/lib/x86_64-linux-gnu/security/pam_deny.so"
+    [ "$role" = bastion ] && files="$files /usr/bin/ssh"
+    for f in $files; do copy "$f"; done
+    for lib in $(for f in $files; do ldd "$f"; done | awk '/=>/ { print $3 } /ld-linux/ { print $1 }' | sort -u); do
+        copy "$lib"
+    done
+    copy /lib64/ld-linux-x86-64.so.2
+fi
+# (An arm64 busybox lists its applets through qemu-user.)
+for applet in $(bin/busybox --list); do
+    [ -e "bin/$applet" ] || ln -s busybox "bin/$applet"
 done
-copy /lib64/ld-linux-x86-64.so.2
 
 cat >etc/passwd <<'P'
 root:x:0:0:root:/root:/bin/sh
@@ -94,9 +127,18 @@ if [ "$role" = bastion ]; then
     printf 'Host *\n  IdentityFile /etc/spore/id\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n' >root/.ssh/config
     chmod 700 root/.ssh
 fi
-cat >../Dockerfile <<'D'
+if [ "$role" = target-arm64 ]; then
+    chmod 755 home/spore
+    cat >../Dockerfile <<'D'
+FROM scratch
+COPY rootfs/ /
+CMD ["/usr/sbin/sshd", "-D", "-e"]
+D
+else
+    cat >../Dockerfile <<'D'
 FROM scratch
 COPY rootfs/ /
 RUN ["/bin/busybox", "sh", "-c", "chown 1001:1001 /home/sporepw && chmod 4755 /usr/bin/sudo && chmod 755 /home/spore"]
 CMD ["/usr/sbin/sshd", "-D", "-e"]
 D
+fi
