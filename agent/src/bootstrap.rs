@@ -4,9 +4,9 @@
 //! [`crate::handshake`]. The master and every intermediate agent use this
 //! same code.
 
+use crate::spawn::Command;
 use spore_protocol::body::ConnectArgs;
 use spore_protocol::{hex, posix_cksum, sha256};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 /// An agent binary, named by its content.

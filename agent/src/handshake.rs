@@ -5,6 +5,7 @@
 
 use crate::bootstrap::{classify, marker, AgentArgs, Image, PROMPT};
 use crate::procs::kill_and_reap;
+use crate::spawn::{Command, Stdio};
 use crate::stream::NewStream;
 use crate::sys::{self, pollfd};
 use spore_protocol::body::{ConnectArgs, Hello};
@@ -12,8 +13,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod scan;

@@ -54,6 +54,7 @@ pub mod routes;
 mod runtime;
 mod shared;
 pub mod shutdown;
+pub mod spawn;
 mod spin;
 mod stream;
 pub mod sys;

@@ -4,9 +4,9 @@
 //! signalled at shutdown.
 
 use crate::logs::blog;
+use crate::spawn::Child;
 use crate::sys;
 use std::collections::HashSet;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// How often a process without a deadline is looked at.

@@ -9,12 +9,12 @@ use crate::mailbox::Handles;
 use crate::poller::Poller;
 use crate::procs::Groups;
 use crate::routes::{Routes, StreamId};
+use crate::spawn::Child;
 use crate::stream::Out;
 use spore_protocol::Message;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 

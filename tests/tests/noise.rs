@@ -9,9 +9,9 @@
 
 use spore_agent::bootstrap::{script, AgentArgs, Image};
 use spore_agent::handshake::{connect, Connected};
+use spore_agent::spawn::Command;
 use spore_protocol::body::ConnectArgs;
 use spore_tests::{agent_path, LeakGuard};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The connect timeout of these tests.
