@@ -7,10 +7,10 @@ use crate::call::{Call, OpError, OpResult};
 use crate::mailbox::Mailbox;
 use crate::runtime::{Runtime, RUNTIME};
 use crate::stream::NewStream;
+use crate::vecmap::VecMap;
 use crate::{ops, sys};
 use spore_protocol::body::{self, CallOp, Hello, LogRecord};
 use spore_protocol::{handle, Message};
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ pub type Handler = Arc<dyn Fn(&Call) -> OpResult + Send + Sync>;
 
 /// An agent: the built-in operations plus any you add.
 pub struct Agent {
-    handlers: HashMap<String, Handler>,
+    handlers: VecMap<String, Handler>,
 }
 
 impl Default for Agent {
@@ -34,7 +34,7 @@ impl Default for Agent {
 impl Agent {
     /// An agent with the built-in operations.
     pub fn new() -> Agent {
-        let mut agent = Agent { handlers: HashMap::new() };
+        let mut agent = Agent { handlers: VecMap::new() };
         for (name, f) in ops::builtins() {
             agent.handlers.insert(name.to_string(), Arc::new(f));
         }
@@ -143,7 +143,7 @@ impl Agent {
 
 /// The worker threads, sharing the `CALL_FUNCTION` mailbox.
 struct Pool {
-    handlers: HashMap<String, Handler>,
+    handlers: VecMap<String, Handler>,
     calls: Mailbox,
     /// Workers waiting for a call.
     idle: AtomicUsize,
