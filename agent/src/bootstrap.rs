@@ -98,8 +98,9 @@ impl AgentArgs {
             keepalive_misses: KEEPALIVE_MISSES,
         };
         for arg in args {
-            let (key, value) = arg.split_once('=').ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number in {arg:?}"));
+            let (key, value) =
+                arg.split_once('=').ok_or_else(|| format!("unexpected argument {}", crate::logs::quoted(&arg)))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number in {}", crate::logs::quoted(&arg)));
             match key {
                 "--id" => a.id = num(value)? as u32,
                 "--name" => a.name = value.to_string(),
@@ -320,7 +321,7 @@ pub fn method_command(how: &ConnectArgs, image: &Image, args: &AgentArgs) -> Res
             cmd.arg("--").arg(container).args(["sh", "-c"]).arg(script);
             cmd
         }
-        other => return Err(format!("unknown connection method {other:?}")),
+        other => return Err(format!("unknown connection method {}", crate::logs::quoted(other))),
     };
     Ok(cmd)
 }

@@ -190,14 +190,14 @@ impl Core {
             match why {
                 DropReason::Forced { grace } => self.log(
                     log::Level::Warn,
-                    format!("{}: forced after the grace of {} ms", peer.name, grace.as_millis()),
+                    format!("{}: forced after the grace of {} ms", peer.name, grace.as_millis() as u64),
                 ),
                 _ => self.log(
                     log::Level::Info,
                     format!(
                         "{}: disconnected gracefully, {} ms into the shutdown",
                         peer.name,
-                        now.saturating_duration_since(started).as_millis()
+                        now.saturating_duration_since(started).as_millis() as u64
                     ),
                 ),
             }

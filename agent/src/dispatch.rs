@@ -54,7 +54,7 @@ impl Agent {
         let args = match AgentArgs::parse(std::env::args().skip(1)) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("spore-agent: {e}");
+                sys::write_stderr(&format!("spore-agent: {e}\n"));
                 sys::exit_now(2)
             }
         };
@@ -63,7 +63,7 @@ impl Agent {
             Err(e) => {
                 // stderr may already be captured; this reaches the parent
                 // through the connection's own stderr only before that.
-                eprintln!("spore-agent: {e}");
+                sys::write_stderr(&format!("spore-agent: {e}\n"));
                 sys::exit_now(1)
             }
         }
@@ -205,10 +205,11 @@ impl Pool {
                     log::debug!("call {op} from context {}", call.caller());
                     // A panicking handler (in an agent built with unwinding)
                     // still answers its caller.
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call)))
-                        .unwrap_or_else(|_| Err(OpError::new("panic", format!("operation {op:?} panicked"))))
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call))).unwrap_or_else(|_| {
+                        Err(OpError::new("panic", format!("operation {} panicked", crate::logs::quoted(&op))))
+                    })
                 }
-                None => Err(OpError::new("unsupported", format!("unknown operation {op:?}"))),
+                None => Err(OpError::new("unsupported", format!("unknown operation {}", crate::logs::quoted(&op)))),
             },
             Err(e) => Err(e),
         };

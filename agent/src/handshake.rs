@@ -85,7 +85,7 @@ pub fn connect(
         command.process_group(0);
     }
     command.stderr(Stdio::piped());
-    let program = format!("{:?}", command.get_program());
+    let program = crate::logs::quoted(&command.get_program().to_string_lossy());
     let mut child = command
         .spawn()
         .map_err(|e| ConnectError { cause: format!("can't start {program}: {e}"), last_words: Vec::new() })?;

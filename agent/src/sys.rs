@@ -115,6 +115,21 @@ pub fn take_terminal() -> io::Result<()> {
     Ok(())
 }
 
+/// Write `text` to fd 2 (whatever it is now), ignoring errors: the last
+/// word of an agent that can't start, without `std`'s stderr machinery.
+pub fn write_stderr(text: &str) {
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: write reads at most `rest.len()` bytes from a valid slice.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => rest = rest.get(n..).unwrap_or_default(),
+            _ if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return,
+        }
+    }
+}
+
 /// Ignore `sig`.
 pub fn ignore_signal(sig: i32) {
     // SAFETY: installing SIG_IGN has no memory effects.
