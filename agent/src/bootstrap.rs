@@ -5,10 +5,10 @@
 //! same code.
 
 use crate::images::{machines, Images, OWN_ARCH};
+use crate::spawn::Command;
 use spore_protocol::body::{ConnectArgs, ImageInfo};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::process::Command;
 
 /// What an agent is told on its command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,9 +82,12 @@ impl AgentArgs {
                 a.cwd = Some(std::ffi::OsStr::from_bytes(dir).to_os_string());
                 continue;
             }
-            let arg = arg.into_string().map_err(|a| format!("argument {a:?} is not UTF-8"))?;
-            let (key, value) = arg.split_once('=').ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number in {arg:?}"));
+            let arg = arg
+                .into_string()
+                .map_err(|a| format!("argument {} is not UTF-8", crate::logs::quoted(&a.to_string_lossy())))?;
+            let (key, value) =
+                arg.split_once('=').ok_or_else(|| format!("unexpected argument {}", crate::logs::quoted(&arg)))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number in {}", crate::logs::quoted(&arg)));
             match key {
                 "--id" => a.id = num(value)? as u32,
                 "--name" => a.name = value.to_string(),
@@ -390,7 +393,7 @@ pub fn method_command(how: &ConnectArgs, images: &Images, args: &AgentArgs) -> R
             cmd.arg("--").arg(container).args(["sh", "-c"]).arg(script);
             cmd
         }
-        other => return Err(format!("unknown connection method {other:?}")),
+        other => return Err(format!("unknown connection method {}", crate::logs::quoted(other))),
     };
     Ok(cmd)
 }

@@ -18,15 +18,15 @@ use crate::procs::{self, Groups};
 use crate::routes::Routes;
 use crate::shared::{on_broker_thread, Cmd, Prepared, Shared};
 use crate::shutdown;
+use crate::spawn::Child;
 use crate::stream::{NewStream, Out, LOG_HIGH, OUT_HIGH, SEND_STALL};
 use crate::sys;
+use crate::vecmap::VecMap;
 use spore_protocol::body::{self, AllocatedId};
 use spore_protocol::{handle, Message};
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -78,9 +78,9 @@ impl Broker {
             queue: Mutex::new(Vec::new()),
             handles: Handles::new(),
             routes,
-            outs: RwLock::new(HashMap::new()),
+            outs: RwLock::new(VecMap::new()),
             groups: Mutex::new(Groups::default()),
-            temps: Mutex::new(HashSet::new()),
+            temps: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             out_failed: AtomicBool::new(false),
@@ -317,12 +317,12 @@ impl Broker {
     /// Remember a temporary file to remove if the process ends before the
     /// operation writing it does (an upload cut off by shutdown).
     pub fn track_temp(&self, path: &std::path::Path) {
-        lock(&self.shared.temps).insert(path.to_path_buf());
+        lock(&self.shared.temps).push(path.to_path_buf());
     }
 
     /// The temporary file was renamed into place or removed.
     pub fn untrack_temp(&self, path: &std::path::Path) {
-        lock(&self.shared.temps).remove(path);
+        lock(&self.shared.temps).retain(|p| p != path);
     }
 
     /// Test hook: make the broker thread panic, to check that every waiting

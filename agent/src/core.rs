@@ -14,9 +14,10 @@ use crate::locks::{read, write};
 pub use crate::reasons::DropReason;
 use crate::routes::{Origin, Refusal, RouteRefusal, Routes, StreamId, Undeliverable, Verdict};
 use crate::shutdown::{Facts, Phase, Step};
+use crate::vecmap::VecMap;
 use spore_protocol::body::{self, AddRoute, AllocatedId, DelRoute, LogRecord};
 use spore_protocol::{handle, Message, FLAG_DEAD};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -82,7 +83,7 @@ pub struct Core {
     /// The parent's id (`None` in the master).
     parent_id: Option<u32>,
     routes: Arc<RwLock<Routes>>,
-    peers: HashMap<StreamId, Peer>,
+    peers: VecMap<StreamId, Peer>,
     phase: Phase,
     started: Option<Instant>,
     /// The time of the input being handled.
@@ -100,7 +101,7 @@ impl Core {
             cfg,
             parent_id,
             routes,
-            peers: HashMap::new(),
+            peers: VecMap::new(),
             phase: Phase::Running,
             started: None,
             actions: VecDeque::new(),
@@ -189,14 +190,14 @@ impl Core {
             match why {
                 DropReason::Forced { grace } => self.log(
                     log::Level::Warn,
-                    format!("{}: forced after the grace of {} ms", peer.name, grace.as_millis()),
+                    format!("{}: forced after the grace of {} ms", peer.name, grace.as_millis() as u64),
                 ),
                 _ => self.log(
                     log::Level::Info,
                     format!(
                         "{}: disconnected gracefully, {} ms into the shutdown",
                         peer.name,
-                        now.saturating_duration_since(started).as_millis()
+                        now.saturating_duration_since(started).as_millis() as u64
                     ),
                 ),
             }
@@ -525,7 +526,7 @@ impl Core {
             msg.header.reply_to = handle::KEEPALIVE;
             self.write(sid, msg);
         }
-        dead.sort_unstable();
+        crate::sort::sort(&mut dead);
         for (sid, silent) in dead {
             let why = DropReason::Silent { silent, every };
             self.log(log::Level::Warn, format!("{}: {why}; declaring it dead", self.stream_name(sid)));
@@ -544,7 +545,7 @@ impl Core {
         self.actions.push_back(Action::CloseCalls);
         let mut children: Vec<(StreamId, u32)> =
             self.peers.iter().filter(|(_, p)| !p.is_parent).map(|(&sid, p)| (sid, p.remote)).collect();
-        children.sort_unstable();
+        crate::sort::sort(&mut children);
         for (sid, remote) in children {
             self.write(sid, self.control(remote, handle::SHUTDOWN, Vec::new()));
         }

@@ -7,10 +7,10 @@ use crate::call::{Call, OpError, OpResult};
 use crate::mailbox::Mailbox;
 use crate::runtime::{Runtime, RUNTIME};
 use crate::stream::NewStream;
+use crate::vecmap::VecMap;
 use crate::{ops, sys};
 use spore_protocol::body::{self, CallOp, Hello, LogRecord};
 use spore_protocol::{handle, Message};
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ pub type Handler = Arc<dyn Fn(&Call) -> OpResult + Send + Sync>;
 
 /// An agent: the built-in operations plus any you add.
 pub struct Agent {
-    handlers: HashMap<String, Handler>,
+    handlers: VecMap<String, Handler>,
 }
 
 impl Default for Agent {
@@ -34,7 +34,7 @@ impl Default for Agent {
 impl Agent {
     /// An agent with the built-in operations.
     pub fn new() -> Agent {
-        let mut agent = Agent { handlers: HashMap::new() };
+        let mut agent = Agent { handlers: VecMap::new() };
         for (name, f) in ops::builtins() {
             agent.handlers.insert(name.to_string(), Arc::new(f));
         }
@@ -54,7 +54,7 @@ impl Agent {
         let args = match AgentArgs::parse(std::env::args_os().skip(1)) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("spore-agent: {e}");
+                sys::write_stderr(&format!("spore-agent: {e}\n"));
                 sys::exit_now(2)
             }
         };
@@ -63,7 +63,7 @@ impl Agent {
             Err(e) => {
                 // stderr may already be captured; this reaches the parent
                 // through the connection's own stderr only before that.
-                eprintln!("spore-agent: {e}");
+                sys::write_stderr(&format!("spore-agent: {e}\n"));
                 sys::exit_now(1)
             }
         }
@@ -150,7 +150,7 @@ impl Agent {
 
 /// The worker threads, sharing the `CALL_FUNCTION` mailbox.
 struct Pool {
-    handlers: HashMap<String, Handler>,
+    handlers: VecMap<String, Handler>,
     calls: Mailbox,
     /// Workers waiting for a call.
     idle: AtomicUsize,
@@ -212,10 +212,11 @@ impl Pool {
                     log::debug!("call {op} from context {}", call.caller());
                     // A panicking handler (in an agent built with unwinding)
                     // still answers its caller.
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call)))
-                        .unwrap_or_else(|_| Err(OpError::new("panic", format!("operation {op:?} panicked"))))
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call))).unwrap_or_else(|_| {
+                        Err(OpError::new("panic", format!("operation {} panicked", crate::logs::quoted(&op))))
+                    })
                 }
-                None => Err(OpError::new("unsupported", format!("unknown operation {op:?}"))),
+                None => Err(OpError::new("unsupported", format!("unknown operation {}", crate::logs::quoted(&op)))),
             },
             Err(e) => Err(e),
         };

@@ -13,15 +13,15 @@ use crate::procs::Reaper;
 use crate::routes::{Origin, Refusal, StreamId, Undeliverable};
 use crate::shared::{say_last_words, Cmd, Prepared, Shared};
 use crate::shutdown::{self, Facts};
+use crate::spawn::Child;
 use crate::spin;
 use crate::stream::{Out, LOG_HIGH};
 use crate::sys;
+use crate::vecmap::VecMap;
 use spore_protocol::{handle, Decoder, FrameError, Message};
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,8 +62,8 @@ struct StreamFds {
 pub(crate) struct Loop {
     shared: Arc<Shared>,
     core: Core,
-    streams: HashMap<StreamId, StreamFds>,
-    captures: HashMap<usize, LineSource>,
+    streams: VecMap<StreamId, StreamFds>,
+    captures: VecMap<usize, LineSource>,
     reaper: Reaper,
     /// Reused for every read: no allocation per event.
     read_buf: Vec<u8>,
@@ -89,8 +89,8 @@ impl Loop {
         Loop {
             shared,
             core,
-            streams: HashMap::new(),
-            captures: HashMap::new(),
+            streams: VecMap::new(),
+            captures: VecMap::new(),
             reaper: Reaper::default(),
             read_buf: vec![0; 64 * 1024],
             finished: false,

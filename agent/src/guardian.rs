@@ -24,14 +24,13 @@
 //! left, the guardian exits; descendants that remain keep it (a command may
 //! outlive its call, never its context).
 
+use crate::spawn::Command;
 use crate::sys::{self, pollfd, Reaped};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// `argv[1]` of a guardian.

@@ -6,6 +6,7 @@
 use crate::bootstrap::{classify, marker, offered, AgentArgs, PROMPT};
 use crate::images::Images;
 use crate::procs::kill_and_reap;
+use crate::spawn::{Command, Stdio};
 use crate::stream::NewStream;
 use crate::sys::{self, pollfd};
 use spore_protocol::body::{ConnectArgs, Hello};
@@ -13,8 +14,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod scan;
@@ -89,7 +88,7 @@ pub fn connect(
         command.process_group(0);
     }
     command.stderr(Stdio::piped());
-    let program = format!("{:?}", command.get_program());
+    let program = crate::logs::quoted(&command.get_program().to_string_lossy());
     let mut child = command
         .spawn()
         .map_err(|e| ConnectError { cause: format!("can't start {program}: {e}"), last_words: Vec::new() })?;

@@ -55,9 +55,12 @@ pub mod routes;
 mod runtime;
 mod shared;
 pub mod shutdown;
+mod sort;
+pub mod spawn;
 mod spin;
 mod stream;
 pub mod sys;
+mod vecmap;
 
 pub use broker::{Broker, Config};
 pub use call::{Call, OpError, OpResult};

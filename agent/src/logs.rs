@@ -113,6 +113,19 @@ pub fn safe_lines(text: &str) -> Vec<String> {
 
 const HEX: [u8; 16] = *b"0123456789abcdef";
 
+/// `text` in double quotes on one line, fit for a terminal: a name from the
+/// wire or a command line, in a message. Like `{:?}` for the usual names
+/// (a `"` or `\\` escaped, a newline shown as `\\n`, other control
+/// characters as in [`safe_lines`]), without the Unicode tables `{:?}`
+/// costs the static agent.
+pub fn quoted(text: &str) -> String {
+    let mut lines = safe_lines(&text.replace('\\', "\\\\").replace('"', "\\\""));
+    if text.ends_with('\n') {
+        lines.push(String::new());
+    }
+    format!("\"{}\"", lines.join("\\n"))
+}
+
 /// At most `limit` bytes of `text`, cut at a character boundary.
 fn cut(text: &str, limit: usize) -> &str {
     let mut end = text.len().min(limit);
@@ -314,6 +327,13 @@ pub(crate) use blog;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_names_are_one_escaped_line() {
+        assert_eq!(quoted("exec"), "\"exec\"");
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(quoted("x\ny\x1b\n"), "\"x\\ny\\x1b\\n\"");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_newlines_split() {

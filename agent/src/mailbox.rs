@@ -9,6 +9,7 @@ use crate::sys;
 use spore_protocol::{handle, Message, FLAG_DEAD};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -134,7 +135,7 @@ impl Entry {
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<u32, Entry>,
+    map: HashMap<u32, Entry, BuildHasherDefault<HandleHash>>,
     /// The broker has ended: new handles are born closed, so nobody waits
     /// on a broker that is gone.
     closed: bool,
@@ -147,6 +148,29 @@ pub(crate) enum Undelivered {
     NoHandle,
     /// The handle waits on `peer`, and the sender may not answer for it.
     Foreign(u32),
+}
+
+/// The hash of a handle: a multiplication (Fibonacci hashing). Handles are
+/// ours (a message can only look one up, never add one), so nothing can
+/// flood the table; and the standard library's random SipHash would cost
+/// the static agent its only use of it (~2 KB).
+#[derive(Default)]
+pub(crate) struct HandleHash(u64);
+
+impl Hasher for HandleHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// The local handles of one context.

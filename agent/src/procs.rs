@@ -4,9 +4,8 @@
 //! signalled at shutdown.
 
 use crate::logs::blog;
+use crate::spawn::Child;
 use crate::sys;
-use std::collections::HashSet;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// How often a process without a deadline is looked at.
@@ -118,16 +117,18 @@ fn wait_elsewhere(mut child: Child) {
 /// Process groups of the commands this context started.
 #[derive(Default)]
 pub(crate) struct Groups {
-    set: HashSet<i32>,
+    set: Vec<i32>,
 }
 
 impl Groups {
     pub(crate) fn insert(&mut self, pgid: i32) {
-        self.set.insert(pgid);
+        if !self.set.contains(&pgid) {
+            self.set.push(pgid);
+        }
     }
 
     pub(crate) fn remove(&mut self, pgid: i32) {
-        self.set.remove(&pgid);
+        self.set.retain(|&g| g != pgid);
     }
 
     /// Signal every group that still has members (a group whose members

@@ -67,7 +67,12 @@ impl fmt::Display for DropReason {
             DropReason::Forced { .. } => f.write_str("forced at shutdown"),
             // Whole milliseconds: no float formatting in the agent.
             DropReason::Silent { silent, every } => {
-                write!(f, "silent for {} ms (keepalive every {} ms)", silent.as_millis(), every.as_millis())
+                write!(
+                    f,
+                    "silent for {} ms (keepalive every {} ms)",
+                    silent.as_millis() as u64,
+                    every.as_millis() as u64
+                )
             }
             DropReason::Refused(why) => write!(f, "refused: {why}"),
         }

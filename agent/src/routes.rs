@@ -18,8 +18,9 @@
 //!   the stream that leads to P — or from this broker.
 
 pub use crate::reasons::{Refusal, RouteRefusal, Undeliverable};
+use crate::vecmap::VecMap;
 use spore_protocol::Message;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// A stream of the broker (the parent's or a child's), by number.
 pub type StreamId = usize;
@@ -53,15 +54,15 @@ pub struct Routes {
     ancestors: Vec<u32>,
     parent: Option<StreamId>,
     /// Every context below us, by the child stream it is reached through.
-    via: HashMap<u32, StreamId>,
+    via: VecMap<u32, StreamId>,
     /// The parent of every context below us (the path to it).
-    parent_of: HashMap<u32, u32>,
+    parent_of: VecMap<u32, u32>,
     /// Ids allocated for a connect not yet announced: id → who connects.
-    expected: HashMap<u32, u32>,
+    expected: VecMap<u32, u32>,
     /// Contexts that were reachable once, and why they are not any more
     /// (the newest [`LOST_LIMIT`]; ids are never reused, so an older lost
     /// id is only ever "no route").
-    lost: HashMap<u32, String>,
+    lost: VecMap<u32, String>,
     lost_order: VecDeque<u32>,
     /// The master's next fresh id.
     next_id: u32,
@@ -74,10 +75,10 @@ impl Routes {
             me,
             ancestors,
             parent: None,
-            via: HashMap::new(),
-            parent_of: HashMap::new(),
-            expected: HashMap::new(),
-            lost: HashMap::new(),
+            via: VecMap::new(),
+            parent_of: VecMap::new(),
+            expected: VecMap::new(),
+            lost: VecMap::new(),
             lost_order: VecDeque::new(),
             next_id: me + 1,
         }
@@ -204,7 +205,7 @@ impl Routes {
     /// ids, sorted.
     pub fn remove_stream(&mut self, sid: StreamId, why: &str) -> Vec<u32> {
         let mut gone: Vec<u32> = self.via.iter().filter(|(_, &s)| s == sid).map(|(&id, _)| id).collect();
-        gone.sort_unstable();
+        crate::sort::sort(&mut gone);
         for &id in &gone {
             self.remove(id, sid, why);
         }

@@ -9,12 +9,12 @@ use crate::mailbox::Handles;
 use crate::poller::Poller;
 use crate::procs::Groups;
 use crate::routes::{Routes, StreamId};
+use crate::spawn::Child;
 use crate::stream::Out;
+use crate::vecmap::VecMap;
 use spore_protocol::Message;
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
@@ -68,9 +68,9 @@ pub(crate) struct Shared {
     /// The one routing table: the core writes it, senders read it.
     pub(crate) routes: Arc<RwLock<Routes>>,
     /// Every stream's write side, by stream id.
-    pub(crate) outs: RwLock<HashMap<StreamId, Arc<Out>>>,
+    pub(crate) outs: RwLock<VecMap<StreamId, Arc<Out>>>,
     pub(crate) groups: Mutex<Groups>,
-    pub(crate) temps: Mutex<HashSet<std::path::PathBuf>>,
+    pub(crate) temps: Mutex<Vec<std::path::PathBuf>>,
     pub(crate) shutting_down: AtomicBool,
     /// The loop has ended; commands are no longer taken.
     pub(crate) finished: AtomicBool,
@@ -90,7 +90,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn temps(&self) -> Vec<std::path::PathBuf> {
-        lock(&self.temps).drain().collect()
+        lock(&self.temps).drain(..).collect()
     }
 
     /// The broker thread has ended (`why`: it died): fail every waiter.

@@ -4,12 +4,12 @@
 
 use crate::locks::lock;
 use crate::poller::{Interest, Poller, Source};
+use crate::spawn::Child;
 use crate::sys;
 use spore_protocol::Message;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::Child;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 

@@ -81,17 +81,31 @@ pub fn cloexec_inherited() {
 /// A new pseudo-terminal, close-on-exec, its slave side in raw mode (so
 /// the agent image and the protocol pass through it byte for byte):
 /// (master, slave).
+///
+/// What `openpty` does, without it: musl's formats the slave's name with
+/// `snprintf`, which links printf's whole engine (~9 KB) into the agent.
 pub fn raw_pty() -> io::Result<(File, File)> {
-    let (mut master, mut slave): (libc::c_int, libc::c_int) = (-1, -1);
-    // SAFETY: openpty stores two new fds; the name, termios and winsize
-    // arguments may be null.
-    cvt(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) })?;
-    // SAFETY: both fds were just created and are owned by nobody else.
-    let (master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
-    for f in [&master, &slave] {
-        // SAFETY: F_SETFD on a valid fd we own.
-        cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: the path is NUL-terminated; open returns a new fd.
+    let master = cvt(unsafe { libc::open(c"/dev/ptmx".as_ptr(), flags) })?;
+    // SAFETY: `master` was just created and is owned by nobody else.
+    let master = unsafe { File::from_raw_fd(master) };
+    let (mut unlock, mut n): (libc::c_int, libc::c_uint) = (0, 0);
+    // SAFETY: TIOCSPTLCK reads an int, TIOCGPTN writes an unsigned int,
+    // both valid for the calls; `master` is a pty master we own.
+    unsafe {
+        cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK as _, &mut unlock))?;
+        cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN as _, &mut n))?;
     }
+    let mut path = b"/dev/pts/".to_vec();
+    let digits = n.to_string();
+    path.extend_from_slice(digits.as_bytes());
+    path.push(0);
+    let path = std::ffi::CStr::from_bytes_with_nul(&path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `path` is NUL-terminated; open returns a new fd.
+    let slave = cvt(unsafe { libc::open(path.as_ptr(), flags) })?;
+    // SAFETY: `slave` was just created and is owned by nobody else.
+    let slave = unsafe { File::from_raw_fd(slave) };
     // SAFETY: termios is plain data; tcgetattr fills it, cfmakeraw edits
     // it, tcsetattr applies it to the slave we own.
     unsafe {
@@ -113,6 +127,47 @@ pub fn take_terminal() -> io::Result<()> {
         cvt(libc::ioctl(0, libc::TIOCSCTTY as _, 0))?;
     }
     Ok(())
+}
+
+/// Write `text` to fd 2 (whatever it is now), ignoring errors: the last
+/// word of an agent that can't start, without `std`'s stderr machinery.
+pub fn write_stderr(text: &str) {
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: write reads at most `rest.len()` bytes from a valid slice.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => rest = rest.get(n..).unwrap_or_default(),
+            _ if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return,
+        }
+    }
+}
+
+/// `pthread_setname_np` for the calling thread (the only one the standard
+/// library names): `prctl(PR_SET_NAME)`, as musl does for it, without
+/// musl's path for other threads, whose `snprintf` links printf's whole
+/// engine (~9 KB) into the agent. ERANGE for a name over 15 bytes or
+/// another thread.
+///
+/// # Safety
+///
+/// `name` must point to a NUL-terminated string.
+pub unsafe fn set_own_thread_name(thread: libc::pthread_t, name: *const libc::c_char) -> libc::c_int {
+    // SAFETY: the caller passes a NUL-terminated string.
+    let len = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes().len();
+    // SAFETY: pthread_self cannot fail.
+    if len > 15 || thread != unsafe { libc::pthread_self() } {
+        return libc::ERANGE;
+    }
+    // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated
+    // string of at most 16.
+    match cvt(unsafe {
+        libc::prctl(libc::PR_SET_NAME, name, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong)
+    }) {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
+    }
 }
 
 /// Ignore `sig`.
@@ -349,5 +404,35 @@ pub fn read_start(path: &std::ffi::CStr, buf: &mut [u8]) -> usize {
         let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
         n.max(0) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_raw_pty_passes_bytes_through_unchanged() {
+        let (mut master, mut slave) = raw_pty().unwrap();
+        slave.write_all(b"a\nb\r\x03").unwrap();
+        let mut got = [0u8; 5];
+        master.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"a\nb\r\x03");
+    }
+
+    #[test]
+    fn a_thread_names_itself() {
+        let named = std::thread::spawn(|| {
+            // SAFETY: the name is NUL-terminated.
+            let rc = unsafe { set_own_thread_name(libc::pthread_self(), c"spore-test".as_ptr()) };
+            let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+            // SAFETY: as above.
+            let long = unsafe { set_own_thread_name(libc::pthread_self(), c"sixteen-bytes-xx".as_ptr()) };
+            (rc, comm, long)
+        });
+        assert_eq!(named.join().unwrap(), (0, "spore-test\n".to_string(), libc::ERANGE));
     }
 }

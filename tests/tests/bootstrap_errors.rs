@@ -51,7 +51,8 @@ fn tools(scratch: &Scratch, name: &str, tools: &[&str], extra: &[(&str, &str)]) 
 fn a_machine_spore_has_no_agent_for_is_named_with_the_ones_it_has() {
     let guard = LeakGuard::new();
     let scratch = Scratch::new("unsupported");
-    let bin = tools(&scratch, "bin", &["ls", "mkdir", "chmod", "mv", "rm", "head"], &[("uname", "#!/bin/sh\necho mips64\n")]);
+    let bin =
+        tools(&scratch, "bin", &["ls", "mkdir", "chmod", "mv", "rm", "head"], &[("uname", "#!/bin/sh\necho mips64\n")]);
     let error = bootstrap_error(&scratch, &bin);
     let have = spore::image::default_images().unwrap().arch_list();
     assert!(error.starts_with("unsupported architecture"), "{error}");

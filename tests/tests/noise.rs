@@ -10,9 +10,9 @@
 use spore_agent::bootstrap::{offered, script, AgentArgs};
 use spore_agent::handshake::{connect, Connected};
 use spore_agent::images::{Held, Images};
+use spore_agent::spawn::Command;
 use spore_protocol::body::ConnectArgs;
 use spore_tests::{agent_path, LeakGuard};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The connect timeout of these tests.

@@ -6,6 +6,7 @@
 use crate::call::{ok, Call, OpError, OpResult};
 use crate::flow::{ack, acked, Outflow};
 use crate::guardian;
+use crate::spawn::{Child, Command, ExitStatus, Stdio};
 use crate::sys::{self, pollfd};
 use spore_protocol::body::{ExecArgs, ExecReply, CHUNK_SIZE, WINDOW};
 use std::collections::VecDeque;
@@ -13,8 +14,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 

@@ -149,7 +149,7 @@ pub(crate) fn list_dir(call: &Call) -> OpResult {
         let kind = entry.file_type().map(kind_of).unwrap_or("other");
         entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), kind: kind.to_string() });
     }
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    crate::sort::sort_by(&mut entries, |a, b| a.name < b.name);
     ok(&ListReply { entries })
 }
 
