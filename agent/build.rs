@@ -10,10 +10,23 @@
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=noeh.ld");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("musl") {
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
-        println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/noeh.ld");
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-eh-frame-hdr");
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,noseparate-code");
+        // A C compiler driver takes linker options behind -Wl; a linker
+        // called directly (the foreign agents link with rust-lld) as they are.
+        let linker = std::env::var("RUSTC_LINKER").unwrap_or_default();
+        let direct = linker.ends_with("lld") || linker.ends_with("/ld") || linker == "ld";
+        let args: [&[&str]; 3] =
+            [&["-T", &format!("{dir}/noeh.ld")], &["--no-eh-frame-hdr"], &["-z", "noseparate-code"]];
+        for arg in args {
+            if direct {
+                for a in arg {
+                    println!("cargo:rustc-link-arg-bins={a}");
+                }
+            } else {
+                println!("cargo:rustc-link-arg-bins=-Wl,{}", arg.join(","));
+            }
+        }
     }
 }
