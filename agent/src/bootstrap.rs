@@ -202,7 +202,8 @@ fn choose(images: &[&ImageInfo]) -> String {
 /// Every candidate directory is entered (`cd -P`) and then judged and used
 /// as `.`: whoever renames it or its parents afterwards changes nothing we
 /// see, check or `exec` (`./name`). `look` runs one `ls -ldin . .. FILE`
-/// (numeric ids, the C locale, literal names; fields split at the names,
+/// (numeric ids, the C locale, UTC so no zone file is read, literal names;
+/// fields split at the names,
 /// so group names, `TIME_STYLE` and `BLOCK_SIZE` can't shift them).
 /// `safe`: `.` is ours and writable by nobody else, and its parent is ours
 /// or root's and writable by nobody else unless sticky (a directory others
@@ -237,7 +238,7 @@ umask 077
 f=spore-agent-$h o=${{PWD:-/}} y=
 look() {{
   j=$1 P= Q= U= I= W= S=
-  set -- $(LC_ALL=C BLOCK_SIZE=1 LS_BLOCK_SIZE=1 QUOTING_STYLE=literal ls -ldin . .. "$j" 2>/dev/null)
+  set -- $(LC_ALL=C TZ=UTC0 BLOCK_SIZE=1 LS_BLOCK_SIZE=1 QUOTING_STYLE=literal ls -ldin . .. "$j" 2>/dev/null)
   while [ $# -gt 6 ]; do
     q1=$1 q2=$2 q4=$4 q6=$6
     shift 6
