@@ -50,7 +50,7 @@ impl Router {
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
         let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
         how.connect_timeout_ms = millis(self.inner.opts.connect_timeout);
-        how.images = self.images_for_connect();
+        how.images = self.images_for_connect(false);
         let connected = spore_agent::bootstrap::method_command(&how, &self.inner.images, &args)
             .map_err(|e| Error::Connect { target: name.to_string(), cause: e })
             .and_then(|command| {
@@ -349,7 +349,7 @@ impl Context {
         args.context_id = id;
         args.name = name.to_string();
         args.connect_timeout_ms = millis(timeout);
-        args.images = self.router.images_for_connect();
+        args.images = self.router.images_for_connect(true);
         let pending = self.call_async(body::to_json(&args));
         drop(args);
         let reply: ConnectReply = pending

@@ -149,10 +149,14 @@ impl Router {
         }
     }
 
-    /// The images a connect may need, for its `ConnectArgs`; from here on
-    /// the broker answers its children's requests for them.
-    pub(crate) fn images_for_connect(&self) -> Vec<spore_protocol::body::ImageInfo> {
-        self.inner.serving.get_or_init(|| images::serve(&self.inner.broker, &self.inner.images));
+    /// The images a connect may need, for its `ConnectArgs`. A connect
+    /// made by a child (`through_child`) may need one the child lacks:
+    /// from then on the broker answers its children's requests for them
+    /// (a run that starts only direct children starts no such thread).
+    pub(crate) fn images_for_connect(&self, through_child: bool) -> Vec<spore_protocol::body::ImageInfo> {
+        if through_child {
+            self.inner.serving.get_or_init(|| images::serve(&self.inner.broker, &self.inner.images));
+        }
         self.inner.images.infos().to_vec()
     }
 

@@ -27,6 +27,14 @@ fn get_image(dst: u32, reply_to: u32, body: &str, repeat: u32) -> Frame {
     Frame { reply_to: Some(reply_to), repeat: Some(repeat), ..frame(dst, handle::GET_IMAGE, body) }
 }
 
+/// The master answers `GET_IMAGE` once it has connected through a child
+/// (before that no child can need an image): connect `i/s`.
+fn serving(f: &Fixture) -> (spore::Context, spore::Context) {
+    let i = f.connect("i");
+    let s = below(&i, "s");
+    (i, s)
+}
+
 /// Wait (bounded) until `n` answers arrived on `h`'s handle `on`.
 fn answers(h: &spore::Context, on: u32, n: u64) -> Stats {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -45,6 +53,11 @@ fn a_direct_child_gets_the_image_it_names_and_nothing_else() {
     let f = Fixture::new();
     let h = f.connect("hostile");
     let hash = image_hash();
+    // Before the master connects anything through a child, nobody listens.
+    send_frames(&h, vec![get_image(MASTER_ID, 4999, &request(&hash, false), 1)]).unwrap();
+    let early = answers(&h, 4999, 1);
+    assert_eq!((early.replies, early.dead), (0, 1), "no image before any connect through a child: {early:?}");
+    let others = serving(&f);
     send_frames(&h, vec![get_image(MASTER_ID, 5000, &request(&hash, false), 1)]).unwrap();
     let got = answers(&h, 5000, 1);
     assert_eq!((got.replies, got.dead), (1, 0), "the image, once: {got:?}");
@@ -62,7 +75,7 @@ fn a_direct_child_gets_the_image_it_names_and_nothing_else() {
         assert_eq!((got.replies, got.dead), (0, 1), "handle {on}: {got:?}");
     }
     h.ping().unwrap();
-    drop(h);
+    drop((h, others));
     f.finish(guard);
 }
 
@@ -91,6 +104,7 @@ fn a_flood_of_image_requests_is_answered_in_bounded_parallel() {
     let f = Fixture::new();
     let h = f.connect("hostile");
     let honest = f.connect("honest");
+    let others = serving(&f);
     let hash = image_hash();
     send_frames(&h, vec![get_image(MASTER_ID, 5000, &request(&hash, false), 40)]).unwrap();
     // Every request is answered: with the image, or "busy".
@@ -100,6 +114,6 @@ fn a_flood_of_image_requests_is_answered_in_bounded_parallel() {
     let started = Instant::now();
     honest.ping().unwrap();
     assert!(started.elapsed() < Duration::from_secs(2), "a sibling waited {:?}", started.elapsed());
-    drop((h, honest));
+    drop((h, honest, others));
     f.finish(guard);
 }
