@@ -58,11 +58,35 @@ pub struct Connected {
 /// Run `command` (the connection method's argv, with the script as its last
 /// argument) and bootstrap an agent through it.
 pub fn connect(
+    command: Command,
+    how: &ConnectArgs,
+    images: &Images,
+    args: &AgentArgs,
+    timeout: Duration,
+) -> Result<Connected, ConnectError> {
+    start(command, how, images, args, timeout, true)
+}
+
+/// Run `command`, a checked cached agent itself (no script, no marker),
+/// and wait for its hello: a `local` context the master found in the
+/// cache.
+pub fn connect_direct(
+    command: Command,
+    how: &ConnectArgs,
+    images: &Images,
+    args: &AgentArgs,
+    timeout: Duration,
+) -> Result<Connected, ConnectError> {
+    start(command, how, images, args, timeout, false)
+}
+
+fn start(
     mut command: Command,
     how: &ConnectArgs,
     images: &Images,
     args: &AgentArgs,
     timeout: Duration,
+    scripted: bool,
 ) -> Result<Connected, ConnectError> {
     let deadline = Instant::now() + timeout;
     let setup = |e: io::Error| ConnectError { cause: format!("can't set up pipes: {e}"), last_words: Vec::new() };
@@ -102,7 +126,8 @@ pub fn connect(
     let hs = pipes
         .and_then(|(w, r, e)| Handshake::new(w, r, e, images, &how.method, args, deadline, how.password.clone(), pty));
     let mut hs = match hs {
-        Ok(hs) => hs,
+        // Without a script there is no marker: the hello comes first.
+        Ok(hs) => Handshake { marked: !scripted, ..hs },
         Err(e) => {
             kill_and_reap(&mut child);
             return Err(ConnectError { cause: format!("can't set up pipes: {e}"), last_words: Vec::new() });
@@ -224,7 +249,7 @@ impl<'a> Handshake<'a> {
     fn run(&mut self) -> Result<Hello, String> {
         let mut uploads = 0;
         // 1. Up to the marker: HAVE, or NEED and the image it wants.
-        while let Some(need) = self.until_marker()? {
+        while let Some(need) = if self.marked { None } else { self.until_marker()? } {
             // 2. The image, only when asked for.
             uploads += 1;
             if uploads > UPLOAD_LIMIT {

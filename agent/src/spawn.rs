@@ -91,6 +91,14 @@ impl Command {
         }
     }
 
+    /// The name the program is started under (`argv[0]`), if not its path.
+    pub fn arg0<S: AsRef<OsStr>>(&mut self, name: S) -> &mut Command {
+        if let Some(first) = self.args.first_mut() {
+            *first = name.as_ref().to_os_string();
+        }
+        self
+    }
+
     /// Add an argument.
     pub fn arg<S: AsRef<OsStr>>(&mut self, arg: S) -> &mut Command {
         self.args.push(arg.as_ref().to_os_string());

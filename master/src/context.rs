@@ -14,6 +14,7 @@ use spore_protocol::MASTER_ID;
 use spore_protocol::{handle, Message};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -51,19 +52,28 @@ impl Router {
         let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
         how.connect_timeout_ms = millis(self.inner.opts.connect_timeout);
         how.images = self.images_for_connect(false);
-        let connected = spore_agent::bootstrap::method_command(&how, &self.inner.images, &args)
-            .map_err(|e| Error::Connect { target: name.to_string(), cause: e })
-            .and_then(|command| {
-                spore_agent::handshake::connect(
-                    command,
-                    &how,
-                    &self.inner.images,
-                    &args,
-                    self.inner.opts.connect_timeout,
-                )
-                .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })
-            })
-            .inspect_err(|_| self.inner.broker.forget_child_id(id))?;
+        let images = &self.inner.images;
+        let timeout = self.inner.opts.connect_timeout;
+        // On this host the master checks the cache itself and runs a
+        // verified agent directly; else (and for every other method) the
+        // bootstrap script does.
+        let cached = matches!(hop, Hop::Local).then(|| crate::local_cache::find(images)).flatten();
+        let started = match &cached {
+            Some((file, path)) => {
+                let mut command = spore_agent::spawn::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                command.arg0(path).args(args.to_argv());
+                spore_agent::handshake::connect_direct(command, &how, images, &args, timeout)
+                    .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })
+            }
+            None => spore_agent::bootstrap::method_command(&how, images, &args)
+                .map_err(|e| Error::Connect { target: name.to_string(), cause: e })
+                .and_then(|command| {
+                    spore_agent::handshake::connect(command, &how, images, &args, timeout)
+                        .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })
+                }),
+        };
+        drop(cached);
+        let connected = started.inspect_err(|_| self.inner.broker.forget_child_id(id))?;
         log::debug!(
             "connected {name} (context {id}, pid {}, {})",
             connected.hello.pid,

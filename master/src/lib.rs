@@ -26,6 +26,7 @@ pub mod context;
 pub mod error;
 pub mod hop;
 pub mod image;
+mod local_cache;
 pub mod router;
 pub mod target;
 
