@@ -60,6 +60,7 @@ impl Router {
         let cached = matches!(hop, Hop::Local).then(|| crate::local_cache::find(images)).flatten();
         let started = match &cached {
             Some((file, path)) => {
+                log::debug!("{name}: the agent cached at {}, checked here, runs without the script", path.display());
                 let mut command = spore_agent::spawn::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
                 command.arg0(path).args(args.to_argv());
                 spore_agent::handshake::connect_direct(command, &how, images, &args, timeout)

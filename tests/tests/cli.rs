@@ -440,3 +440,53 @@ fn bootstraps_racing_on_a_cold_cache_all_start() {
     assert_eq!(left.iter().filter(|n| !n.ends_with(".ok")).count(), 1, "{left:?}");
     guard.check();
 }
+
+/// A `local` context whose agent is cached and checked runs it directly
+/// (the master makes the script's checks itself, on open descriptors): no
+/// `sh`, so not even a `PATH` is needed. Whatever the script would refuse,
+/// the master refuses too, and the script then replaces the copy.
+#[test]
+fn a_checked_local_agent_runs_without_the_script_and_nothing_else_does() {
+    let guard = LeakGuard::new();
+    let (_scratch, home, empty) = home_and_bin("direct");
+    let path = std::env::var("PATH").unwrap();
+    let direct = |out: &Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr).contains("runs without the script")
+    };
+    let uploaded = |out: &Output| text(&out.stderr).contains("agent uploaded");
+    let first = run_true_with(&home, &path);
+    assert!(uploaded(&first) && !direct(&first), "a cold cache: the script installs");
+    // An empty PATH: no sh, no ls, yet it starts.
+    assert!(direct(&run_true_with(&home, &empty)), "a checked copy runs directly");
+    let dir = format!("{home}/.cache/spore");
+    let cached = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_none())
+        .expect("a cached agent");
+    let set_mode = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    let stamp = std::path::PathBuf::from(format!("{}.ok", cached.display()));
+    let refusals: [(&str, &dyn Fn()); 4] = [
+        ("a directory others may write", &|| set_mode(std::path::Path::new(&dir), 0o777)),
+        ("a parent others may write", &|| set_mode(std::path::Path::new(&format!("{home}/.cache")), 0o777)),
+        ("an agent others may write", &|| set_mode(&cached, 0o766)),
+        ("a stamp naming another inode, and other bytes", &|| {
+            std::fs::write(&stamp, "1\n").unwrap();
+            let mut bytes = std::fs::read(&cached).unwrap();
+            bytes[1000] ^= 1;
+            std::fs::write(&cached, bytes).unwrap();
+        }),
+    ];
+    for (how, spoil) in refusals {
+        spoil();
+        let out = run_true_with(&home, &path);
+        assert!(!direct(&out) && uploaded(&out), "{how}: {}", text(&out.stderr));
+        set_mode(std::path::Path::new(&format!("{home}/.cache")), 0o700);
+        assert!(direct(&run_true_with(&home, &empty)), "{how}: the replaced copy runs directly again");
+    }
+    guard.check();
+}
