@@ -10,7 +10,7 @@ use spore_agent::bootstrap::{offered, script, AgentArgs};
 use spore_agent::handshake::connect;
 use spore_protocol::body::ConnectArgs;
 use spore_tests::{LeakGuard, Scratch};
-use std::process::Command;
+use spore_agent::spawn::Command;
 use std::time::Duration;
 
 /// Run the bootstrap (as if over ssh) with `PATH=bin`, `HOME` and
@@ -21,9 +21,10 @@ fn bootstrap_error(scratch: &Scratch, bin: &str) -> String {
     let args = AgentArgs::parse(["--id=1", "--parents=0", "--name=errors"]).unwrap();
     let home = scratch.path("home");
     std::fs::create_dir_all(&home).unwrap();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(script(&offered(&images, "ssh"), &args));
-    cmd.env("PATH", bin).env("HOME", &home).env_remove("XDG_RUNTIME_DIR");
+    // The agent's Command only adds variables: env(1) takes one away.
+    let mut cmd = Command::new("/usr/bin/env");
+    cmd.args(["-u", "XDG_RUNTIME_DIR", "/bin/sh", "-c"]).arg(script(&offered(&images, "ssh"), &args));
+    cmd.envs([("PATH", bin), ("HOME", &home)]);
     match connect(cmd, &how, &images, &args, Duration::from_secs(20)) {
         Ok(_) => panic!("the bootstrap succeeded"),
         Err(e) => e.to_string(),
@@ -35,7 +36,7 @@ fn tools(scratch: &Scratch, name: &str, tools: &[&str], extra: &[(&str, &str)]) 
     let bin = scratch.path(name);
     std::fs::create_dir_all(&bin).unwrap();
     for tool in tools {
-        let found = Command::new("/bin/sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
+        let found = std::process::Command::new("/bin/sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
         let at = String::from_utf8(found.stdout).unwrap();
         std::os::unix::fs::symlink(at.trim(), format!("{bin}/{tool}")).unwrap();
     }
