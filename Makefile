@@ -23,7 +23,7 @@ all: master
 # install-deps.sh; nothing references _Unwind_* once panics abort, so its
 # libunwind is an empty archive (a link error if that ever changes). Without
 # rust-src the agent is built as before: prebuilt std, x86_64 and aarch64.
-AGENT_FLAGS  := "-Zunstable-options", "-Cpanic=immediate-abort", "-Zlocation-detail=none"
+AGENT_FLAGS  := "-Zunstable-options", "-Cpanic=immediate-abort", "-Zlocation-detail=none", "-Crelocation-model=static"
 ARMHF_MUSL   := $(CURDIR)/target/cross/musl-dev_armhf/usr/lib/arm-linux-musleabihf
 ARMV7_UNWIND := $(CURDIR)/target/cross/unwind-none
 ARM64_CONFIG := --config 'target.$(ARM64).linker="rust-lld"'
