@@ -121,7 +121,7 @@ impl Agent {
             child: None,
             leftover: Vec::new(),
             is_parent: true,
-            greeting: Some(Message::new(parent_id, handle::HELLO, body::to_json(&hello))),
+            greeting: Some(Message::new(parent_id, handle::HELLO, body::encode(&hello))),
         });
         broker.add_capture(out_r, "stdout");
         broker.add_capture(err_r, "stderr");
@@ -245,7 +245,7 @@ impl log::Log for AgentLogger {
             target: record.target().to_string(),
             msg: record.args().to_string(),
         };
-        self.broker.send(Message::new(0, handle::FORWARD_LOG, body::to_json(&rec)));
+        self.broker.send(Message::new(0, handle::FORWARD_LOG, body::encode(&rec)));
     }
 
     fn flush(&self) {}
