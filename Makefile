@@ -23,7 +23,17 @@ all: master
 # install-deps.sh; nothing references _Unwind_* once panics abort, so its
 # libunwind is an empty archive (a link error if that ever changes). Without
 # rust-src the agent is built as before: prebuilt std, x86_64 and aarch64.
-AGENT_FLAGS  := "-Zunstable-options", "-Cpanic=immediate-abort", "-Zlocation-detail=none", "-Crelocation-model=static"
+# For size, besides: a static executable, not a static PIE, so no
+# relocations for the agent to apply to itself at start-up. That costs ASLR
+# for its own code and data only (its stack, heap and mappings are still
+# randomised), which the foreign agents, linked by rust-lld, never had: a
+# second line against memory-safety bugs, where the first is safe Rust, the
+# unsafe code kept to small libc wrappers. Then LLVM's machine outliner
+# (repeated instruction sequences made functions), and std with the
+# optimize_for_size feature (smaller algorithms in core and alloc) and
+# without its default backtrace feature, unused once panics abort.
+AGENT_FLAGS  := "-Zunstable-options", "-Cpanic=immediate-abort", "-Zlocation-detail=none", \
+  "-Crelocation-model=static", "-Cllvm-args=-enable-machine-outliner"
 ARMHF_MUSL   := $(CURDIR)/target/cross/musl-dev_armhf/usr/lib/arm-linux-musleabihf
 ARMV7_UNWIND := $(CURDIR)/target/cross/unwind-none
 ARM64_CONFIG := --config 'target.$(ARM64).linker="rust-lld"'
@@ -31,7 +41,7 @@ ARMV7_CONFIG := --config 'target.$(ARMV7).linker="rust-lld"' \
   --config 'target.$(ARMV7).rustflags=[$(AGENT_FLAGS), "-Clink-self-contained=no", \
     "-Zpre-link-args=$(ARMHF_MUSL)/crt1.o $(ARMHF_MUSL)/crti.o", "-Clink-arg=$(ARMHF_MUSL)/crtn.o", \
     "-Lnative=$(ARMHF_MUSL)", "-Lnative=$(ARMV7_UNWIND)"]'
-STD_CONFIG   := -Z build-std=std,panic_abort \
+STD_CONFIG   := -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size \
   --config 'target.$(MUSL).rustflags=[$(AGENT_FLAGS)]' --config 'target.$(ARM64).rustflags=[$(AGENT_FLAGS)]'
 
 agent:
