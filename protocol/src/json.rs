@@ -340,6 +340,19 @@ impl Reader<'_> {
     }
 }
 
+/// Which of `fields` `key` is (`fields.len()` for none).
+pub fn index(fields: &[&str], key: &str) -> usize {
+    fields.iter().position(|f| *f == key).unwrap_or(fields.len())
+}
+
+/// Read a field's value into `slot` (the last of duplicated fields wins).
+/// Not inlined: one copy per field type, not per field.
+#[inline(never)]
+pub fn set<T: Decode>(slot: &mut Option<T>, r: &mut Reader<'_>) -> Result<(), Invalid> {
+    *slot = Some(T::decode(r)?);
+    Ok(())
+}
+
 /// A field's value: the one read, or its [`Decode::missing`] value.
 pub fn field<T: Decode>(value: Option<T>) -> Result<T, Invalid> {
     match value {
@@ -362,7 +375,14 @@ impl Encode for str {
                 b'\r' => b'r',
                 0..=0x1f => {
                     const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+                    out.extend_from_slice(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 15)],
+                    ]);
                     continue;
                 }
                 _ => {
@@ -520,12 +540,13 @@ impl<V: Encode> Encode for BTreeMap<String, V> {
 
 impl<V: Decode> Decode for BTreeMap<String, V> {
     fn decode(r: &mut Reader<'_>) -> Res<Self> {
-        let mut map = BTreeMap::new();
+        // Built at once, the last of duplicated keys kept, as by inserts.
+        let mut pairs = Vec::new();
         r.object(&mut |r, key| {
-            map.insert(key.to_owned(), V::decode(r)?);
+            pairs.push((key.to_owned(), V::decode(r)?));
             Ok(())
         })?;
-        Ok(map)
+        Ok(pairs.into_iter().collect())
     }
 }
 
@@ -556,11 +577,14 @@ macro_rules! json_struct {
             fn decode(r: &mut $crate::json::Reader<'_>) -> Result<Self, $crate::json::Invalid> {
                 $( let mut $field = None; )*
                 r.object(&mut |r, key| {
-                    match key {
-                        $( stringify!($field) => $field = Some($crate::json::Decode::decode(r)?), )*
-                        _ => r.skip()?,
-                    }
-                    Ok(())
+                    let mut i = $crate::json::index(&[$(stringify!($field)),*], key);
+                    $(
+                        if i == 0 {
+                            return $crate::json::set(&mut $field, r);
+                        }
+                        i -= 1;
+                    )*
+                    r.skip()
                 })?;
                 Ok($ty { $( $field: $crate::json::field($field)?, )* })
             }
@@ -652,7 +676,9 @@ mod tests {
             assert_eq!(m.is_some(), accepted, "{input}");
             assert_eq!(m, o, "{input}");
         }
-        for input in ["", " ", "{}", "[]", "null", "{\"text\":\"\"", &format!(" {{{base}}} x"), &format!("\n{{{base}}}\t")] {
+        for input in
+            ["", " ", "{}", "[]", "null", "{\"text\":\"\"", &format!(" {{{base}}} x"), &format!("\n{{{base}}}\t")]
+        {
             assert_eq!(both(input).0, both(input).1, "{input}");
         }
         let deep = "[".repeat(100_000);

@@ -8,9 +8,9 @@
 
 use spore_agent::bootstrap::{offered, script, AgentArgs};
 use spore_agent::handshake::connect;
+use spore_agent::spawn::Command;
 use spore_protocol::body::ConnectArgs;
 use spore_tests::{LeakGuard, Scratch};
-use spore_agent::spawn::Command;
 use std::time::Duration;
 
 /// Run the bootstrap (as if over ssh) with `PATH=bin`, `HOME` and
