@@ -50,8 +50,14 @@ impl Agent {
     /// Run as an agent: parse the command line spore gave, serve calls until
     /// shut down, then end the process.
     pub fn run(self) -> ! {
-        crate::guardian::run_if_asked();
-        let args = match AgentArgs::parse(std::env::args_os().skip(1)) {
+        self.run_with(std::env::args_os().skip(1).collect())
+    }
+
+    /// [`run`](Self::run), given the process's arguments after its name
+    /// (for a `main` of its own, where std has not read them).
+    pub fn run_with(self, args: Vec<std::ffi::OsString>) -> ! {
+        crate::guardian::run_if_asked_by(&args);
+        let args = match AgentArgs::parse(args) {
             Ok(a) => a,
             Err(e) => {
                 sys::write_stderr(&format!("spore-agent: {e}\n"));
