@@ -5,7 +5,11 @@
 //! through it: its unwind tables (`.eh_frame`, ~60 KB, and the
 //! `.eh_frame_hdr` index to them) are dropped at link time (`noeh.ld`). The
 //! code is laid out without the page padding `-z separate-code` puts
-//! between the headers, the code and the read-only data.
+//! between the headers, the code and the read-only data, and without the
+//! padding `-z relro` puts before the writable data so that its read-only
+//! part ends on a page: only a dynamic loader ever makes that part
+//! read-only (the kernel ignores `PT_GNU_RELRO`), and a static binary has
+//! none.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -17,8 +21,12 @@ fn main() {
         // called directly (the foreign agents link with rust-lld) as they are.
         let linker = std::env::var("RUSTC_LINKER").unwrap_or_default();
         let direct = linker.ends_with("lld") || linker.ends_with("/ld") || linker == "ld";
-        let args: [&[&str]; 3] =
-            [&["-T", &format!("{dir}/noeh.ld")], &["--no-eh-frame-hdr"], &["-z", "noseparate-code"]];
+        let args: [&[&str]; 4] = [
+            &["-T", &format!("{dir}/noeh.ld")],
+            &["--no-eh-frame-hdr"],
+            &["-z", "noseparate-code"],
+            &["-z", "norelro"],
+        ];
         for arg in args {
             if direct {
                 for a in arg {

@@ -401,7 +401,8 @@ pub fn method_command(how: &ConnectArgs, images: &Images, args: &AgentArgs) -> R
 
 /// Name the cause of a failed connection from what the remote printed.
 pub(crate) fn classify(method: &str, last_words: &[String]) -> Option<&'static str> {
-    let said = |needle: &str| last_words.iter().any(|l| l.contains(needle));
+    let said =
+        |needle: &str| last_words.iter().any(|l| crate::handshake::find(l.as_bytes(), needle.as_bytes()).is_some());
     if said("Host key verification failed") || said("REMOTE HOST IDENTIFICATION HAS CHANGED") {
         Some("host key rejected")
     } else if said("Permission denied (")

@@ -257,7 +257,7 @@ impl Broker {
     pub fn allocate_child_id(&self, parent: u32) -> Option<u32> {
         let id = write(&self.shared.routes).allocate(parent)?;
         if parent != self.id() {
-            self.send(Message::new(parent, handle::ALLOCATE_ID, body::to_json(&AllocatedId { id, parent })));
+            self.send(Message::new(parent, handle::ALLOCATE_ID, body::encode(&AllocatedId { id, parent })));
         }
         Some(id)
     }

@@ -59,8 +59,8 @@ pub struct Call {
 impl Call {
     /// Decode the request body as the operation's arguments. A body that
     /// does not decode is answered with a `DEAD` reply naming what failed.
-    pub fn args<T: miniserde::Deserialize>(&self, what: &'static str) -> Result<T, OpError> {
-        body::from_json(&self.request.body, what).map_err(|e| OpError::new(UNDECODABLE, e.to_string()))
+    pub fn args<T: spore_protocol::json::Decode>(&self, what: &'static str) -> Result<T, OpError> {
+        body::decode(&self.request.body, what).map_err(|e| OpError::new(UNDECODABLE, e.to_string()))
     }
 
     /// The caller's context id.
@@ -90,7 +90,7 @@ impl Call {
             .broker
             .mailbox_with_waker(Some(self.caller()))
             .map_err(|e| OpError::io("can't make a stream handle", &e))?;
-        self.reply(body::to_json(&StreamOpen { stream: mb.handle }), 0);
+        self.reply(body::encode(&StreamOpen { stream: mb.handle }), 0);
         Ok(mb)
     }
 
@@ -108,12 +108,12 @@ impl Call {
         match result {
             Ok(body) => self.reply(body, FLAG_END),
             Err(e) if e.kind == UNDECODABLE => self.reply(e.message.into_bytes(), FLAG_DEAD),
-            Err(e) => self.reply(body::to_json(&ErrorReply { error: e.message, kind: e.kind.to_string() }), FLAG_END),
+            Err(e) => self.reply(body::encode(&ErrorReply { error: e.message, kind: e.kind.to_string() }), FLAG_END),
         }
     }
 }
 
 /// Serialize a result for [`OpResult`].
-pub fn ok<T: miniserde::Serialize>(value: &T) -> OpResult {
-    Ok(body::to_json(value))
+pub fn ok<T: spore_protocol::json::Encode>(value: &T) -> OpResult {
+    Ok(body::encode(value))
 }

@@ -216,7 +216,7 @@ impl Core {
         for id in lost {
             self.log(log::Level::Debug, format!("lost context {id}: {reason}"));
             self.actions.push_back(Action::FailPeer(id, reason.clone()));
-            self.tell_parent(handle::DEL_ROUTE, body::to_json(&DelRoute { id, reason: reason.clone() }));
+            self.tell_parent(handle::DEL_ROUTE, body::encode(&DelRoute { id, reason: reason.clone() }));
         }
     }
 
@@ -239,7 +239,7 @@ impl Core {
     }
 
     fn announce(&mut self, add: AddRoute) {
-        self.tell_parent(handle::ADD_ROUTE, body::to_json(&add));
+        self.tell_parent(handle::ADD_ROUTE, body::encode(&add));
     }
 
     // ---- messages ------------------------------------------------------
@@ -262,7 +262,7 @@ impl Core {
         // allocated for a connect below (every router on the way learns it).
         let refused = matches!(verdict, Verdict::Drop(_));
         if from_parent && !refused && msg.header.handle == handle::ALLOCATE_ID && privileged {
-            match body::from_json::<AllocatedId>(&msg.body, "ALLOCATE_ID") {
+            match body::decode::<AllocatedId>(&msg.body, "ALLOCATE_ID") {
                 Ok(a) => self.routes_mut().expect(a.id, a.parent),
                 Err(e) => {
                     let error = e.to_string();
@@ -276,7 +276,7 @@ impl Core {
             if !refused {
                 match self.checked_record(sid, &msg) {
                     Ok(rec) if msg.header.dst == self.cfg.id => return self.actions.push_back(Action::Emit(rec)),
-                    Ok(rec) => msg.body = body::to_json(&rec),
+                    Ok(rec) => msg.body = body::encode(&rec),
                     Err(e) => return self.undeliverable(msg, Undeliverable::BadBody { what: "FORWARD_LOG", error: e }),
                 }
             }
@@ -319,7 +319,7 @@ impl Core {
     }
 
     fn checked_record(&self, sid: StreamId, msg: &Message) -> Result<LogRecord, String> {
-        let mut rec: LogRecord = body::from_json(&msg.body, "FORWARD_LOG").map_err(|e| e.to_string())?;
+        let mut rec: LogRecord = body::decode(&msg.body, "FORWARD_LOG").map_err(|e| e.to_string())?;
         let own = self.stream_name(sid);
         let plain = rec.name.split('/').all(|hop| !matches!(hop, "" | "." | ".."));
         let under = plain && (rec.name == own || rec.name.strip_prefix(own).is_some_and(|rest| rest.starts_with('/')));
@@ -411,7 +411,7 @@ impl Core {
         // the child at the end of the stream may speak of them.
         let from_child = self.peers.get(&sid).map(|p| p.remote) == Some(src);
         if msg.header.handle == handle::ADD_ROUTE {
-            let add = match body::from_json::<AddRoute>(&msg.body, "ADD_ROUTE") {
+            let add = match body::decode::<AddRoute>(&msg.body, "ADD_ROUTE") {
                 Ok(add) => add,
                 Err(e) => {
                     return self.undeliverable(msg, Undeliverable::BadBody { what: "ADD_ROUTE", error: e.to_string() })
@@ -435,7 +435,7 @@ impl Core {
                 Err(why) => self.refuse(Origin::Stream(sid), Refusal::Route { id: add.id, src, why }),
             }
         } else {
-            let del = match body::from_json::<DelRoute>(&msg.body, "DEL_ROUTE") {
+            let del = match body::decode::<DelRoute>(&msg.body, "DEL_ROUTE") {
                 Ok(del) => del,
                 Err(e) => {
                     return self.undeliverable(msg, Undeliverable::BadBody { what: "DEL_ROUTE", error: e.to_string() })
@@ -448,7 +448,7 @@ impl Core {
             let reason = crate::routes::bounded(&del.reason);
             if self.routes_mut().remove(del.id, sid, &reason) {
                 self.actions.push_back(Action::FailPeer(del.id, reason.clone()));
-                self.tell_parent(handle::DEL_ROUTE, body::to_json(&DelRoute { id: del.id, reason }));
+                self.tell_parent(handle::DEL_ROUTE, body::encode(&DelRoute { id: del.id, reason }));
             }
         }
     }

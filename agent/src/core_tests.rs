@@ -46,7 +46,7 @@ fn from(src: u32, dst: u32, handle: u32, body: Vec<u8>) -> Message {
 /// The master tells context 1 (through its parent stream) that it will
 /// start `id`, then 1's connect joins as stream `sid`.
 fn connect_child(core: &mut Core, id: u32, sid: StreamId, now: Instant) {
-    let notice = from(0, 1, handle::ALLOCATE_ID, body::to_json(&AllocatedId { id, parent: 1 }));
+    let notice = from(0, 1, handle::ALLOCATE_ID, body::encode(&AllocatedId { id, parent: 1 }));
     core.handle_message(notice, Origin::Stream(UP), now);
     core.add_stream(sid, id, &format!("bastion/c{id}"), false, now);
 }
@@ -79,7 +79,7 @@ fn a_connect_is_announced_once_and_a_lost_id_stays_lost() {
     assert_eq!(writes(&acts), [(UP, 0, handle::DEL_ROUTE)]);
     connect_child(&mut core, 9, 6, t0);
     drain(&mut core);
-    let claim = from(9, 1, handle::ADD_ROUTE, body::to_json(&AddRoute { id: 7, parent: 9, name: "x".into() }));
+    let claim = from(9, 1, handle::ADD_ROUTE, body::encode(&AddRoute { id: 7, parent: 9, name: "x".into() }));
     core.handle_message(claim, Origin::Stream(6), t0);
     let acts = drain(&mut core);
     assert!(writes(&acts).is_empty(), "the claim went up: {acts:?}");
@@ -92,20 +92,20 @@ fn allocate_id_is_a_parents_notice_never_a_childs_request() {
     let mut core = agent(t0);
     connect_child(&mut core, 7, 5, t0);
     drain(&mut core);
-    let mut ask = from(7, 1, handle::ALLOCATE_ID, body::to_json(&AllocatedId { id: 50, parent: 7 }));
+    let mut ask = from(7, 1, handle::ALLOCATE_ID, body::encode(&AllocatedId { id: 50, parent: 7 }));
     ask.header.reply_to = 1000;
     core.handle_message(ask, Origin::Stream(5), t0);
     let acts = drain(&mut core);
     // A DEAD reply, and nothing recorded: 7 can't then announce 50.
     assert!(matches!(&acts[..], [Action::Write(5, m)] if m.is_dead()), "{acts:?}");
-    let claim = from(7, 1, handle::ADD_ROUTE, body::to_json(&AddRoute { id: 50, parent: 7, name: "x".into() }));
+    let claim = from(7, 1, handle::ADD_ROUTE, body::encode(&AddRoute { id: 50, parent: 7, name: "x".into() }));
     core.handle_message(claim, Origin::Stream(5), t0);
     assert!(core.routes().via(50).is_none());
     // The master's notice passing down to 7 lets 7 announce 50, once.
-    let notice = from(0, 7, handle::ALLOCATE_ID, body::to_json(&AllocatedId { id: 50, parent: 7 }));
+    let notice = from(0, 7, handle::ALLOCATE_ID, body::encode(&AllocatedId { id: 50, parent: 7 }));
     core.handle_message(notice, Origin::Stream(UP), t0);
     assert_eq!(writes(&drain(&mut core)), [(5, 7, handle::ALLOCATE_ID)]);
-    let claim = from(7, 1, handle::ADD_ROUTE, body::to_json(&AddRoute { id: 50, parent: 7, name: "x".into() }));
+    let claim = from(7, 1, handle::ADD_ROUTE, body::encode(&AddRoute { id: 50, parent: 7, name: "x".into() }));
     core.handle_message(claim, Origin::Stream(5), t0);
     assert_eq!(core.routes().via(50), Some(5));
     assert_eq!(writes(&drain(&mut core)), [(UP, 0, handle::ADD_ROUTE)]);
@@ -143,7 +143,7 @@ fn log_records_carry_the_path_of_the_stream_they_came_by() {
     ];
     for (claimed, shown) in cases {
         let rec = LogRecord { level: 1, name: claimed.into(), target: "t".into(), msg: "m".into() };
-        core.handle_message(from(id, 0, handle::FORWARD_LOG, body::to_json(&rec)), Origin::Stream(5), t0);
+        core.handle_message(from(id, 0, handle::FORWARD_LOG, body::encode(&rec)), Origin::Stream(5), t0);
         let acts = drain(&mut core);
         assert!(matches!(&acts[..], [Action::Emit(r)] if r.name == shown), "{claimed}: {acts:?}");
     }

@@ -50,8 +50,14 @@ impl Agent {
     /// Run as an agent: parse the command line spore gave, serve calls until
     /// shut down, then end the process.
     pub fn run(self) -> ! {
-        crate::guardian::run_if_asked();
-        let args = match AgentArgs::parse(std::env::args_os().skip(1)) {
+        self.run_with(std::env::args_os().skip(1).collect())
+    }
+
+    /// [`run`](Self::run), given the process's arguments after its name
+    /// (for a `main` of its own, where std has not read them).
+    pub fn run_with(self, args: Vec<std::ffi::OsString>) -> ! {
+        crate::guardian::run_if_asked_by(&args);
+        let args = match AgentArgs::parse(args) {
             Ok(a) => a,
             Err(e) => {
                 sys::write_stderr(&format!("spore-agent: {e}\n"));
@@ -121,7 +127,7 @@ impl Agent {
             child: None,
             leftover: Vec::new(),
             is_parent: true,
-            greeting: Some(Message::new(parent_id, handle::HELLO, body::to_json(&hello))),
+            greeting: Some(Message::new(parent_id, handle::HELLO, body::encode(&hello))),
         });
         broker.add_capture(out_r, "stdout");
         broker.add_capture(err_r, "stderr");
@@ -245,7 +251,7 @@ impl log::Log for AgentLogger {
             target: record.target().to_string(),
             msg: record.args().to_string(),
         };
-        self.broker.send(Message::new(0, handle::FORWARD_LOG, body::to_json(&rec)));
+        self.broker.send(Message::new(0, handle::FORWARD_LOG, body::encode(&rec)));
     }
 
     fn flush(&self) {}

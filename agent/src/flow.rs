@@ -63,10 +63,10 @@ pub fn acked(msg: &Message) -> Option<u64> {
     if msg.is_binary() {
         return None;
     }
-    body::from_json::<body::Control>(&msg.body, "ack").ok()?.ack
+    body::decode::<body::Control>(&msg.body, "ack").ok()?.ack
 }
 
 /// Acknowledge `consumed` bytes to the sender's handle.
 pub fn ack(broker: &Broker, dst: u32, handle: u32, consumed: u64) {
-    broker.send(Message::new(dst, handle, body::to_json(&Ack { ack: consumed })));
+    broker.send(Message::new(dst, handle, body::encode(&Ack { ack: consumed })));
 }

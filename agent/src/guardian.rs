@@ -62,10 +62,14 @@ pub(crate) const REPORT: usize = 8;
 
 /// If this process was started as a guardian, be one and never return.
 pub(crate) fn run_if_asked() {
-    // Its arguments came from `exec` as JSON strings: UTF-8.
-    let mut args = std::env::args();
-    if args.nth(1).is_some_and(|a| a == MARKER) {
-        sys::exit_now(guard(args))
+    run_if_asked_by(&std::env::args_os().skip(1).collect::<Vec<_>>());
+}
+
+/// The same, given the process's arguments after its name.
+pub(crate) fn run_if_asked_by(args: &[std::ffi::OsString]) {
+    if args.first().is_some_and(|a| a == MARKER) {
+        // Its arguments came from `exec` as JSON strings: UTF-8.
+        sys::exit_now(guard(args[1..].iter().map(|a| a.to_string_lossy().into_owned())))
     }
 }
 
@@ -74,7 +78,7 @@ fn fd_arg(arg: Option<String>) -> Option<File> {
     sys::adopt_fd(fd as RawFd).ok().map(File::from)
 }
 
-fn guard(mut args: std::env::Args) -> i32 {
+fn guard(mut args: impl Iterator<Item = String>) -> i32 {
     let (Some(ctl), Some(life)) = (fd_arg(args.next()), fd_arg(args.next())) else { return 2 };
     let mut ctl = UnixStream::from(std::os::fd::OwnedFd::from(ctl));
     let argv: Vec<String> = args.collect();

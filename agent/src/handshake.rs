@@ -465,10 +465,13 @@ impl<'a> Handshake<'a> {
 /// A partial line that asks for a password.
 fn is_password_prompt(partial: &[u8]) -> bool {
     let text = String::from_utf8_lossy(partial).to_ascii_lowercase();
-    text.contains("password") && text.trim_end().ends_with(':')
+    find(text.as_bytes(), b"password").is_some() && text.trim_end().ends_with(':')
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` (not empty) first is in `haystack`: a plain search, in
+/// place of `str::contains`'s two-way one (1.4 KB of agent) for these short
+/// texts.
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 

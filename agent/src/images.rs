@@ -204,7 +204,7 @@ fn check(info: &ImageInfo, gz: bool, bytes: &[u8]) -> Result<(), String> {
 fn ask_parent(broker: &Broker, parent: u32, info: &ImageInfo, gz: bool, deadline: Instant) -> Result<Vec<u8>, String> {
     let what = format!("the {} image{}", info.arch, if gz { " (gzip)" } else { "" });
     let mb = broker.mailbox(Some(parent));
-    let mut msg = Message::new(parent, handle::GET_IMAGE, body::to_json(&ImageRequest { hash: info.hash.clone(), gz }));
+    let mut msg = Message::new(parent, handle::GET_IMAGE, body::encode(&ImageRequest { hash: info.hash.clone(), gz }));
     msg.header.reply_to = mb.handle;
     broker.send(msg);
     let reply = mb.recv_deadline(deadline).map_err(|e| match e {
@@ -256,7 +256,7 @@ pub fn serve(broker: &Broker, images: &Arc<Images>) {
 }
 
 fn answer(images: &Images, msg: &Message) -> Message {
-    let req = match body::from_json::<ImageRequest>(&msg.body, "GET_IMAGE") {
+    let req = match body::decode::<ImageRequest>(&msg.body, "GET_IMAGE") {
         Ok(r) => r,
         Err(e) => return dead(msg, e.to_string()),
     };

@@ -23,6 +23,42 @@ fn ready_count(ret: libc::c_int) -> io::Result<usize> {
     }
 }
 
+/// The arguments of a C `main`, after the program's name.
+///
+/// # Safety
+///
+/// `argv` must hold `argc` pointers to NUL-terminated strings, as the C
+/// runtime passes them to `main`.
+pub unsafe fn c_args(argc: libc::c_int, argv: *const *const libc::c_char) -> Vec<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    (1..usize::try_from(argc).unwrap_or(0))
+        .map(|i| {
+            // SAFETY: i < argc: argv[i] is a NUL-terminated string (our
+            // caller's contract).
+            let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+            std::ffi::OsStr::from_bytes(arg.to_bytes()).to_os_string()
+        })
+        .collect()
+}
+
+/// What std's start-up does that the agent needs, for a `main` of its own:
+/// SIGPIPE ignored (a write to a closed pipe is an `EPIPE` error), and fds
+/// 0 to 2 open, on `/dev/null` if they were not, so that no file the agent
+/// opens becomes its standard input or output.
+pub fn start() {
+    ignore_signal(libc::SIGPIPE);
+    for fd in 0..3 {
+        // SAFETY: F_GETFD reads a descriptor's flags; no memory is touched.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+        {
+            // SAFETY: a NUL-terminated constant path. The descriptor (the
+            // lowest free one: `fd`) stays open for the process's life.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(File, File)> {
     let (r, w) = io::pipe()?;

@@ -3,28 +3,41 @@
 //!
 //! Checks: `body::from_json` never panics, for any type; what parses
 //! serializes and parses back to the same value; an error names the
-//! expectation.
+//! expectation; the agent's codec (`body::decode`, `body::encode`) reads
+//! the same values and writes the same bytes as miniserde.
 
 use spore_protocol::body::{self, *};
+use spore_protocol::json::{Decode, Encode};
 
 fn round_trip<T>(data: &[u8], what: &'static str)
 where
-    T: miniserde::Serialize + miniserde::Deserialize + PartialEq + std::fmt::Debug,
+    T: miniserde::Serialize + miniserde::Deserialize + Encode + Decode + PartialEq + std::fmt::Debug,
 {
+    let ours = body::decode::<T>(data, what);
     match body::from_json::<T>(data, what) {
         Ok(v) => {
+            assert_eq!(ours.as_ref(), Ok(&v), "the agent's codec reads what miniserde reads");
             let json = body::to_json(&v);
+            assert_eq!(body::encode(&v), json, "the agent's codec writes what miniserde writes");
             let back: T = body::from_json(&json, what).expect("what parsed must parse again once serialized");
             assert_eq!(back, v);
             assert_eq!(body::to_json(&back), json, "serialization is stable");
         }
-        Err(e) => assert_eq!(e.what, what),
+        Err(e) => {
+            assert_eq!(e.what, what);
+            assert_eq!(ours.err(), Some(e), "the agent's codec rejects what miniserde rejects");
+        }
     }
 }
 
-fn probe<T: miniserde::Deserialize>(data: &[u8], what: &'static str) {
-    if let Err(e) = body::from_json::<T>(data, what) {
-        assert_eq!(e.what, what);
+fn probe<T: miniserde::Deserialize + Decode + PartialEq + std::fmt::Debug>(data: &[u8], what: &'static str) {
+    let ours = body::decode::<T>(data, what);
+    match body::from_json::<T>(data, what) {
+        Ok(v) => assert_eq!(ours, Ok(v), "the agent's codec reads what miniserde reads"),
+        Err(e) => {
+            assert_eq!(e.what, what);
+            assert_eq!(ours.err(), Some(e), "the agent's codec rejects what miniserde rejects");
+        }
     }
 }
 

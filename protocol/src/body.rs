@@ -17,6 +17,7 @@
 //! A failed operation ends with an [`ErrorReply`] (flagged `END`); an
 //! undeliverable message gets a `DEAD` reply whose body is the reason as text.
 
+use crate::json_struct;
 use miniserde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -360,6 +361,49 @@ pub struct LogRecord {
     pub target: String,
     /// The message.
     pub msg: String,
+}
+
+json_struct! {
+    Hello { version, pid, arch, context_id }
+    CallOp { op }
+    Empty {}
+    InfoReply { name, context_id, hostname, arch, machine, kernel, uid, gid, pid, version }
+    ExecArgs { op, argv, env, cwd, stdin, timeout_ms, stream, stderr_handle }
+    ExecReply { status, signal, timed_out, stdout_len, stderr_len }
+    PathArgs { op, path }
+    ReadReply { size, mode }
+    WriteArgs { op, path, mode }
+    WriteReply { size }
+    StatArgs { op, path, follow }
+    StatReply { kind, size, mode, uid, gid, mtime }
+    DirEntry { name, kind }
+    ListReply { entries }
+    RemoveArgs { op, path, recursive }
+    ConnectArgs { op, method, host, user, port, ssh_config, ssh_options, password, context_id, name, connect_timeout_ms, images }
+    ImageInfo { arch, hash, size, cksum, gz_size }
+    ImageRequest { hash, gz }
+    ConnectReply { hello, uploaded, image_bytes }
+    StreamOpen { stream }
+    Ack { ack }
+    ErrorReply { error, kind }
+    MaybeError { error, kind }
+    Control { stream, ack }
+    AddRoute { id, parent, name }
+    DelRoute { id, reason }
+    AllocatedId { id, parent }
+    LogRecord { level, name, target, msg }
+}
+
+/// Serialize a body to JSON bytes, with the [`json`](crate::json) codec:
+/// the same bytes as [`to_json`], from a smaller binary (the agent's).
+pub fn encode<T: crate::json::Encode + ?Sized>(value: &T) -> Vec<u8> {
+    crate::json::to_vec(value)
+}
+
+/// Parse a JSON body with the [`json`](crate::json) codec, as [`from_json`]
+/// does; the error says what was expected.
+pub fn decode<T: crate::json::Decode>(body: &[u8], what: &'static str) -> Result<T, BodyError> {
+    crate::json::from_slice(body).map_err(|_| BodyError { what })
 }
 
 /// Serialize a body to JSON bytes.

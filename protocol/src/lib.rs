@@ -59,6 +59,7 @@
 pub mod body;
 mod decoder;
 mod header;
+pub mod json;
 mod sha256;
 
 pub use decoder::Decoder;

@@ -52,7 +52,7 @@ impl Loop {
         match &self.shared.log_queue {
             Some(q) => q.record(&rec),
             None => {
-                let msg = Message::new(0, handle::FORWARD_LOG, body::to_json(&rec));
+                let msg = Message::new(0, handle::FORWARD_LOG, body::encode(&rec));
                 self.core.handle_message(msg, Origin::Local, Instant::now());
                 self.run_actions();
             }

@@ -286,7 +286,7 @@ pub fn parse_hello(buf: &[u8], id: u32) -> Result<Option<(Hello, usize)>, String
     if header.handle != handle::HELLO {
         return Err(format!("the agent's first message was not a hello (handle {})", header.handle));
     }
-    let hello: Hello = body::from_json(body, "hello").map_err(|e| e.to_string())?;
+    let hello: Hello = body::decode(body, "hello").map_err(|e| e.to_string())?;
     if hello.context_id != id {
         return Err(format!("the agent says it is context {}, not {id}", hello.context_id));
     }
@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn a_hello_is_parsed_once_whole_and_bounded() {
         let hello = Hello { version: "1".into(), pid: 2, arch: "x".into(), context_id: 7 };
-        let mut wire = Message::new(0, handle::HELLO, body::to_json(&hello)).encode();
+        let mut wire = Message::new(0, handle::HELLO, body::encode(&hello)).encode();
         wire.extend_from_slice(b"next");
         let whole = wire.len() - 4;
         for n in 0..whole {

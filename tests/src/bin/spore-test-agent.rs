@@ -7,7 +7,6 @@
 //! - `claim_route`: announces context `id` as its own child (a lie the
 //!   routers above must refuse).
 
-use miniserde::Deserialize;
 use spore_agent::{Agent, Call, OpError, OpResult};
 use spore_protocol::{handle, Message};
 use std::io::Write;
@@ -26,10 +25,16 @@ fn hang(_call: &Call) -> OpResult {
     }
 }
 
-#[derive(Deserialize)]
 struct Burst {
     records: u64,
     stderr_bytes: u64,
+}
+
+// The agent's JSON codec (Call::args decodes with it).
+spore_protocol::json_struct! {
+    Burst { records, stderr_bytes }
+    Dst { dst }
+    Claim { id }
 }
 
 fn burst(call: &Call) -> OpResult {
@@ -51,7 +56,6 @@ fn burst(call: &Call) -> OpResult {
     Ok(format!("{{\"lines\":{line}}}").into_bytes())
 }
 
-#[derive(Deserialize)]
 struct Dst {
     dst: u32,
 }
@@ -62,7 +66,6 @@ fn send_shutdown(call: &Call) -> OpResult {
     Ok(b"{}".to_vec())
 }
 
-#[derive(Deserialize)]
 struct Claim {
     id: u32,
 }
