@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 /// How often one about to exit (or be killed) is looked at.
 const BUSY_CHECK: Duration = Duration::from_millis(2);
+/// How soon one just handed over is looked at again, for [`BUSY_CHECK`].
+const FRESH_CHECK: Duration = Duration::from_micros(100);
 /// A process still unreaped this long after SIGKILL (in D state, say) is
 /// left to a thread of its own, so the broker never waits on it.
 const STUCK_AFTER_KILL: Duration = Duration::from_secs(1);
@@ -32,6 +34,8 @@ fn kill(child: &mut Child) {
 struct Reaping {
     child: Child,
     what: String,
+    /// When it was handed over: most are gone within a millisecond.
+    added: Instant,
     /// SIGKILL if it still runs then.
     kill_at: Option<Instant>,
     killed: Option<Instant>,
@@ -46,7 +50,7 @@ pub(crate) struct Reaper {
 impl Reaper {
     /// Reap `child` once it exits; SIGKILL it (and its group) at `kill_at`.
     pub(crate) fn add(&mut self, child: Child, what: String, kill_at: Option<Instant>) {
-        self.procs.push(Reaping { child, what, kill_at, killed: None });
+        self.procs.push(Reaping { child, what, added: Instant::now(), kill_at, killed: None });
     }
 
     /// Anything left to reap?
@@ -61,8 +65,14 @@ impl Reaper {
         }
     }
 
-    /// When to look again.
+    /// When to look again: soon after a process is handed over (it is
+    /// usually exiting already: its pipes closed), every [`BUSY_CHECK`]
+    /// while one is about to be killed, else every [`IDLE_CHECK`].
     pub(crate) fn next_check(&self, now: Instant) -> Option<Instant> {
+        let fresh = self.procs.iter().any(|p| now.saturating_duration_since(p.added) < BUSY_CHECK);
+        if fresh {
+            return Some(now + FRESH_CHECK);
+        }
         let busy = self.procs.iter().any(|p| p.kill_at.is_some());
         match (self.procs.is_empty(), busy) {
             (true, _) => None,
