@@ -302,6 +302,16 @@ fn home_and_bin(tag: &str) -> (Scratch, String, String) {
     (scratch, home, bin)
 }
 
+/// The agent cached in `dir` (not its stamp).
+fn cached_agent_in(dir: &str) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_none())
+        .expect("a cached agent")
+}
+
 /// `spore -v run local -- /bin/true` with HOME and PATH of our choosing.
 fn run_true_with(home: &str, path: &str) -> Output {
     run_true_env(home, path, &[])
@@ -349,12 +359,7 @@ fn a_verified_cached_agent_starts_without_cksum_and_a_changed_one_is_checked_aga
     assert!(!uploaded(&run(&no_cksum)));
 
     let dir = format!("{home}/.cache/spore");
-    let cached = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_none())
-        .expect("a cached agent");
+    let cached = cached_agent_in(&dir);
     let good = std::fs::read(&cached).unwrap();
     let marker = scratch.path("executed");
     let mut evil = format!("#!/bin/sh\ntouch {marker}\n").into_bytes();
@@ -460,31 +465,30 @@ fn a_checked_local_agent_runs_without_the_script_and_nothing_else_does() {
     // An empty PATH: no sh, no ls, yet it starts.
     assert!(direct(&run_true_with(&home, &empty)), "a checked copy runs directly");
     let dir = format!("{home}/.cache/spore");
-    let cached = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_none())
-        .expect("a cached agent");
+    let cached = cached_agent_in(&dir);
     let set_mode = |p: &std::path::Path, mode: u32| {
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     };
     let stamp = std::path::PathBuf::from(format!("{}.ok", cached.display()));
-    let refusals: [(&str, &dyn Fn()); 4] = [
-        ("a directory others may write", &|| set_mode(std::path::Path::new(&dir), 0o777)),
-        ("a parent others may write", &|| set_mode(std::path::Path::new(&format!("{home}/.cache")), 0o777)),
-        ("an agent others may write", &|| set_mode(&cached, 0o766)),
-        ("a stamp naming another inode, and other bytes", &|| {
+    // Each refusal, and whether the script then replaces the copy here (a
+    // parent others may write sends it to another directory: /tmp/spore-0
+    // may hold this agent already, from another test).
+    let refusals: [(&str, bool, &dyn Fn()); 4] = [
+        ("a directory others may write", true, &|| set_mode(std::path::Path::new(&dir), 0o777)),
+        ("a parent others may write", false, &|| set_mode(std::path::Path::new(&format!("{home}/.cache")), 0o777)),
+        ("an agent others may write", true, &|| set_mode(&cached, 0o766)),
+        ("a stamp naming another inode, and other bytes", true, &|| {
             std::fs::write(&stamp, "1\n").unwrap();
             let mut bytes = std::fs::read(&cached).unwrap();
             bytes[1000] ^= 1;
             std::fs::write(&cached, bytes).unwrap();
         }),
     ];
-    for (how, spoil) in refusals {
+    for (how, replaced_here, spoil) in refusals {
         spoil();
         let out = run_true_with(&home, &path);
-        assert!(!direct(&out) && uploaded(&out), "{how}: {}", text(&out.stderr));
+        assert!(!direct(&out), "{how}: run directly: {}", text(&out.stderr));
+        assert!(!replaced_here || uploaded(&out), "{how}: not replaced: {}", text(&out.stderr));
         set_mode(std::path::Path::new(&format!("{home}/.cache")), 0o700);
         assert!(direct(&run_true_with(&home, &empty)), "{how}: the replaced copy runs directly again");
     }
