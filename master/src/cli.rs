@@ -99,8 +99,9 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
             }
             "-h" | "--help" => return Ok(None),
             "-V" | "--version" => {
-                println!("spore {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
+                let code =
+                    say(&format!("spore {}", env!("CARGO_PKG_VERSION"))).map_or_else(|e| write_failed(&e), |()| 0);
+                std::process::exit(code);
             }
             "--json" => json = true,
             "-F" | "--ssh-config" => ssh_config = Some(it.next().ok_or("-F needs a file")?),
@@ -200,11 +201,10 @@ pub fn main() -> i32 {
     let args = match parse(std::env::args().skip(1).collect()) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            print!("{USAGE}");
-            return 0;
+            return say(USAGE.trim_end()).map_or_else(|e| write_failed(&e), |()| 0);
         }
         Err(e) => {
-            eprintln!("spore: {e}\n\n{USAGE}");
+            complain(&format!("spore: {e}\n\n{}", USAGE.trim_end()));
             return 2;
         }
     };
@@ -217,7 +217,7 @@ pub fn main() -> i32 {
         match crate::tty::ask_password("become password: ") {
             Ok(pw) => opts.become_password = Some(pw),
             Err(e) => {
-                eprintln!("spore: --ask-become-pass: {e}");
+                complain(&format!("spore: --ask-become-pass: {e}"));
                 return 2;
             }
         }
@@ -228,7 +228,7 @@ pub fn main() -> i32 {
     let router = match Router::with_options(opts) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("spore: {e}");
+            complain(&format!("spore: {e}"));
             return EXIT_SPORE;
         }
     };
@@ -253,7 +253,7 @@ pub fn main() -> i32 {
                     Err(e) => {
                         let o = Outcome::failed(t, &e);
                         if !args.json {
-                            eprintln!("spore: {}", shown(o.error.as_deref().unwrap_or_default()));
+                            complain(&format!("spore: {}", shown(o.error.as_deref().unwrap_or_default())));
                         }
                         o
                     }
@@ -266,15 +266,18 @@ pub fn main() -> i32 {
     let mut code = 0;
     for o in &outcomes {
         code = code.max(o.code);
-        if args.json {
+        let line = if args.json {
             let mut json = o.json.clone();
             json.insert("ok".into(), Value::Bool(o.error.is_none() && o.code == 0));
             if let Some(e) = &o.error {
                 json.insert("error".into(), Value::String(e.clone()));
             }
-            println!("{}", miniserde::json::to_string(&Value::Object(json)));
-        } else if let Some(t) = &o.text {
-            println!("{t}");
+            Some(miniserde::json::to_string(&Value::Object(json)))
+        } else {
+            o.text.clone()
+        };
+        if let Some(Err(e)) = line.map(|l| say(&l)) {
+            return write_failed(&e);
         }
     }
     code
@@ -296,7 +299,7 @@ fn run_one(args: &Args, target: &str, ctx: &Context, many: bool) -> Outcome {
             }
         }
         if !args.json {
-            eprintln!("spore: {}", shown(&e.to_string()));
+            complain(&format!("spore: {}", shown(&e.to_string())));
         }
         o.fail(&e);
     }
@@ -378,7 +381,7 @@ fn cmd_run(args: &Args, ctx: &Context, argv: &[String], many: bool, o: &mut Outc
     o.set("signal", int(status.signal));
     o.set("timed_out", Value::Bool(status.timed_out));
     if status.timed_out && !args.json {
-        eprintln!("spore: {}: {} timed out and was killed", o.target, argv.join(" "));
+        complain(&format!("spore: {}: {} timed out and was killed", o.target, argv.join(" ")));
     }
     Ok(())
 }
@@ -692,6 +695,30 @@ impl log::Log for CliLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// A line for stdout. A failed write ends the run: a reader that went
+/// away (`| head`) as a pipe would end it, anything else with one line.
+fn say(text: &str) -> std::io::Result<()> {
+    let _guard = OUTPUT.lock();
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush())
+}
+
+/// A line for stderr. When stderr itself is gone there is nowhere left to
+/// say anything: it is let be, never a panic.
+fn complain(text: &str) {
+    let _guard = OUTPUT.lock();
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// The exit status for output that could not be written, said once.
+fn write_failed(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return 128 + libc::SIGPIPE;
+    }
+    complain(&format!("spore: write the output: {e}"));
+    EXIT_SPORE
 }
 
 fn init_logger(verbose: u8) {

@@ -494,3 +494,48 @@ fn a_checked_local_agent_runs_without_the_script_and_nothing_else_does() {
     }
     guard.check();
 }
+
+/// Output that can't be written ends the run cleanly: a reader that went
+/// away (`| head`) gives 141, as a pipe would; a full disk one line and
+/// 255; a closed stderr on top of that, 255 and silence. Never a panic.
+#[test]
+fn a_failed_write_ends_the_run_cleanly() {
+    let guard = LeakGuard::new();
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(spore_bin()).args(["info", "local"]).stdout(full()).stderr(Stdio::piped()).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert_eq!(err.trim(), "spore: write the output: No space left on device (os error 28)");
+
+    let mut child = Command::new(spore_bin())
+        .args(["--json", "run", "local", "--", "seq", "200000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 20];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader goes away (its end closed); stderr is read to its end.
+    let mut said = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "spore did not end after its reader went away");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(141), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+
+    let closed = Command::new(spore_bin())
+        .args(["info", "local"])
+        .stdout(full())
+        .stderr(Stdio::from(std::fs::File::open("/dev/null").unwrap()))
+        .status()
+        .unwrap();
+    assert_eq!(closed.code(), Some(255));
+    guard.check();
+}
