@@ -198,7 +198,14 @@ fn int(n: Option<i32>) -> Value {
 }
 
 pub fn main() -> i32 {
-    let args = match parse(std::env::args().skip(1).collect()) {
+    let argv = match utf8_args(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            complain(&format!("spore: {e}"));
+            return 2;
+        }
+    };
+    let args = match parse(argv) {
         Ok(Some(a)) => a,
         Ok(None) => {
             return say(USAGE.trim_end()).map_or_else(|e| write_failed(&e), |()| 0);
@@ -695,6 +702,25 @@ impl log::Log for CliLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// The arguments as text, or which one is not: commands, arguments and
+/// paths travel as JSON strings, which can't carry other bytes, so such an
+/// argument is refused here, named (escaped), not mangled or a panic.
+fn utf8_args(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<String>, String> {
+    args.enumerate()
+        .map(|(i, a)| {
+            a.into_string().map_err(|a| {
+                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()).to_vec();
+                let shown =
+                    bytes.iter().flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect::<String>();
+                format!(
+                    "argument {} ({shown}) is not UTF-8: spore carries commands, arguments and paths as text",
+                    i + 1
+                )
+            })
+        })
+        .collect()
 }
 
 /// A line for stdout. A failed write ends the run: a reader that went

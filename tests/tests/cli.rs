@@ -539,3 +539,17 @@ fn a_failed_write_ends_the_run_cleanly() {
     assert_eq!(closed.code(), Some(255));
     guard.check();
 }
+
+/// An argument that is not UTF-8 can't travel (commands, arguments and
+/// paths are JSON strings on the wire): refused, named and escaped, exit 2.
+/// It was a panic in `std::env::args`.
+#[test]
+fn a_non_utf8_argument_is_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let cafe = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out =
+        Command::new(spore_bin()).args(["run", "local", "--", "echo"]).arg(cafe).stdin(Stdio::null()).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("argument 5 (caf\\xe9) is not UTF-8") && !err.contains("panicked"), "{err}");
+}
