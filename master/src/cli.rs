@@ -287,7 +287,9 @@ pub fn main() -> i32 {
             return write_failed(&e);
         }
     }
-    code
+    // Interrupted: the shell's status for the signal, however the calls
+    // ended (they fail because of the shutdown the signal began).
+    crate::signals::signalled().map_or(code, |sig| 128 + sig)
 }
 
 fn run_one(args: &Args, target: &str, ctx: &Context, many: bool) -> Outcome {

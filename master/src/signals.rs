@@ -7,6 +7,17 @@
 //! with a clean mask (std resets it before exec).
 
 use spore::Router;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The signal that ended the run, 0 while none has. Set before the tree
+/// is shut down, so `main`, whose calls fail because of that shutdown,
+/// exits with the signal's status too, whichever thread exits first.
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+/// The signal that ended the run, if one did.
+pub fn signalled() -> Option<i32> {
+    Some(SIGNALLED.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
 
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset.
@@ -39,6 +50,7 @@ pub fn shut_down_on_signal(router: Router) {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             return;
         }
+        SIGNALLED.store(sig, Ordering::SeqCst);
         log::warn!("signal {sig}: shutting the tree down");
         router.shutdown();
         std::process::exit(128 + sig);

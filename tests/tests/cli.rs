@@ -553,3 +553,38 @@ fn a_non_utf8_argument_is_refused_by_name() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("argument 5 (caf\\xe9) is not UTF-8") && !err.contains("panicked"), "{err}");
 }
+
+/// Ctrl-C or SIGTERM during a run: the shell's status for the signal (130,
+/// 143), every time. The signal thread and `main` used to race, and the
+/// calls the shutdown failed made it 255 now and then.
+#[test]
+fn an_interrupted_run_exits_with_the_signals_status_every_time() {
+    let guard = LeakGuard::new();
+    for round in 0..8 {
+        let sig = if round % 2 == 0 { libc::SIGINT } else { libc::SIGTERM };
+        let mut child = Command::new(spore_bin())
+            .args(["run", "local", "--", "sleep", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !spore_tests::descendants().iter().any(|&p| spore_tests::cmdline(p) == "sleep 60") {
+            assert!(Instant::now() < deadline, "round {round}: the command never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "round {round}: spore ignored signal {sig}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(128 + sig), "round {round}");
+    }
+    guard.check();
+}
