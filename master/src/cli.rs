@@ -113,7 +113,12 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
             "--connect-timeout" => connect_timeout = Some(seconds("--connect-timeout", it.next())?),
             "--mode" => {
                 let v = it.next().ok_or("--mode needs a value")?;
-                mode = Some(u32::from_str_radix(&v, 8).map_err(|_| format!("--mode: not octal: {v:?}"))?);
+                let bits = u32::from_str_radix(&v, 8).map_err(|_| format!("--mode: not octal: {v:?}"))?;
+                // Permission bits only: a larger number is a typo, not a mode.
+                if bits > 0o7777 {
+                    return Err(format!("--mode: {v} is not a file mode (at most 7777)"));
+                }
+                mode = Some(bits);
             }
             s if s.starts_with("-o") && s.len() > 2 => ssh_options.push(s[2..].to_string()),
             s if s.starts_with("-F") && s.len() > 2 => ssh_config = Some(s[2..].to_string()),
@@ -777,6 +782,8 @@ mod tests {
         assert_eq!(a.ssh_config.as_deref(), Some("cfg"));
         assert_eq!(a.ssh_options, vec!["Port=22", "User=x"]);
         assert!(a.ask_become_pass);
+        assert!(p("put local a /tmp/b --mode 7777777").unwrap_err().contains("not a file mode"));
+        assert!(p("put local a /tmp/b --mode 7777").is_ok());
         let a = p("--json put local a /tmp/b --mode 600").unwrap().unwrap();
         assert!(a.json);
         assert_eq!(a.mode, Some(0o600));

@@ -86,8 +86,19 @@ impl Hop {
         } else {
             (rest, None)
         };
-        if host.is_empty() || host.starts_with('-') {
-            return Err(bad("not a host name"));
+        // What ssh would refuse (or take for an option), refused here, before
+        // it runs: host names and aliases are letters, digits, '.', '-', '_'
+        // (and ':' and '%' inside an IPv6 address).
+        let host_char = |c: char| c.is_ascii_alphanumeric() || "._-:%".contains(c);
+        if host.is_empty() || host.starts_with('-') || !host.chars().all(host_char) {
+            return Err(bad("not a host name ssh would accept (letters, digits, '.', '-', '_')"));
+        }
+        if let Some(u) = &user {
+            if u.starts_with('-')
+                || u.chars().any(|c| c.is_whitespace() || c.is_control() || "'\"\\`$;&|<>".contains(c))
+            {
+                return Err(bad("not a user name ssh would accept"));
+            }
         }
         let port = match port {
             Some(p) => Some(p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| bad("bad port"))?),
@@ -158,6 +169,13 @@ mod tests {
         assert!(Hop::parse("db1:99999").is_err());
         assert!(Hop::parse("-oProxyCommand=x").is_err());
         assert!(Hop::parse("@db1").is_err());
+        // What ssh would refuse is refused before it runs.
+        for refused in ["db 1", "db1;reboot", "db$(id)", "db\u{1b}1", "-lroot@db1", "me me@db1", "db'1"] {
+            let e = Hop::parse(refused).unwrap_err().to_string();
+            assert!(e.contains("ssh would accept"), "{refused}: {e}");
+        }
+        assert_eq!(Hop::parse("web_01.example-site.org").unwrap(), ssh("web_01.example-site.org", None, None));
+        assert_eq!(Hop::parse("fe80::1%eth0").unwrap(), ssh("fe80::1%eth0", None, None));
         let hops = parse("bastion/db1/sudo:postgres").unwrap();
         assert_eq!(hops.len(), 3);
     }
