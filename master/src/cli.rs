@@ -306,6 +306,12 @@ fn run_one(args: &Args, target: &str, ctx: &Context, many: bool) -> Outcome {
         Cmd::Get { remote, local, .. } => cmd_get(ctx, remote, local, &mut o),
     };
     if let Err(e) = result {
+        // Local errors say what and where; the target says for whom.
+        let e = match e {
+            Error::Local { what, source } => Error::Local { what: format!("{target}: {what}"), source },
+            Error::Usage(m) => Error::Usage(format!("{target}: {m}")),
+            other => other,
+        };
         if let Error::Local { source, .. } = &e {
             if source.kind() == std::io::ErrorKind::BrokenPipe {
                 o.code = 128 + libc::SIGPIPE;
@@ -652,7 +658,11 @@ fn cmd_get(ctx: &Context, remote: &str, local: &str, o: &mut Outcome) -> spore::
     let mut fetch = || -> spore::Result<u64> {
         let reply = {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-            let reply = ctx.download(remote, &mut w)?;
+            // A failed write names the file it was for (a full disk, say).
+            let reply = ctx.download(remote, &mut w).map_err(|e| match e {
+                Error::Local { source, .. } => Error::Local { what: format!("write {}", dest.display()), source },
+                other => other,
+            })?;
             w.flush().map_err(local_err(format!("write {}", dest.display())))?;
             reply
         };

@@ -588,3 +588,25 @@ fn an_interrupted_run_exits_with_the_signals_status_every_time() {
     }
     guard.check();
 }
+
+/// `get` into a full disk names the target and the file, leaves nothing
+/// behind, and exits 255 (it said only "write the download").
+#[test]
+fn a_get_into_a_full_disk_names_the_target_and_the_file() {
+    let guard = LeakGuard::new();
+    let scratch = Scratch::new("full-get");
+    let (src, small) = (scratch.path("big"), scratch.path("small"));
+    std::fs::write(&src, vec![7u8; 1 << 20]).unwrap();
+    std::fs::create_dir_all(&small).unwrap();
+    let _mounted = match spore_tests::race::Tmpfs::mount(std::path::Path::new(&small), "size=64k") {
+        Ok(m) => m,
+        Err(e) => return println!("SKIPPED: {e}"),
+    };
+    let dest = format!("{small}/copy");
+    let out = run_spore(&["get", "local", &src, &dest], None);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert_eq!(err.trim(), format!("spore: local: write {dest}: No space left on device (os error 28)"));
+    assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "a partial file was left");
+    guard.check();
+}
