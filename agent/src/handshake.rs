@@ -135,7 +135,7 @@ fn start(
     };
     match hs.run() {
         Ok(hello) => {
-            let (uploaded, image_bytes) = (hs.uploaded, hs.image_bytes);
+            let image_bytes = hs.image_bytes;
             let Handshake { stdin, stdout, stderr, buf, .. } = hs;
             let stream = NewStream {
                 remote_id: args.id,
@@ -148,7 +148,7 @@ fn start(
                 is_parent: false,
                 greeting: None,
             };
-            Ok(Connected { stream, hello, uploaded, image_bytes })
+            Ok(Connected { stream, hello, uploaded: image_bytes > 0, image_bytes })
         }
         Err(cause) => {
             kill_and_reap(&mut child);
@@ -186,7 +186,7 @@ struct Handshake<'a> {
     /// Its whole length so far.
     err_len: u64,
     last_words: LastWords,
-    uploaded: bool,
+    /// Bytes of images uploaded (none: the cache hit).
     image_bytes: u64,
     /// The become password, and whether it has been typed already.
     password: Option<String>,
@@ -238,7 +238,6 @@ impl<'a> Handshake<'a> {
             err_buf: Vec::new(),
             err_len: 0,
             last_words: LastWords::default(),
-            uploaded: false,
             image_bytes: 0,
             password,
             typed: false,
@@ -341,7 +340,6 @@ impl<'a> Handshake<'a> {
                 Err(e) => return Err(format!("upload cut short after {sent} of {} bytes: {e}", bytes.len())),
             }
         }
-        self.uploaded = true;
         self.image_bytes += bytes.len() as u64;
         Ok(())
     }

@@ -70,7 +70,7 @@ fn checked(dir: &std::path::Path, info: &ImageInfo) -> Option<File> {
     if !fm.is_file() || fm.uid() != me || fm.mode() & 0o022 != 0 || fm.mode() & 0o100 == 0 || fm.size() != info.size {
         return None;
     }
-    if stamped(&d, &name, &fm) {
+    if stamped(&d, &name, &fm, me) {
         return Some(file);
     }
     // No stamp that vouches: the content itself.
@@ -79,12 +79,13 @@ fn checked(dir: &std::path::Path, info: &ImageInfo) -> Option<File> {
     (spore_protocol::posix_cksum(&bytes) == info.cksum).then_some(file)
 }
 
-/// `NAME.ok`: ours, a regular file, newer than the agent, naming its inode.
-fn stamped(d: &File, name: &str, agent: &std::fs::Metadata) -> bool {
+/// `NAME.ok`: ours (`me`), a regular file, newer than the agent, naming
+/// its inode.
+fn stamped(d: &File, name: &str, agent: &std::fs::Metadata, me: u32) -> bool {
     let Some(stamp) = open_at(d, &format!("{name}.ok"), libc::O_RDONLY | libc::O_NOFOLLOW) else { return false };
     let Ok(sm) = stamp.metadata() else { return false };
     let newer = (sm.mtime(), sm.mtime_nsec()) > (agent.mtime(), agent.mtime_nsec());
     let mut text = String::new();
     let read = stamp.take(64).read_to_string(&mut text).is_ok();
-    sm.is_file() && sm.uid() == euid() && newer && read && text.trim() == agent.ino().to_string()
+    sm.is_file() && sm.uid() == me && newer && read && text.trim() == agent.ino().to_string()
 }
