@@ -366,6 +366,37 @@ pub fn run_spore(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
     wait_bounded(child, Duration::from_secs(60))
 }
 
+/// Wait (at most `within`) until `n` descendants of this process run
+/// exactly `cmd` (their command line, arguments joined by spaces); false
+/// past that.
+pub fn wait_for_command(cmd: &str, n: usize, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if descendants().into_iter().filter(|&p| cmdline(p) == cmd).count() >= n {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `child`'s status once it exits, or `None` if it still runs after
+/// `within`.
+pub fn exit_within(child: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Wait for a child (reading its stdout and stderr, so it can't block on a
 /// full pipe) at most `limit`; kill it and fail the test past that.
 pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process::Output {

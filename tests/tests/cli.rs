@@ -7,7 +7,7 @@ use spore_tests::{agent_path, pattern, run_spore, spore_bin, unbase64_into, wait
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn spore(args: &[&str]) -> Output {
     run_spore(args, None)
@@ -255,14 +255,8 @@ fn a_closed_stdout_ends_the_run_and_the_command() {
     stdout.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"y\n");
     drop(stdout); // `| head -1` has what it wanted
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "spore kept running after its stdout closed");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = spore_tests::exit_within(&mut child, Duration::from_secs(10))
+        .expect("spore kept running after its stdout closed");
     assert_eq!(status.code(), Some(128 + libc::SIGPIPE));
     drop(child);
     guard.check();
@@ -519,14 +513,8 @@ fn a_failed_write_ends_the_run_cleanly() {
     // The reader goes away (its end closed); stderr is read to its end.
     let mut said = String::new();
     child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "spore did not end after its reader went away");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = spore_tests::exit_within(&mut child, Duration::from_secs(60))
+        .expect("spore did not end after its reader went away");
     assert_eq!(status.code(), Some(141), "{said}");
     assert!(!said.contains("panicked"), "{said}");
 
@@ -569,21 +557,12 @@ fn an_interrupted_run_exits_with_the_signals_status_every_time() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !spore_tests::descendants().iter().any(|&p| spore_tests::cmdline(p) == "sleep 60") {
-            assert!(Instant::now() < deadline, "round {round}: the command never started");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let started = spore_tests::wait_for_command("sleep 60", 1, Duration::from_secs(20));
+        assert!(started, "round {round}: the command never started");
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "round {round}: spore ignored signal {sig}");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let status = spore_tests::exit_within(&mut child, Duration::from_secs(10));
+        let status = status.unwrap_or_else(|| panic!("round {round}: spore ignored signal {sig}"));
         assert_eq!(status.code(), Some(128 + sig), "round {round}");
     }
     guard.check();

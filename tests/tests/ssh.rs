@@ -393,18 +393,12 @@ fn interrupting_the_cli_leaves_nothing_behind() {
         .spawn()
         .unwrap();
     // Wait for the command to be running on the far side.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !spore_tests::descendants().iter().any(|&p| spore_tests::cmdline(p) == "sleep 60") {
-        assert!(Instant::now() < deadline, "the remote command never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let started = spore_tests::wait_for_command("sleep 60", 1, Duration::from_secs(20));
+    assert!(started, "the remote command never started");
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(6), "spore ignored Ctrl-C");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let ended = spore_tests::exit_within(&mut child, Duration::from_secs(6));
+    assert!(ended.is_some(), "spore ignored Ctrl-C");
     w.finish();
 }
 
