@@ -160,6 +160,12 @@ impl Router {
         self.inner.images.infos().to_vec()
     }
 
+    /// Has [`Router::shutdown`] begun (here, on another thread, or from a
+    /// signal handler's thread)?
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shut.load(Ordering::SeqCst)
+    }
+
     /// End the whole tree: SHUTDOWN to each direct child, wait up to the
     /// grace for them to disconnect, then force the rest (close pipes,
     /// SIGTERM then SIGKILL the connection processes, reap them). Returns

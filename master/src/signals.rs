@@ -41,8 +41,9 @@ pub fn block() {
 }
 
 /// Start the thread that turns a signal into `router.shutdown()` and an
-/// exit with 128 + the signal number, as a shell reports it.
-pub fn shut_down_on_signal(router: Router) {
+/// exit with 128 + the signal number, as a shell reports it; `before_exit`
+/// runs just before that exit (to erase the progress line).
+pub fn shut_down_on_signal(router: Router, before_exit: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new().name("spore-signals".into()).spawn(move || {
         let set = signal_set();
         let mut sig: libc::c_int = 0;
@@ -53,6 +54,7 @@ pub fn shut_down_on_signal(router: Router) {
         SIGNALLED.store(sig, Ordering::SeqCst);
         log::warn!("signal {sig}: shutting the tree down");
         router.shutdown();
+        before_exit();
         std::process::exit(128 + sig);
     });
     if let Err(e) = spawned {

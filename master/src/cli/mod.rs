@@ -1,0 +1,660 @@
+//! The `spore` command line: which targets, then each target's work on a
+//! thread of its own as soon as its connection is up (at most `--forks`
+//! being set up at once), then the report.
+//!
+//! Adding a command: a variant in [`args::Cmd`], a [`Work`] for it, and a
+//! function `cmd_x` that fills one target's [`Outcome`].
+
+mod args;
+mod output;
+mod progress;
+mod report;
+mod shim;
+
+use args::{Cli, Cmd, Opts};
+use clap::Parser;
+use miniserde::json::{Number, Object, Value};
+use output::{complain, emit, say, shown, write_failed, Gathered, OutFiles, Prefixed, ScreenForm, TargetOutput};
+use progress::Progress;
+use spore::{Command, Context, Error, Options, Router, Stream, Targets};
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// Exit status for failures of spore itself, and for a target that could
+/// not be reached, like ssh.
+const EXIT_SPORE: i32 = 255;
+/// Exit status of a target whose command timed out, as timeout(1) has it.
+const EXIT_TIMED_OUT: i32 = 124;
+/// Exit status for a usage error.
+const EXIT_USAGE: i32 = 2;
+/// `--gather` keeps at most this much of all targets' output together...
+const GATHER_TOTAL: usize = 256 << 20;
+/// ...and at least this much of each.
+const GATHER_MIN: usize = 64 << 10;
+/// Each target's thread: connecting and streaming need little stack, and
+/// a run may have thousands of them.
+const THREAD_STACK: usize = 512 << 10;
+
+/// A target: the name it is shown by, and the path that is connected.
+#[derive(Clone, Debug)]
+struct Target {
+    label: String,
+    path: String,
+}
+
+/// What each target does, its arguments checked and converted.
+enum Work {
+    Run { argv: Vec<String> },
+    Info,
+    Put { local: PathBuf, remote: String, mode: Option<u32> },
+    Get { remote: String, local: PathBuf, many: bool },
+}
+
+/// How a target's run ended, for the summary and `@failed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    Ok,
+    /// A non-zero exit status, or an operation that failed there.
+    Failed,
+    /// Its connection could not be made, or was lost.
+    Unreachable,
+    /// Its command outlived `--timeout`, or the run `--deadline`.
+    TimedOut,
+}
+
+/// One target's result.
+struct Outcome {
+    target: Target,
+    fate: Fate,
+    /// Exit status contribution: 0, the command's status, 124 or 255.
+    code: i32,
+    json: Object,
+    /// Text for the human form (`run` prints as it goes instead).
+    text: Option<String>,
+    error: Option<String>,
+    gathered: Option<Gathered>,
+}
+
+impl Outcome {
+    fn new(target: &Target) -> Outcome {
+        let mut json = Object::new();
+        json.insert("target".into(), Value::String(target.label.clone()));
+        if target.path != target.label {
+            json.insert("path".into(), Value::String(target.path.clone()));
+        }
+        Outcome { target: target.clone(), fate: Fate::Ok, code: 0, json, text: None, error: None, gathered: None }
+    }
+
+    fn fail(&mut self, e: &Error) {
+        let (fate, code) = match e {
+            Error::Connect { .. } | Error::Disconnected { .. } | Error::Dead { .. } => (Fate::Unreachable, EXIT_SPORE),
+            _ => (Fate::Failed, EXIT_SPORE),
+        };
+        self.fate = fate;
+        self.code = code;
+        self.error = Some(e.to_string());
+    }
+
+    fn set(&mut self, k: &str, v: Value) {
+        self.json.insert(k.into(), v);
+    }
+
+    /// The object `--json` prints for this target.
+    fn json_line(&self) -> String {
+        let mut json = self.json.clone();
+        json.insert("ok".into(), Value::Bool(self.fate == Fate::Ok));
+        let fate = match self.fate {
+            Fate::Ok => "ok",
+            Fate::Failed => "failed",
+            Fate::Unreachable => "unreachable",
+            Fate::TimedOut => "timed_out",
+        };
+        json.insert("result".into(), Value::String(fate.into()));
+        if let Some(e) = &self.error {
+            json.insert("error".into(), Value::String(e.clone()));
+        }
+        miniserde::json::to_string(&Value::Object(json))
+    }
+}
+
+fn num(n: u64) -> Value {
+    Value::Number(Number::U64(n))
+}
+
+fn int(n: Option<i32>) -> Value {
+    n.map_or(Value::Null, |n| Value::Number(Number::I64(n.into())))
+}
+
+/// Everything a run shares between its targets' threads.
+struct Run<'a> {
+    opts: &'a Opts,
+    work: &'a Work,
+    tree: &'a Targets,
+    router: &'a Router,
+    progress: Option<&'a Progress>,
+    /// More than one target: output is prefixed, stdin not forwarded.
+    many: bool,
+    /// Kept output per target under `--gather`.
+    gather_limit: usize,
+    /// The `--deadline` passed: what ends now ended because of it.
+    deadline_hit: &'a AtomicBool,
+    /// Our own stdout or stderr failed: the run is ending.
+    output_failed: &'a std::sync::Mutex<Option<std::io::Error>>,
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(&e),
+    };
+    output::init_logger(cli.opts.verbose);
+    match &cli.cmd {
+        Cmd::Completions { shell } => {
+            let mut text = Vec::new();
+            args::completions(*shell, &mut text);
+            return emit(Stream::Stdout, &text).map_or_else(|e| write_failed(&e), |()| 0);
+        }
+        Cmd::Manpage { command } => {
+            let mut text = Vec::new();
+            return match args::manpage(command.as_deref(), &mut text) {
+                Ok(()) => emit(Stream::Stdout, &text).map_or_else(|e| write_failed(&e), |()| 0),
+                Err(e) => {
+                    complain(&format!("spore: {e}"));
+                    EXIT_USAGE
+                }
+            };
+        }
+        _ => {}
+    }
+    let (words, work) = match work_of(cli.cmd) {
+        Ok(w) => w,
+        Err(e) => {
+            complain(&format!("spore: {e}"));
+            return EXIT_USAGE;
+        }
+    };
+    let targets = match select(&cli.opts, &words) {
+        Ok(t) => t,
+        Err(e) => {
+            complain(&format!("spore: {}", shown(&e)));
+            return EXIT_USAGE;
+        }
+    };
+    run(&cli.opts, &work, &targets)
+}
+
+/// clap's own error or help, with our exit statuses and write failures:
+/// help and version asked for go to stdout (status 0), the rest to stderr.
+fn clap_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let text = e.render().to_string();
+        return emit(Stream::Stdout, text.as_bytes()).map_or_else(|e| write_failed(&e), |()| 0);
+    }
+    complain(e.render().to_string().trim_end());
+    EXIT_USAGE
+}
+
+/// An argument that travels to the remote, which carries text only (JSON
+/// strings): refused by name if it is not UTF-8, never mangled.
+fn text_arg(what: &str, a: OsString) -> Result<String, String> {
+    a.into_string().map_err(|a| {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()).to_vec();
+        let shown = bytes.iter().flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect::<String>();
+        format!("{what} ({shown}) is not UTF-8: spore carries remote commands, arguments and paths as text")
+    })
+}
+
+/// A target word: text, like every name ssh takes.
+fn target_word(a: OsString) -> Result<String, String> {
+    text_arg("target", a)
+}
+
+/// The target words and the work of a command line.
+fn work_of(cmd: Cmd) -> Result<(Vec<String>, Work), String> {
+    match cmd {
+        Cmd::Run { targets, argv } => {
+            let argv = argv
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| text_arg(&format!("argument {} of the command", i + 1), a))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((targets, Work::Run { argv }))
+        }
+        Cmd::Info { targets } => Ok((targets, Work::Info)),
+        Cmd::Put { recursive, mode, mut words } => {
+            if recursive {
+                return Err("put -r: not built yet".into());
+            }
+            let remote = text_arg("the remote path", words.pop().unwrap_or_default())?;
+            let local = PathBuf::from(words.pop().unwrap_or_default());
+            let targets = words.into_iter().map(target_word).collect::<Result<_, _>>()?;
+            Ok((targets, Work::Put { local, remote, mode }))
+        }
+        Cmd::Get { recursive, mut words } => {
+            if recursive {
+                return Err("get -r: not built yet".into());
+            }
+            let local = PathBuf::from(words.pop().unwrap_or_default());
+            let remote = text_arg("the remote path", words.pop().unwrap_or_default())?;
+            let targets = words.into_iter().map(target_word).collect::<Result<_, _>>()?;
+            Ok((targets, Work::Get { remote, local, many: false }))
+        }
+        Cmd::Script { .. } => Err("script: not built yet".into()),
+        Cmd::Completions { .. } | Cmd::Manpage { .. } => Err("not a command with targets".into()),
+    }
+}
+
+/// The targets the words (and `--targets-from`, and `-x`) select.
+fn select(opts: &Opts, words: &[String]) -> Result<Vec<Target>, String> {
+    let mut words = words.to_vec();
+    if let Some(file) = &opts.targets_from {
+        let text = if file.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| format!("--targets-from -: {e}"))?;
+            s
+        } else {
+            std::fs::read_to_string(file).map_err(|e| format!("--targets-from {}: {e}", file.display()))?
+        };
+        words.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+    }
+    if words.is_empty() {
+        return Err("no targets given".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let targets: Vec<Target> = words
+        .into_iter()
+        .filter(|w| !opts.exclude.contains(w))
+        .filter(|w| seen.insert(w.clone()))
+        .map(|w| Target { label: w.clone(), path: w })
+        .collect();
+    if targets.is_empty() {
+        return Err("every target was excluded".into());
+    }
+    Ok(targets)
+}
+
+fn run(opts: &Opts, work: &Work, targets: &[Target]) -> i32 {
+    raise_fd_limit();
+    let many = targets.len() > 1;
+    let work = &match work {
+        Work::Get { remote, local, .. } => Work::Get { remote: remote.clone(), local: local.clone(), many },
+        Work::Run { argv } => Work::Run { argv: argv.clone() },
+        Work::Info => Work::Info,
+        Work::Put { local, remote, mode } => Work::Put { local: local.clone(), remote: remote.clone(), mode: *mode },
+    };
+    if opts.out_dir.is_some() || matches!(work, Work::Get { many: true, .. }) {
+        let paths: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+        if let Some((a, b)) = output::nested(&paths) {
+            complain(&format!(
+                "spore: {a} and {b} are both targets: {b}'s files would land inside {a}'s directory; run them apart"
+            ));
+            return EXIT_USAGE;
+        }
+    }
+    let mut ropts = Options::default();
+    if let Some(t) = opts.connect_timeout {
+        ropts.connect_timeout = t;
+    }
+    if opts.ask_become_pass {
+        match crate::tty::ask_password("become password: ") {
+            Ok(pw) => ropts.become_password = Some(pw),
+            Err(e) => {
+                complain(&format!("spore: --ask-become-pass: {e}"));
+                return EXIT_USAGE;
+            }
+        }
+    }
+    // From here on Ctrl-C means an orderly shutdown. (At the prompt it just
+    // ends spore: nothing has started yet.) No thread exists before this.
+    crate::signals::block();
+    let router = match Router::with_options(ropts) {
+        Ok(r) => r,
+        Err(e) => {
+            complain(&format!("spore: {e}"));
+            return EXIT_SPORE;
+        }
+    };
+    let progress = if many && !opts.json { Progress::start(targets.len()) } else { None };
+    let on_signal = progress.clone();
+    crate::signals::shut_down_on_signal(router.clone(), move || {
+        if let Some(p) = &on_signal {
+            p.finish();
+        }
+    });
+    let mut tree = Targets::new(router.clone());
+    tree.first_hop_config = opts.ssh_config.clone();
+    tree.first_hop_options = opts.ssh_options.clone();
+    tree.set_forks(usize::try_from(opts.forks).unwrap_or(usize::MAX));
+    let started = Instant::now();
+    let deadline_hit = AtomicBool::new(false);
+    let output_failed = std::sync::Mutex::new(None);
+    let ctx = Run {
+        opts,
+        work,
+        tree: &tree,
+        router: &router,
+        progress: progress.as_deref(),
+        many,
+        gather_limit: (GATHER_TOTAL / targets.len()).max(GATHER_MIN),
+        deadline_hit: &deadline_hit,
+        output_failed: &output_failed,
+    };
+    let outcomes = run_all(&ctx, targets);
+    router.shutdown();
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    log::debug!("at most {} connections were being set up at once", tree.peak_handshakes());
+    let failed = output_failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(e) = failed {
+        return write_failed(&e);
+    }
+    if let Err(e) = report::finish(opts, &outcomes, started.elapsed()) {
+        return write_failed(&e);
+    }
+    let code = outcomes.iter().map(|o| o.code).max().unwrap_or(0);
+    // Interrupted: the shell's status for the signal, however the calls
+    // ended (they fail because of the shutdown the signal began).
+    crate::signals::signalled().map_or(code, |sig| 128 + sig)
+}
+
+/// Every target on a thread of its own: connect (within the forks
+/// limit), then its work at once. Ends by the `--deadline` if one is set.
+fn run_all(run: &Run<'_>, targets: &[Target]) -> Vec<Outcome> {
+    let (tx, rx) = mpsc::channel();
+    let deadline = run.opts.deadline.map(|d| Instant::now() + d);
+    let mut outcomes: Vec<Option<Outcome>> = targets.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        for (i, t) in targets.iter().enumerate() {
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("spore-target".into())
+                .stack_size(THREAD_STACK)
+                .spawn_scoped(s, move || {
+                    let _ = tx.send((i, one_target(run, t)));
+                });
+            if let Err(e) = spawned {
+                let mut o = Outcome::new(t);
+                o.fail(&Error::Local { what: format!("{}: start a thread", t.label), source: e });
+                outcomes[i] = Some(o);
+            }
+        }
+        drop(tx);
+        loop {
+            let got = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok((i, o)) => outcomes[i] = Some(o),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Whatever is still running ends now, and counts as timed out.
+                    if !run.deadline_hit.swap(true, Ordering::SeqCst) {
+                        log::debug!("--deadline reached: shutting the tree down");
+                        run.router.shutdown();
+                    }
+                }
+            }
+        }
+    });
+    outcomes
+        .into_iter()
+        .zip(targets)
+        .map(|(o, t)| {
+            o.unwrap_or_else(|| {
+                let mut o = Outcome::new(t);
+                o.fail(&Error::ShuttingDown);
+                o
+            })
+        })
+        .collect()
+}
+
+/// One target, from its connection to its result line.
+fn one_target(run: &Run<'_>, t: &Target) -> Outcome {
+    if let Some(p) = run.progress {
+        p.begin(&t.label);
+    }
+    let mut o = Outcome::new(t);
+    let result = run.tree.open(&t.path).and_then(|ctx| match run.work {
+        Work::Run { argv } => cmd_run(run, &ctx, argv, &mut o),
+        Work::Info => cmd_info(&ctx, &mut o),
+        Work::Put { local, remote, mode } => cmd_put(&ctx, local, remote, *mode, &mut o),
+        Work::Get { remote, local, many } => {
+            let local = if *many { output::target_dir(local, &t.label) } else { local.clone() };
+            if *many {
+                std::fs::create_dir_all(&local)
+                    .map_err(|e| Error::Local { what: format!("create {}", local.display()), source: e })?;
+            }
+            cmd_get(&ctx, remote, &local, *many, &mut o)
+        }
+    });
+    if let Err(e) = result {
+        note_failure(run, &mut o, e);
+    }
+    if o.fate != Fate::Ok && run.deadline_hit.load(Ordering::SeqCst) && o.error.is_some() {
+        o.fate = Fate::TimedOut;
+        o.code = EXIT_TIMED_OUT;
+        o.error = Some(format!("{}: cut off by the run's --deadline", t.label));
+    }
+    if let Some(p) = run.progress {
+        p.end(&t.label, o.fate == Fate::Ok);
+    }
+    // The line for this target, as soon as it is done.
+    let line = if run.opts.json { Some(o.json_line()) } else { o.text.clone() };
+    if let Some(Err(e)) = line.map(|l| say(&l)) {
+        output_gone(run, e);
+    }
+    o
+}
+
+/// A target's failure: said at once (but for `--json`, which reports it in
+/// the target's object), recorded in its outcome.
+fn note_failure(run: &Run<'_>, o: &mut Outcome, e: Error) {
+    let label = &o.target.label;
+    // Local errors say what and where; the target says for whom.
+    let e = match e {
+        Error::Local { what, source } if !what.starts_with(label.as_str()) => {
+            Error::Local { what: format!("{label}: {what}"), source }
+        }
+        Error::Usage(m) => Error::Usage(format!("{label}: {m}")),
+        other => other,
+    };
+    if let Error::Local { source, .. } = &e {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            // Our reader went away (`| head`): the run ends as a pipe would
+            // end it, quietly.
+            o.fate = Fate::Failed;
+            o.code = 128 + libc::SIGPIPE;
+            return;
+        }
+    }
+    if !run.opts.json && !run.deadline_hit.load(Ordering::SeqCst) {
+        complain(&format!("spore: {}", shown(&e.to_string())));
+    }
+    o.fail(&e);
+}
+
+/// Our own output failed: remember why, and end the run.
+fn output_gone(run: &Run<'_>, e: std::io::Error) {
+    let mut failed = run.output_failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if failed.is_none() {
+        *failed = Some(e);
+        drop(failed);
+        run.router.shutdown();
+    }
+}
+
+fn cmd_run(run: &Run<'_>, ctx: &Context, argv: &[String], o: &mut Outcome) -> spore::Result<()> {
+    let mut cmd = Command::new(argv.iter().cloned());
+    cmd.timeout = run.opts.timeout;
+    let label = o.target.label.clone();
+    let screen = if run.opts.json {
+        Some(ScreenForm::Json(output::JsonChunks::new(&label)))
+    } else if run.opts.gather || run.opts.out_dir.is_some() {
+        None
+    } else if run.many {
+        Some(ScreenForm::Prefixed(Prefixed::new(&label)))
+    } else {
+        Some(ScreenForm::Through)
+    };
+    let files = match &run.opts.out_dir {
+        Some(root) => Some(OutFiles::create(root, &label).map_err(|e| Error::Local {
+            what: format!("create {}", output::target_dir(root, &label).display()),
+            source: e,
+        })?),
+        None => None,
+    };
+    let gathered = run.opts.gather.then(|| Gathered::new(run.gather_limit));
+    let mut out = TargetOutput { screen, gathered, files };
+    // Like ssh: stdin goes to the command unless it is a terminal (or it
+    // gave us the password), and only with one target.
+    let stdin: Option<Box<dyn Read + Send>> =
+        if run.many || std::io::stdin().is_terminal() || run.opts.ask_become_pass || run.opts.targets_from_stdin() {
+            None
+        } else {
+            Some(Box::new(std::io::stdin()))
+        };
+    // A closed stdout (`| head`) ends the run, as it would end ssh: the call
+    // is abandoned and the remote kills the command.
+    let status = ctx.exec_streaming(&cmd, stdin, &mut |which, data| out.write(which, data)).and_then(|status| {
+        out.finish().map(|()| status).map_err(|e| Error::Local { what: "write output".into(), source: e })
+    });
+    if let Some(ScreenForm::Json(j)) = &out.screen {
+        o.set("stdout_bytes", num(j.bytes[0]));
+        o.set("stderr_bytes", num(j.bytes[1]));
+    }
+    o.gathered = out.gathered.take();
+    let status = status?;
+    o.code = status.shell_code();
+    o.set("status", int(status.code));
+    o.set("signal", int(status.signal));
+    o.set("timed_out", Value::Bool(status.timed_out));
+    if status.timed_out {
+        o.fate = Fate::TimedOut;
+        o.code = EXIT_TIMED_OUT;
+        if !run.opts.json {
+            complain(&format!("spore: {}: {} timed out and was killed", o.target.label, shown(&argv.join(" "))));
+        }
+    } else if o.code != 0 {
+        o.fate = Fate::Failed;
+    }
+    if let Some(files) = &out.files {
+        let status_file = files.dir().join("status");
+        std::fs::write(&status_file, format!("{}\n", o.code))
+            .map_err(|e| Error::Local { what: format!("write {}", status_file.display()), source: e })?;
+    }
+    Ok(())
+}
+
+fn cmd_info(ctx: &Context, o: &mut Outcome) -> spore::Result<()> {
+    let i = ctx.info()?;
+    o.text = Some(format!(
+        "{}: hostname={} arch={} machine={} kernel={:?} uid={} gid={} pid={} version={}",
+        o.target.label, i.hostname, i.arch, i.machine, i.kernel, i.uid, i.gid, i.pid, i.version
+    ));
+    let text = [("hostname", &i.hostname), ("arch", &i.arch), ("machine", &i.machine), ("kernel", &i.kernel)];
+    for (k, v) in text.into_iter().chain([("version", &i.version)]) {
+        o.set(k, Value::String(v.clone()));
+    }
+    o.set("uid", num(i.uid.into()));
+    o.set("gid", num(i.gid.into()));
+    o.set("pid", num(i.pid.into()));
+    o.set("context", Value::String(i.name));
+    Ok(())
+}
+
+fn cmd_put(ctx: &Context, local: &Path, remote: &str, mode: Option<u32>, o: &mut Outcome) -> spore::Result<()> {
+    let mut file = std::fs::File::open(local)
+        .map_err(|e| Error::Local { what: format!("open {}", local.display()), source: e })?;
+    // Without --mode, the file keeps the local file's permission bits.
+    let local_mode = file.metadata().map(|m| m.permissions().mode() & 0o7777).ok();
+    let n = ctx.write_file(remote, &mut file, mode.or(local_mode))?;
+    o.text = Some(format!("{}: wrote {n} bytes to {remote}", o.target.label));
+    o.set("bytes", num(n));
+    o.set("path", Value::String(remote.into()));
+    Ok(())
+}
+
+fn cmd_get(ctx: &Context, remote: &str, local: &Path, into_dir: bool, o: &mut Outcome) -> spore::Result<()> {
+    // A directory as the destination gets the remote file's name.
+    let mut dest = local.to_path_buf();
+    if into_dir || local.as_os_str().as_encoded_bytes().ends_with(b"/") || dest.is_dir() {
+        let name = Path::new(remote)
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("get: {remote:?} names no file to put in {}", local.display())))?;
+        dest.push(name);
+    }
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Into a private temporary name beside the destination (created new,
+    // never through a symlink), renamed when complete: a failed transfer
+    // never leaves a half file under the real name.
+    let tmp = dir.join(format!(".{name}.spore-{}", std::process::id()));
+    let local_err = |what: String| move |e| Error::Local { what, source: e };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(local_err(format!("create {}", tmp.display())))?;
+    let mut fetch = || -> spore::Result<u64> {
+        let reply = {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+            // A failed write names the file it was for (a full disk, say).
+            let reply = ctx.download(remote, &mut w).map_err(|e| match e {
+                Error::Local { source, .. } => Error::Local { what: format!("write {}", dest.display()), source },
+                other => other,
+            })?;
+            std::io::Write::flush(&mut w).map_err(local_err(format!("write {}", dest.display())))?;
+            reply
+        };
+        file.set_permissions(std::fs::Permissions::from_mode(reply.mode & 0o7777))
+            .map_err(local_err(format!("chmod {}", dest.display())))?;
+        file.sync_all().map_err(local_err(format!("sync {}", dest.display())))?;
+        std::fs::rename(&tmp, &dest).map_err(local_err(format!("rename into {}", dest.display())))?;
+        Ok(reply.size)
+    };
+    let n = match fetch() {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    o.text = Some(format!("{}: read {n} bytes into {}", o.target.label, dest.display()));
+    o.set("bytes", num(n));
+    o.set("path", Value::String(dest.display().to_string()));
+    Ok(())
+}
+
+/// Raise the soft limit on open files to the hard one: each connection
+/// holds a few pipes, and hundreds of targets would reach a soft limit of
+/// 1024. (What still runs out fails that target with a clear error.)
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct we pass; raising the soft limit
+    // up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::debug!("can't raise the open files limit: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Opts {
+    /// stdin holds the target list, so it is not the command's.
+    fn targets_from_stdin(&self) -> bool {
+        self.targets_from.as_deref().is_some_and(|f| f.as_os_str() == "-")
+    }
+}

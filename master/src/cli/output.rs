@@ -1,0 +1,482 @@
+//! Everything the CLI writes: per-target output (passed through, prefixed,
+//! JSON chunks, gathered, or into files), lines of its own, and the logger.
+//! Every write goes through [`SCREEN`], so the progress line
+//! ([`crate::cli::progress`]) is erased before and never cuts a line.
+
+use spore::Stream;
+use spore_agent::logs::safe_lines;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// What is on the terminal besides output: the progress line, if drawn.
+#[derive(Default)]
+pub struct Screen {
+    /// The progress line is on stderr's last line and must be erased
+    /// before anything else is written.
+    pub progress_drawn: bool,
+}
+
+pub static SCREEN: Mutex<Screen> = Mutex::new(Screen { progress_drawn: false });
+
+/// The screen, the progress line erased.
+pub fn screen() -> MutexGuard<'static, Screen> {
+    let mut s = SCREEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if s.progress_drawn {
+        let _ = io::stderr().write_all(b"\r\x1b[K");
+        s.progress_drawn = false;
+    }
+    s
+}
+
+/// Bytes for stdout or stderr, written whole and flushed.
+pub fn emit(which: Stream, data: &[u8]) -> io::Result<()> {
+    let _screen = screen();
+    match which {
+        Stream::Stdout => {
+            let mut out = io::stdout().lock();
+            out.write_all(data).and_then(|()| out.flush())
+        }
+        Stream::Stderr => io::stderr().write_all(data),
+    }
+}
+
+/// A line for stdout. A failed write ends the run: a reader that went
+/// away (`| head`) as a pipe would end it, anything else with one line.
+pub fn say(text: &str) -> io::Result<()> {
+    let mut line = Vec::with_capacity(text.len() + 1);
+    line.extend_from_slice(text.as_bytes());
+    line.push(b'\n');
+    emit(Stream::Stdout, &line)
+}
+
+/// A line for stderr. When stderr itself is gone there is nowhere left to
+/// say anything: it is let be, never a panic.
+pub fn complain(text: &str) {
+    let _screen = screen();
+    let _ = writeln!(io::stderr().lock(), "{text}");
+}
+
+/// The exit status for output that could not be written, said once.
+pub fn write_failed(e: &io::Error) -> i32 {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return 128 + libc::SIGPIPE;
+    }
+    complain(&format!("spore: write the output: {e}"));
+    super::EXIT_SPORE
+}
+
+/// Text that may hold a remote's words, fit for a terminal: control
+/// characters shown escaped (`\x1b`), lines kept.
+pub fn shown(text: &str) -> String {
+    safe_lines(text).join("\n")
+}
+
+/// Where one target's output goes: to the screen in one of three forms,
+/// and besides into memory (`--gather`) and into files (`--out-dir`).
+pub struct TargetOutput {
+    pub screen: Option<ScreenForm>,
+    pub gathered: Option<Gathered>,
+    pub files: Option<OutFiles>,
+}
+
+pub enum ScreenForm {
+    /// One target: its bytes as they are.
+    Through,
+    /// Several: lines prefixed with the target.
+    Prefixed(Prefixed),
+    /// `--json`: an object per chunk.
+    Json(JsonChunks),
+}
+
+impl TargetOutput {
+    pub fn write(&mut self, which: Stream, data: &[u8]) -> io::Result<()> {
+        if let Some(f) = &mut self.files {
+            f.write(which, data)?;
+        }
+        if let Some(g) = &mut self.gathered {
+            g.write(data);
+        }
+        match &mut self.screen {
+            None => Ok(()),
+            Some(ScreenForm::Through) => emit(which, data),
+            Some(ScreenForm::Prefixed(p)) => p.write(which, data, false),
+            Some(ScreenForm::Json(j)) => j.write(which, data),
+        }
+    }
+
+    /// The ends of lines (and characters) held back.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if let Some(f) = &mut self.files {
+            f.finish()?;
+        }
+        match &mut self.screen {
+            Some(ScreenForm::Prefixed(p)) => {
+                p.write(Stream::Stdout, &[], true).and_then(|()| p.write(Stream::Stderr, &[], true))
+            }
+            Some(ScreenForm::Json(j)) => j.finish(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Lines from several targets, each prefixed with its target.
+pub struct Prefixed {
+    prefix: String,
+    partial: [Vec<u8>; 2],
+}
+
+impl Prefixed {
+    pub fn new(prefix: &str) -> Prefixed {
+        Prefixed { prefix: prefix.to_string(), partial: [Vec::new(), Vec::new()] }
+    }
+
+    fn write(&mut self, which: Stream, data: &[u8], flush_all: bool) -> io::Result<()> {
+        let idx = usize::from(which == Stream::Stderr);
+        let buf = &mut self.partial[idx];
+        buf.extend_from_slice(data);
+        let cut = if flush_all { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+        if cut == 0 {
+            return Ok(());
+        }
+        let mut text = Vec::with_capacity(cut + 16);
+        for line in buf[..cut].split_inclusive(|&b| b == b'\n') {
+            text.extend_from_slice(self.prefix.as_bytes());
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(line);
+            if line.last() != Some(&b'\n') {
+                text.push(b'\n');
+            }
+        }
+        buf.drain(..cut);
+        emit(which, &text)
+    }
+}
+
+/// One target's output kept for `--gather`: both streams in the order
+/// they came, up to a bound (the rest counted, not kept).
+pub struct Gathered {
+    pub bytes: Vec<u8>,
+    limit: usize,
+    pub dropped: u64,
+}
+
+impl Gathered {
+    pub fn new(limit: usize) -> Gathered {
+        Gathered { bytes: Vec::new(), limit, dropped: 0 }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        let room = self.limit.saturating_sub(self.bytes.len());
+        let (kept, over) = data.split_at(room.min(data.len()));
+        self.bytes.extend_from_slice(kept);
+        self.dropped += over.len() as u64;
+    }
+}
+
+/// `--out-dir`: DIR/TARGET/stdout and DIR/TARGET/stderr, written as the
+/// output comes.
+pub struct OutFiles {
+    dir: PathBuf,
+    files: [Option<File>; 2],
+}
+
+impl OutFiles {
+    /// The target's directory under `root` (made, with its parents).
+    pub fn create(root: &Path, target: &str) -> io::Result<OutFiles> {
+        let dir = target_dir(root, target);
+        std::fs::create_dir_all(&dir)?;
+        let mut files = [None, None];
+        for (i, name) in ["stdout", "stderr"].into_iter().enumerate() {
+            files[i] = Some(File::create(dir.join(name))?);
+        }
+        Ok(OutFiles { dir, files })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write(&mut self, which: Stream, data: &[u8]) -> io::Result<()> {
+        let idx = usize::from(which == Stream::Stderr);
+        let name = if idx == 0 { "stdout" } else { "stderr" };
+        match &mut self.files[idx] {
+            Some(f) => f.write_all(data).map_err(|e| named(e, &self.dir.join(name))),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        for (i, name) in ["stdout", "stderr"].into_iter().enumerate() {
+            if let Some(f) = self.files[i].take() {
+                f.sync_all().map_err(|e| named(e, &self.dir.join(name)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An I/O error that names its file.
+pub fn named(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Where a target's files go under `root`: one directory per hop of its
+/// path (`DIR/bastion/web01`). Hop names never are empty, `.` or `..`
+/// (the hop parser refuses them), so nothing lands outside `root`.
+pub fn target_dir(root: &Path, target: &str) -> PathBuf {
+    let mut dir = root.to_path_buf();
+    for hop in target.split('/').filter(|h| !h.is_empty() && *h != "." && *h != "..") {
+        dir.push(hop);
+    }
+    dir
+}
+
+/// Is one of `targets` a prefix of another, so that its directory under
+/// `--out-dir` (or `get` to many) would hold the other's? Returns the pair.
+pub fn nested(targets: &[String]) -> Option<(&str, &str)> {
+    let mut sorted: Vec<&str> = targets.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.windows(2).find_map(|w| {
+        let (a, b) = (w[0], w[1]);
+        b.strip_prefix(a).filter(|rest| rest.starts_with('/')).map(|_| (a, b))
+    })
+}
+
+/// `--json` output of `run`: a line per chunk, `{"target":..,"stream":..,
+/// "data":..}` when the bytes are UTF-8, `"data_b64"` (standard base64)
+/// when not. A UTF-8 character split between two chunks is held back (at
+/// most 3 bytes) and sent with the next, so text stays text.
+pub struct JsonChunks {
+    target: String,
+    /// Per stream: the start of a character whose end is yet to come.
+    carry: [Vec<u8>; 2],
+    /// Per stream: bytes received.
+    pub bytes: [u64; 2],
+    /// The line being built (reused: a chunk's worth at most).
+    line: Vec<u8>,
+}
+
+impl JsonChunks {
+    pub fn new(target: &str) -> JsonChunks {
+        JsonChunks { target: target.to_string(), carry: [Vec::new(), Vec::new()], bytes: [0, 0], line: Vec::new() }
+    }
+
+    fn write(&mut self, which: Stream, data: &[u8]) -> std::io::Result<()> {
+        let idx = usize::from(which == Stream::Stderr);
+        self.bytes[idx] += data.len() as u64;
+        let joined = if self.carry[idx].is_empty() {
+            data.to_vec()
+        } else {
+            let mut j = std::mem::take(&mut self.carry[idx]);
+            j.extend_from_slice(data);
+            j
+        };
+        match std::str::from_utf8(&joined) {
+            Ok(_) => self.put(which, &joined, true),
+            Err(e) if e.error_len().is_none() => {
+                // Valid up to a character cut short at the end.
+                let (text, rest) = joined.split_at(e.valid_up_to());
+                self.carry[idx] = rest.to_vec();
+                self.put(which, text, true)
+            }
+            Err(_) => self.put(which, &joined, false),
+        }
+    }
+
+    /// Send what is held back (a character the command never finished).
+    fn finish(&mut self) -> std::io::Result<()> {
+        for which in [Stream::Stdout, Stream::Stderr] {
+            let rest = std::mem::take(&mut self.carry[usize::from(which == Stream::Stderr)]);
+            self.put(which, &rest, false)?;
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, which: Stream, data: &[u8], utf8: bool) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let line = &mut self.line;
+        line.clear();
+        line.extend_from_slice(b"{\"target\":");
+        json_string(line, self.target.as_bytes());
+        line.extend_from_slice(if which == Stream::Stdout {
+            b",\"stream\":\"stdout\""
+        } else {
+            b",\"stream\":\"stderr\""
+        });
+        if utf8 {
+            line.extend_from_slice(b",\"data\":");
+            json_string(line, data);
+        } else {
+            line.extend_from_slice(b",\"data_b64\":\"");
+            base64(line, data);
+            line.push(b'"');
+        }
+        line.extend_from_slice(b"}\n");
+        emit(Stream::Stdout, line)
+    }
+}
+
+/// Append `s` (UTF-8) as a JSON string, quotes included. Clean runs are
+/// found eight bytes at a time and copied whole. (Written with plain
+/// slice indexing: the tests run a debug build through a gibibyte.)
+pub fn json_string(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let base = out.len();
+    // At most six bytes out for one in (`\u001f`), and the quotes.
+    out.resize(base + 2 + s.len() * 6, 0);
+    let Some(dst) = out.get_mut(base..) else { return };
+    let n = s.len();
+    dst[0] = b'"';
+    let mut o = 1;
+    let mut i = 0;
+    while i < n {
+        // Skip to the first byte that needs escaping, a word at a time.
+        let mut j = i;
+        while j + 8 <= n
+            && !needs_escape(u64::from_le_bytes([
+                s[j],
+                s[j + 1],
+                s[j + 2],
+                s[j + 3],
+                s[j + 4],
+                s[j + 5],
+                s[j + 6],
+                s[j + 7],
+            ]))
+        {
+            j += 8;
+        }
+        while j < n && !matches!(s[j], 0..=0x1f | b'"' | b'\\') {
+            j += 1;
+        }
+        dst[o..o + (j - i)].copy_from_slice(&s[i..j]);
+        o += j - i;
+        if j == n {
+            break;
+        }
+        let b = s[j];
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            _ => 0,
+        };
+        dst[o] = b'\\';
+        if short != 0 {
+            dst[o + 1] = short;
+            o += 2;
+        } else {
+            dst[o + 1] = b'u';
+            dst[o + 2] = b'0';
+            dst[o + 3] = b'0';
+            dst[o + 4] = HEX[usize::from(b >> 4)];
+            dst[o + 5] = HEX[usize::from(b & 15)];
+            o += 6;
+        }
+        i = j + 1;
+    }
+    dst[o] = b'"';
+    out.truncate(base + o + 1);
+}
+
+/// Does any byte of `w` need escaping in a JSON string (a control
+/// character, `"` or `\`)?
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = w ^ (ONES * 0x22);
+    let backslash = w ^ (ONES * 0x5c);
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (below_space | quote | backslash) & HIGH != 0
+}
+
+/// Pairs of base64 symbols for every 12 bits.
+static BASE64_PAIRS: [[u8; 2]; 4096] = {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut t = [[0u8; 2]; 4096];
+    let mut i = 0;
+    while i < 4096 {
+        t[i] = [ABC[i >> 6], ABC[i & 63]];
+        i += 1;
+    }
+    t
+};
+
+/// Append standard base64 (RFC 4648, padded).
+fn base64(out: &mut Vec<u8>, data: &[u8]) {
+    let base = out.len();
+    out.resize(base + data.len().div_ceil(3) * 4, b'=');
+    let Some(dst) = out.get_mut(base..) else { return };
+    let t = &BASE64_PAIRS;
+    let (mut i, mut o) = (0, 0);
+    while i + 3 <= data.len() {
+        let v = (data[i] as usize) << 16 | (data[i + 1] as usize) << 8 | data[i + 2] as usize;
+        let (a, b) = (t[v >> 12], t[v & 0xfff]);
+        dst[o] = a[0];
+        dst[o + 1] = a[1];
+        dst[o + 2] = b[0];
+        dst[o + 3] = b[1];
+        i += 3;
+        o += 4;
+    }
+    // One or two bytes left: their symbols, the rest stays `=`.
+    if i < data.len() {
+        let second = data.get(i + 1).copied().unwrap_or(0);
+        let v = (data[i] as usize) << 16 | (second as usize) << 8;
+        let (a, b) = (t[v >> 12], t[v & 0xfff]);
+        dst[o] = a[0];
+        dst[o + 1] = a[1];
+        if i + 2 == data.len() {
+            dst[o + 2] = b[0];
+        }
+    }
+}
+
+/// Writes `LEVEL [context] message` to stderr (a line each, control
+/// characters escaped); remote records arrive with the target
+/// `spore@PATH`.
+struct CliLogger;
+
+impl log::Log for CliLogger {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let target = record.target();
+        let (context, module) = match target.strip_prefix("spore@") {
+            Some(path) => (path, record.module_path().unwrap_or_default()),
+            None => ("master", target),
+        };
+        let mut text = String::new();
+        for line in safe_lines(&record.args().to_string()) {
+            text.push_str(&format!("{:5} [{context}] {module}: {line}\n", record.level()));
+        }
+        let _ = emit(Stream::Stderr, text.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+pub fn init_logger(verbose: u8) {
+    let from_env = std::env::var("SPORE_LOG").ok().and_then(|v| v.parse::<log::LevelFilter>().ok());
+    let level = match verbose {
+        0 => from_env.unwrap_or(log::LevelFilter::Warn),
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    if log::set_logger(&CliLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
