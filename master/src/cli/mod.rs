@@ -36,6 +36,8 @@ const EXIT_USAGE: i32 = 2;
 const GATHER_TOTAL: usize = 256 << 20;
 /// ...and at least this much of each.
 const GATHER_MIN: usize = 64 << 10;
+/// The files of a target's directory under `--out-dir`.
+const OUT_FILES: [&str; 3] = ["stdout", "stderr", "status"];
 /// Each target's thread: connecting and streaming need little stack, and
 /// a run may have thousands of them.
 const THREAD_STACK: usize = 512 << 10;
@@ -288,14 +290,18 @@ fn run(opts: &Opts, work: &Work, targets: &[Target]) -> i32 {
         Work::Info => Work::Info,
         Work::Put { local, remote, mode } => Work::Put { local: local.clone(), remote: remote.clone(), mode: *mode },
     };
-    if opts.out_dir.is_some() || matches!(work, Work::Get { many: true, .. }) {
-        let paths: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
-        if let Some((a, b)) = output::nested(&paths) {
-            complain(&format!(
-                "spore: {a} and {b} are both targets: {b}'s files would land inside {a}'s directory; run them apart"
-            ));
-            return EXIT_USAGE;
+    let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+    let clash = match work {
+        Work::Get { many: true, remote, .. } => {
+            let name = Path::new(remote).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            output::nested(&labels, Some(&[name]))
         }
+        _ => None,
+    };
+    let clash = clash.or_else(|| opts.out_dir.as_ref().and_then(|_| output::nested(&labels, Some(&OUT_FILES))));
+    if let Some((a, b)) = clash {
+        complain(&format!("spore: {a} and {b} are both targets: {b}'s files would land on {a}'s; run them apart"));
+        return EXIT_USAGE;
     }
     let mut ropts = Options::default();
     if let Some(t) = opts.connect_timeout {
@@ -443,6 +449,9 @@ fn one_target(run: &Run<'_>, t: &Target) -> Outcome {
         o.fate = Fate::TimedOut;
         o.code = EXIT_TIMED_OUT;
         o.error = Some(format!("{}: cut off by the run's --deadline", t.label));
+        if !run.opts.json {
+            complain(&format!("spore: {}", shown(o.error.as_deref().unwrap_or_default())));
+        }
     }
     if let Some(p) = run.progress {
         p.end(&t.label, o.fate == Fate::Ok);

@@ -233,14 +233,18 @@ pub fn target_dir(root: &Path, target: &str) -> PathBuf {
     dir
 }
 
-/// Is one of `targets` a prefix of another, so that its directory under
-/// `--out-dir` (or `get` to many) would hold the other's? Returns the pair.
-pub fn nested(targets: &[String]) -> Option<(&str, &str)> {
+/// Would two targets' files collide: is one target a prefix of another,
+/// with the longer one's next hop named like one of the `names` the
+/// shorter one's directory holds (`None`: any name collides)? Returns the
+/// pair.
+pub fn nested<'a>(targets: &'a [String], names: Option<&[&str]>) -> Option<(&'a str, &'a str)> {
     let mut sorted: Vec<&str> = targets.iter().map(String::as_str).collect();
     sorted.sort_unstable();
-    sorted.windows(2).find_map(|w| {
-        let (a, b) = (w[0], w[1]);
-        b.strip_prefix(a).filter(|rest| rest.starts_with('/')).map(|_| (a, b))
+    sorted.iter().enumerate().find_map(|(i, a)| {
+        sorted[i + 1..].iter().take_while(|b| b.starts_with(a)).find_map(|b| {
+            let next = b[a.len()..].strip_prefix('/')?.split('/').next()?;
+            names.is_none_or(|names| names.contains(&next)).then_some((*a, *b))
+        })
     })
 }
 
