@@ -278,6 +278,11 @@ fn select(opts: &Opts, words: &[String]) -> Result<Vec<Target>, String> {
     if targets.is_empty() {
         return Err("every target was excluded".into());
     }
+    // Every path is checked before anything connects: a typo is a usage
+    // error, not one unreachable host among many.
+    for t in &targets {
+        spore::hop::parse(&t.path).map_err(|e| e.to_string())?;
+    }
     Ok(targets)
 }
 
