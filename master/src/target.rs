@@ -108,16 +108,17 @@ impl Targets {
     }
 }
 
-/// A failure for want of file descriptors says what to do about it.
+/// A failure for want of file descriptors (here, or in an agent, whose
+/// libc words it differently) says what to do about it.
 fn out_of_fds(cause: String) -> String {
-    if !cause.contains("Too many open files") {
+    if !cause.contains("(os error 24)") {
         return cause;
     }
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct we pass, which lives for the call.
     let limit = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur);
-    let limit = limit.map_or_else(String::new, |l| format!(" of {l}"));
-    format!("{cause} (out of file descriptors: the limit{limit} is reached; raise `ulimit -n` or lower --forks)")
+    let limit = limit.map_or_else(String::new, |l| format!(", {l} here"));
+    format!("{cause} (out of file descriptors{limit}: raise `ulimit -n`, or lower --forks)")
 }
 
 /// Counting semaphore for handshakes under way.

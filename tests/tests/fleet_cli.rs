@@ -206,3 +206,32 @@ fn progress_is_drawn_on_a_terminal_and_gone_at_the_end() {
     assert!(out.status.success());
     assert_eq!(text(&out.stderr), "");
 }
+
+/// Out of file descriptors: spore raises its soft limit to the hard one
+/// first; what still runs out fails those targets with a clear error,
+/// never a hang.
+#[test]
+fn running_out_of_file_descriptors_fails_those_targets_clearly() {
+    let guard = LeakGuard::new();
+    let targets = "local local/local local/local/local local/sudo local/sudo/local local/local/sudo";
+    let spore = spore_bin().display().to_string();
+    let sh = |script: String| {
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        spore_tests::wait_bounded(child, Duration::from_secs(30))
+    };
+    // A soft limit of 12 under a hard one of 4096: raised, all run.
+    let out = sh(format!("ulimit -H -n 4096; ulimit -S -n 12; {spore} run {targets} -- true"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A hard limit of 12: every target fails, each saying why.
+    let out = sh(format!("ulimit -n 12; {spore} run {targets} -- true"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("out of file descriptors, 12 here: raise `ulimit -n`, or lower --forks"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    guard.check();
+}
