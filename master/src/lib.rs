@@ -26,8 +26,11 @@ pub mod context;
 pub mod error;
 pub mod hop;
 pub mod image;
+pub mod inventory;
 mod local_cache;
+pub mod range;
 pub mod router;
+pub mod select;
 pub mod target;
 
 pub use context::{Command, Context, ExitStatus, Output, Pending, Stream};

@@ -9,13 +9,13 @@ mod args;
 mod output;
 mod progress;
 mod report;
-mod shim;
 
 use args::{Cli, Cmd, Opts};
 use clap::Parser;
 use miniserde::json::{Number, Object, Value};
 use output::{complain, emit, say, shown, write_failed, Gathered, OutFiles, Prefixed, ScreenForm, TargetOutput};
 use progress::Progress;
+use spore::select::Target;
 use spore::{Command, Context, Error, Options, Router, Stream, Targets};
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
@@ -41,13 +41,6 @@ const OUT_FILES: [&str; 3] = ["stdout", "stderr", "status"];
 /// Each target's thread: connecting and streaming need little stack, and
 /// a run may have thousands of them.
 const THREAD_STACK: usize = 512 << 10;
-
-/// A target: the name it is shown by, and the path that is connected.
-#[derive(Clone, Debug)]
-struct Target {
-    label: String,
-    path: String,
-}
 
 /// What each target does, its arguments checked and converted.
 enum Work {
@@ -254,30 +247,39 @@ fn work_of(cmd: Cmd) -> Result<(Vec<String>, Work), String> {
 
 /// The targets the words (and `--targets-from`, and `-x`) select.
 fn select(opts: &Opts, words: &[String]) -> Result<Vec<Target>, String> {
+    use spore::select::{self, Sources};
     let mut words = words.to_vec();
     if let Some(file) = &opts.targets_from {
-        let text = if file.as_os_str() == "-" {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).map_err(|e| format!("--targets-from -: {e}"))?;
-            s
+        let listed = if file.as_os_str() == "-" {
+            select::read_list_from(std::io::stdin().lock(), "stdin")
         } else {
-            std::fs::read_to_string(file).map_err(|e| format!("--targets-from {}: {e}", file.display()))?
+            let f = std::fs::File::open(file).map_err(|e| format!("--targets-from {}: {e}", file.display()))?;
+            select::read_list_from(f, &file.display().to_string())
         };
-        words.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        words.extend(listed.map_err(|e| e.to_string())?);
     }
     if words.is_empty() {
-        return Err("no targets given".into());
+        return Err("no targets given (name them, or use --targets-from)".into());
     }
-    let mut seen = std::collections::HashSet::new();
-    let targets: Vec<Target> = words
-        .into_iter()
-        .filter(|w| !opts.exclude.contains(w))
-        .filter(|w| seen.insert(w.clone()))
-        .map(|w| Target { label: w.clone(), path: w })
-        .collect();
-    if targets.is_empty() {
-        return Err("every target was excluded".into());
+    // -i, else $SPORE_INVENTORY (clap reads it into -i), else the default
+    // file if there is one.
+    let path = opts.inventory.clone().or_else(|| spore::inventory::default_path().filter(|p| p.exists()));
+    let inventory = match &path {
+        Some(p) => Some(spore::inventory::Inventory::load(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let Some(inv) = &inventory {
+        for note in inv.notes() {
+            log::info!("{note}");
+        }
     }
+    let failed = if words.iter().any(|w| w.contains("@failed")) {
+        select::read_failed().map_err(|e| e.to_string())?
+    } else {
+        None
+    };
+    let sources = Sources { inventory: inventory.as_ref(), failed };
+    let targets: Vec<Target> = select::select(&words, &opts.exclude, &sources).map_err(|e| e.to_string())?;
     // Every path is checked before anything connects: a typo is a usage
     // error, not one unreachable host among many.
     for t in &targets {

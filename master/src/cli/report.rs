@@ -2,8 +2,8 @@
 //! record of the failed targets that `@failed` reads next time.
 
 use super::output::{emit, shown};
-use super::shim::fold;
 use super::{Fate, Outcome};
+use spore::range::fold;
 use spore::Stream;
 use std::io::{self, IsTerminal};
 use std::time::Duration;
@@ -18,7 +18,7 @@ pub(super) fn finish(opts: &super::Opts, outcomes: &[Outcome], took: Duration) -
         emit(Stream::Stderr, summary(outcomes, took).as_bytes())?;
     }
     let failed: Vec<String> = outcomes.iter().filter(|o| o.fate != Fate::Ok).map(|o| o.target.path.clone()).collect();
-    if let Err(e) = super::shim::write_failed(&failed) {
+    if let Err(e) = spore::select::write_failed(&failed) {
         log::warn!("can't keep the failed targets for @failed: {e}");
     }
     Ok(())
