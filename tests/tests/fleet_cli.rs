@@ -235,3 +235,62 @@ fn running_out_of_file_descriptors_fails_those_targets_clearly() {
     assert!(!err.contains("panicked"), "{err}");
     guard.check();
 }
+
+/// Groups from an inventory file in both formats, exclusion and
+/// intersection, and `@failed` after a run where some targets failed.
+#[test]
+fn inventory_groups_exclusion_and_failed_select_the_targets() {
+    sshd::setup_machine();
+    let guard = LeakGuard::new();
+    let dir = Scratch::new("fleet-inventory");
+    let ini = dir.path("hosts.ini");
+    std::fs::write(
+        &ini,
+        "# spore's own format is this plain INI\n[roots]\nlocal\nlocal/local\n\n[users]\nlocal/sudo:spore-nopw\n\
+         local/su:spore-bash\n\n[everyone:children]\nroots\nusers\n",
+    )
+    .unwrap();
+    let yaml = dir.path("hosts.yml");
+    std::fs::write(
+        &yaml,
+        "all:\n  children:\n    roots:\n      hosts:\n        local:\n        local/local:\n    users:\n      hosts:\n\
+         \x20       local/sudo:spore-nopw:\n        local/su:spore-bash:\n    everyone:\n      children:\n\
+         \x20       roots:\n        users:\n",
+    )
+    .unwrap();
+    let cache = dir.path("cache");
+    let who = |inv: &str, words: &[&str]| -> (Option<i32>, Vec<String>) {
+        let mut cmd = Command::new(spore_bin());
+        cmd.env("XDG_CACHE_HOME", &cache).env_remove("SPORE_LOG").args(["-i", inv, "--json", "run"]);
+        cmd.args(words).args(["--", "sh", "-c", "[ $(id -u) = 0 ]"]);
+        let out = cmd.output().unwrap();
+        let stdout = text(&out.stdout);
+        let mut targets: Vec<String> = stdout
+            .lines()
+            .filter(|l| l.contains("\"result\""))
+            .map(|l| l.split("\"target\":\"").nth(1).unwrap().split('"').next().unwrap().to_string())
+            .collect();
+        targets.sort();
+        (out.status.code(), targets)
+    };
+    for inv in [&ini, &yaml] {
+        let (code, all) = who(inv, &["@everyone"]);
+        assert_eq!(code, Some(1), "{inv}");
+        assert_eq!(all, ["local", "local/local", "local/su:spore-bash", "local/sudo:spore-nopw"], "{inv}");
+        // @failed: the two that are not root.
+        let (_, failed) = who(inv, &["@failed"]);
+        assert_eq!(failed, ["local/su:spore-bash", "local/sudo:spore-nopw"], "{inv}");
+        let (code, some) = who(inv, &["@everyone,!@users,!local/local"]);
+        assert_eq!((code, some), (Some(0), vec!["local".to_string()]), "{inv}");
+        let (_, both) = who(inv, &["@everyone,&@users", "-x", "local/su:*"]);
+        assert_eq!(both, ["local/sudo:spore-nopw"], "{inv}");
+        // After a run where all succeeded, @failed selects nothing.
+        let (_, _) = who(inv, &["@roots"]);
+        let (code, none) = who(inv, &["@failed"]);
+        assert_eq!((code, none), (Some(2), Vec::<String>::new()), "{inv}");
+    }
+    let out = run_spore(&["-i", &ini, "run", "@nosuch", "--", "true"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nosuch") && text(&out.stderr).contains("roots"), "{}", text(&out.stderr));
+    guard.check();
+}
