@@ -37,6 +37,9 @@ use std::path::{Path, PathBuf};
 /// The largest inventory file read.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// The longest INI line: no real one comes near it.
+const MAX_LINE_BYTES: usize = 64 << 10;
+
 /// The most hosts one inventory may name.
 pub const MAX_HOSTS: usize = 100_000;
 
@@ -254,14 +257,7 @@ impl Inventory {
     pub fn group(&self, name: &str) -> Option<Vec<Host>> {
         let picked: Vec<bool> = match name {
             "all" => vec![true; self.hosts.len()],
-            "ungrouped" => {
-                let mut p: Vec<bool> = self.grouped.iter().map(|g| !g).collect();
-                // Hosts put in [ungrouped] by name are in it too.
-                if let Some(&g) = self.group_index.get(name) {
-                    self.mark(g, &mut p);
-                }
-                p
-            }
+            "ungrouped" => self.grouped.iter().map(|g| !g).collect(),
             _ => {
                 let &g = self.group_index.get(name)?;
                 let mut p = vec![false; self.hosts.len()];
@@ -319,11 +315,15 @@ impl Inventory {
 
     /// Read Ansible's INI format (and spore's, its plain subset).
     pub fn parse_ini(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut b = Builder::new(origin);
         // Where host lines go: None = no group (before any header, [all]).
         let mut section = Section::Hosts(None);
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
+            if raw.len() > MAX_LINE_BYTES {
+                return Err(b.syntax(line, format!("a line longer than {MAX_LINE_BYTES} bytes")));
+            }
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
                 continue;
@@ -372,6 +372,7 @@ impl Inventory {
     /// Read Ansible's YAML format: `all: {hosts: {NAME: {VARS}}, children:
     /// {GROUP: {...}}, vars: ...}`, any group at the top.
     pub fn parse_yaml(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let tree = yaml::Tree::parse(text, origin)?;
         let mut b = Builder::new(origin);
         let mut walk = YamlWalk { tree: &tree, b: &mut b, visited: 0 };
@@ -488,12 +489,12 @@ impl Builder {
     }
 
     fn syntax(&self, line: usize, what: impl Into<String>) -> InventoryError {
-        InventoryError::Syntax { origin: self.origin.clone(), line, what: what.into() }
+        InventoryError::Syntax { origin: self.origin.clone(), line, what: cut(what.into()) }
     }
 
     fn note(&mut self, line: usize, what: String) {
         if self.notes.len() < MAX_NOTES {
-            self.notes.push(format!("{}:{line}: {what}", self.origin));
+            self.notes.push(format!("{}:{line}: {}", self.origin, cut(what)));
         } else {
             self.notes_dropped += 1;
         }
@@ -662,10 +663,15 @@ impl Builder {
         if name.is_empty() || name.split('/').any(str::is_empty) {
             return Err(self.syntax(line, format!("host {name:?}: empty hop (two '/' in a row, or one at an end?)")));
         }
-        if name.contains(|c: char| c.is_whitespace() || c.is_control() || c == ',') {
-            return Err(
-                self.syntax(line, format!("host {name:?}: spaces, control characters and ',' can't be in a target"))
-            );
+        // What would read as something else on a command line: a list
+        // (','), a glob ('*'), a group, a filter or a comment.
+        if name.contains(|c: char| c.is_whitespace() || c.is_control() || c == ',' || c == '*')
+            || name.starts_with(['@', '!', '&', '#'])
+        {
+            return Err(self.syntax(
+                line,
+                format!("host {name:?}: a target can't hold spaces, control characters, ',' or '*', nor start with '@', '!', '&' or '#'"),
+            ));
         }
         Ok(())
     }
@@ -751,6 +757,20 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// A message cut short: a line of a file may be megabytes long.
+fn cut(mut what: String) -> String {
+    const MAX: usize = 300;
+    if what.len() > MAX {
+        let mut end = MAX;
+        while !what.is_char_boundary(end) {
+            end -= 1;
+        }
+        what.truncate(end);
+        what.push_str("...");
+    }
+    what
 }
 
 /// Group names: letters, digits, `_`, `-`, `.` (what `@group` can name).
@@ -1221,7 +1241,17 @@ prod
         // Odd UTF-8 is carried, control characters refused.
         let inv = ini("[grüppe]\nhöst-ü[1:2]\n");
         assert_eq!(names(inv.group("grüppe")), ["höst-ü1", "höst-ü2"]);
-        assert!(Inventory::parse_ini("a\u{7}b\n", "inv.ini").is_err());
+        for bad in ["a\u{7}b", "web*", "@x", "!x", "&x"] {
+            let e = Inventory::parse_ini(&format!("{bad}\n"), "inv.ini").unwrap_err().to_string();
+            assert!(e.contains("a target can't hold"), "{bad}: {e}");
+        }
+        // A byte-order mark is not part of the first line.
+        assert_eq!(names(ini("\u{feff}[web]\nw1\n").group("web")), ["w1"]);
+        assert_eq!(names(yml("\u{feff}web:\n  hosts:\n    w1:\n").group("web")), ["w1"]);
+        // A huge line is refused as such.
+        let e = Inventory::parse_ini(&format!("ok\n{}\n", "x".repeat(70_000)), "inv.ini").unwrap_err();
+        assert_eq!(e.to_string(), "inv.ini:2: a line longer than 65536 bytes");
+        assert!(Inventory::parse_ini(&format!("{}\n", "x".repeat(65_536)), "inv.ini").is_ok());
         // Notes are bounded.
         let text: String = (0..5000).map(|i| format!("h{i} foo=1\n")).collect();
         let inv = ini(&text);

@@ -5,10 +5,11 @@
 //!
 //! - a target path, ranges allowed: `web[01-50]`, `bastion/db1/sudo`. One
 //!   that names an inventory host is that host (`web01` connects to its
-//!   `ansible_host`); so is a path whose first hop names one
+//!   `ansible_host`); so is a path whose leading hops name one
 //!   (`web01/sudo`).
 //! - `@group`: the hosts of an inventory group; `@failed`: the targets that
-//!   failed in the last run (see [`write_failed`]).
+//!   failed in the last run (see [`write_failed`]; it is always the record,
+//!   even if the inventory has a group called `failed`).
 //! - `!PATTERN`: leave out what matches; `&PATTERN`: keep only what
 //!   matches (Ansible's `:!` and `:&`; commas, since `:` is in hop syntax).
 //!
@@ -268,13 +269,14 @@ fn by_name(name: &str, inv: Option<&Inventory>) -> Target {
     if let Some(h) = inv.host(name) {
         return Target { label: h.name, path: h.target };
     }
-    match name.split_once('/') {
-        Some((first, rest)) => match inv.host(first) {
-            Some(h) => Target { label: name.to_string(), path: format!("{}/{rest}", h.target) },
-            None => plain(),
-        },
-        None => plain(),
+    // The longest leading hops that name a host: `bastion/web01/sudo`
+    // with `bastion/web01` in the inventory is that host, then sudo.
+    for (at, _) in name.rmatch_indices('/') {
+        if let Some(h) = inv.host(&name[..at]) {
+            return Target { label: name.to_string(), path: format!("{}{}", h.target, &name[at..]) };
+        }
     }
+    plain()
 }
 
 /// A compiled `!`, `&` or `-x` pattern.
@@ -526,6 +528,11 @@ db
         assert_eq!(labels(sel(&["@all"], &[], &ctx)).len(), 9);
         // A target typed by its address is the same path: once.
         assert_eq!(labels(sel(&["db1,admin@10.0.0.5"], &[], &ctx)), ["db1"]);
+        // Leading hops naming a host: the longest that does.
+        let nested =
+            Inventory::parse_ini("b ansible_user=u\nb/c ansible_port=2\n", "i").unwrap_or_else(|e| panic!("{e}"));
+        let ctx = Sources { inventory: Some(&nested), failed: None };
+        assert_eq!(paths(sel(&["b/c/sudo", "b/d", "b", "x/b"], &[], &ctx)), ["b/c:2/sudo", "u@b/d", "u@b", "x/b"]);
     }
 
     #[test]
