@@ -34,7 +34,7 @@ pub const MAX_TARGETS: usize = range::MAX_TARGETS;
 
 /// The most `*` patterns one filter expands to (each is tried on every
 /// target).
-const MAX_GLOBS: usize = 1000;
+const MAX_GLOBS: usize = 100;
 
 /// The largest target list read from a file or stdin, and the largest
 /// record of failed targets.
@@ -90,7 +90,7 @@ pub enum SelectError {
         /// The word that passed the limit.
         word: String,
     },
-    /// A filter that makes more than 1000 `*` patterns.
+    /// A filter that makes more than 100 `*` patterns.
     TooManyGlobs {
         /// The pattern.
         pattern: String,
@@ -139,7 +139,11 @@ impl fmt::Display for SelectError {
                 write!(f, "{:?}: selects more than {MAX_TARGETS} targets", shown(word))
             }
             SelectError::TooManyGlobs { pattern } => {
-                write!(f, "{:?}: a filter may make at most {MAX_GLOBS} '*' patterns", shown(pattern))
+                write!(
+                    f,
+                    "{:?}: a filter may make at most {MAX_GLOBS} '*' patterns (each is tried on every target)",
+                    shown(pattern)
+                )
             }
             SelectError::Nothing { words, failed_empty } => {
                 if words.is_empty() {
@@ -232,6 +236,9 @@ pub fn select(words: &[String], excludes: &[String], ctx: &Sources) -> Result<Ve
 fn resolve(item: &str, ctx: &Sources, room: usize) -> Result<Vec<Target>, SelectError> {
     let too_many = || SelectError::TooMany { word: item.to_string() };
     if let Some(group) = item.strip_prefix('@') {
+        if group.is_empty() {
+            return Err(SelectError::EmptyItem { word: item.to_string() });
+        }
         let targets: Vec<Target> = if group == "failed" {
             // The record holds one target word a line: no ranges, no lists.
             let words = ctx.failed.as_ref().ok_or(SelectError::NoFailedRecord)?;
@@ -291,6 +298,9 @@ impl Filter {
     fn new(pattern: &str, ctx: &Sources) -> Result<Filter, SelectError> {
         let mut f = Filter { names: HashSet::new(), globs: Vec::new() };
         if let Some(group) = pattern.strip_prefix('@') {
+            if group.is_empty() {
+                return Err(SelectError::EmptyItem { word: pattern.to_string() });
+            }
             if group == "failed" {
                 for w in ctx.failed.as_ref().ok_or(SelectError::NoFailedRecord)? {
                     f.add(by_name(w, ctx.inventory));
@@ -330,13 +340,14 @@ impl Filter {
 
 /// Does `text` match `pattern`, where `*` is any run of characters? One
 /// pass with a single backtrack point: time is at most their lengths'
-/// product, never exponential.
+/// product, never exponential. Bytes, not characters: for UTF-8 text the
+/// answer is the same (a literal can only match at a character's start).
 fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
         } else if pi < p.len() && p[pi] == t[ti] {
@@ -350,7 +361,7 @@ fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// The words of a target list (a file, stdin, the record of failures):
@@ -616,7 +627,10 @@ db
         assert!(matches!(sel(&["a[0-999999999999999999]"], &[], &none), Err(SelectError::TooMany { .. })));
         assert_eq!(sel(&["a[1-100000]"], &[], &none).map(|v| v.len()), Ok(MAX_TARGETS));
         // Many '*' patterns from one range are refused.
-        assert!(matches!(sel(&["a"], &["x[1-5000]*"], &none), Err(SelectError::TooManyGlobs { .. })));
+        assert!(matches!(sel(&["a"], &["x[1-101]*"], &none), Err(SelectError::TooManyGlobs { .. })));
+        assert_eq!(labels(sel(&["x1a,x2b,y3,x101"], &["x[1-100]*"], &none)), ["y3"]);
+        assert!(matches!(sel(&["@"], &[], &none), Err(SelectError::EmptyItem { .. })));
+        assert!(matches!(sel(&["a"], &["@"], &none), Err(SelectError::EmptyItem { .. })));
         // A glob made to backtrack ends at once.
         let long = "a".repeat(5000);
         let started = std::time::Instant::now();
