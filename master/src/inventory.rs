@@ -19,7 +19,9 @@
 //! Of Ansible's variables only `ansible_host`, `ansible_port` and
 //! `ansible_user` (and the old `ansible_ssh_host`, `_port`, `_user`) on a
 //! host are used: they rewrite the last hop of the host's path into
-//! `user@host:port`. Every other variable, and every `[group:vars]` section
+//! `user@host:port`; and `ansible_connection` (`ssh`, `local`, `docker`,
+//! `podman`), so that `localhost ansible_connection=local` is the `local`
+//! hop and not an ssh login. Jinja templates are refused, not evaluated. Every other variable, and every `[group:vars]` section
 //! or YAML `vars:`, is ignored with a note ([`Inventory::notes`], shown by
 //! `-v`). A host's name (its label in output) stays the name in the file.
 //!
@@ -54,8 +56,15 @@ const MAX_YAML_DEPTH: usize = 64;
 const MAX_YAML_NODES: usize = 2_000_000;
 
 /// The variables spore uses; all others are ignored with a note.
-const CONN_VARS: [&str; 6] =
-    ["ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_user", "ansible_ssh_user"];
+const CONN_VARS: [&str; 7] = [
+    "ansible_host",
+    "ansible_ssh_host",
+    "ansible_port",
+    "ansible_ssh_port",
+    "ansible_user",
+    "ansible_ssh_user",
+    "ansible_connection",
+];
 
 /// Notes kept; past this they are counted.
 const MAX_NOTES: usize = 1000;
@@ -157,6 +166,16 @@ struct Conn {
     host: Option<String>,
     port: Option<u16>,
     user: Option<String>,
+    via: Option<Via>,
+}
+
+/// How a host is reached (`ansible_connection`), among the hops spore has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Ssh,
+    Local,
+    /// `docker` or `podman`; the container is `ansible_host` or the name.
+    Container(&'static str),
 }
 
 impl Conn {
@@ -170,6 +189,9 @@ impl Conn {
         }
         if later.user.is_some() {
             self.user.clone_from(&later.user);
+        }
+        if later.via.is_some() {
+            self.via = later.via;
         }
     }
 }
@@ -363,7 +385,7 @@ impl Inventory {
                         b.child(*parent, child, line)?;
                     }
                 }
-                Section::Vars(name) => b.note(line, format!("[{name}:vars] {first} ignored (spore reads only ansible_host, ansible_port and ansible_user on host lines)")),
+                Section::Vars(name) => b.note(line, format!("[{name}:vars] {first} ignored (spore reads only ansible_host, _port, _user and _connection on host lines)")),
             }
         }
         b.finish()
@@ -384,13 +406,13 @@ impl Inventory {
 }
 
 /// Does the text read as YAML? Its first line that says something is
-/// `---`, or `word:` with nothing or a space after the colon.
+/// `---`, `{` (JSON), or `word:` with nothing or a space after the colon.
 fn looks_like_yaml(text: &str) -> bool {
     let Some(first) = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
     else {
         return false;
     };
-    first.starts_with("---") || first.ends_with(':') || first.contains(": ")
+    first.starts_with("---") || first.starts_with('{') || first.ends_with(':') || first.contains(": ")
 }
 
 /// What an INI section holds.
@@ -574,6 +596,9 @@ impl Builder {
 
     /// Apply one `key=value`: true if it was used, false if ignored.
     fn set_var(&self, conn: &mut Conn, key: &str, value: &str, line: usize) -> Result<bool, InventoryError> {
+        if CONN_VARS.contains(&key) && (value.contains("{{") || value.contains("{%")) {
+            return Err(self.syntax(line, format!("{key}={value:?}: a Jinja template, which spore does not evaluate")));
+        }
         match key {
             "ansible_host" | "ansible_ssh_host" => {
                 // '/' would add hops, '@' a user, whitespace an ssh option:
@@ -593,6 +618,20 @@ impl Builder {
                     return Err(self.syntax(line, format!("{key}={value:?}: not a user name")));
                 }
                 conn.user = Some(value.to_string());
+            }
+            "ansible_connection" => {
+                conn.via = Some(match value {
+                    "ssh" | "smart" | "paramiko" | "ansible.builtin.ssh" | "ansible.builtin.paramiko_ssh" => Via::Ssh,
+                    "local" | "ansible.builtin.local" => Via::Local,
+                    "docker" | "community.docker.docker" | "community.docker.docker_api" => Via::Container("docker"),
+                    "podman" | "containers.podman.podman" => Via::Container("podman"),
+                    _ => {
+                        return Err(self.syntax(
+                            line,
+                            format!("{key}={value:?}: spore reaches hosts by ssh, local, docker or podman"),
+                        ))
+                    }
+                });
             }
             _ => return Ok(false),
         }
@@ -662,6 +701,11 @@ impl Builder {
     fn check_path(&self, name: &str, line: usize) -> Result<(), InventoryError> {
         if name.is_empty() || name.split('/').any(str::is_empty) {
             return Err(self.syntax(line, format!("host {name:?}: empty hop (two '/' in a row, or one at an end?)")));
+        }
+        // Invisible and direction-changing characters would make a label
+        // print as another one.
+        if name.contains(|c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')) {
+            return Err(self.syntax(line, format!("host {name:?}: invisible or direction-changing characters")));
         }
         // What would read as something else on a command line: a list
         // (','), a glob ('*'), a group, a filter or a comment.
@@ -796,9 +840,21 @@ fn target_of(name: &str, conn: &Conn) -> String {
         None => (None, name),
     };
     let (user, host, port) = split_ssh_hop(last);
-    let user = conn.user.as_deref().or(user);
     let host = conn.host.as_deref().unwrap_or(host);
-    let own_port = conn.port.map(|p| p.to_string());
+    let hop = match conn.via {
+        Some(Via::Local) => "local".to_string(),
+        Some(Via::Container(engine)) => format!("{engine}:{host}"),
+        Some(Via::Ssh) | None => ssh_hop(conn.user.as_deref().or(user), host, conn.port, port),
+    };
+    match head {
+        Some(h) => format!("{h}/{hop}"),
+        None => hop,
+    }
+}
+
+/// `user@host:port`, an IPv6 host in brackets.
+fn ssh_hop(user: Option<&str>, host: &str, own_port: Option<u16>, port: Option<&str>) -> String {
+    let own_port = own_port.map(|p| p.to_string());
     let port = own_port.as_deref().or(port);
     let mut hop = String::new();
     if let Some(u) = user {
@@ -816,10 +872,7 @@ fn target_of(name: &str, conn: &Conn) -> String {
         hop.push(':');
         hop.push_str(p);
     }
-    match head {
-        Some(h) => format!("{h}/{hop}"),
-        None => hop,
-    }
+    hop
 }
 
 /// Walks a YAML tree into a [`Builder`].
@@ -927,7 +980,7 @@ impl<'a> YamlWalk<'a> {
                     let line = self.tree.line(k);
                     self.b.note(
                         line,
-                        format!("vars of group {name} ignored (spore reads only ansible_host, ansible_port and ansible_user on hosts)"),
+                        format!("vars of group {name} ignored (spore reads only ansible_host, _port, _user and _connection on hosts)"),
                     );
                 }
                 other => {
@@ -1169,6 +1222,13 @@ prod
         assert_eq!(t("h3"), "[fe80::1]");
         assert_eq!(t("b/me@[::1]"), "b/you@[::1]:22");
         assert_eq!(t("h4"), "10.0.0.9");
+        // ansible_connection picks the hop.
+        let inv = ini("localhost ansible_connection=local\n\
+             c1 ansible_connection=docker\n\
+             b/c2 ansible_connection=community.docker.docker ansible_host=real\n\
+             p1 ansible_connection=podman\n\
+             s1 ansible_connection=ssh ansible_user=u\n");
+        assert_eq!(targets(inv.group("all")), ["local", "docker:c1", "b/docker:real", "podman:p1", "u@s1"]);
         // A later line's settings merge over an earlier one's.
         let inv = ini("[a]\nh ansible_user=x\n[b]\nh ansible_port=99\n");
         assert_eq!(inv.host("h").map(|h| h.target).as_deref(), Some("x@h:99"));
@@ -1189,6 +1249,12 @@ prod
             ("h ansible_host=root@x\n", "not a host name"),
             ("h ansible_user='a b'\n", "inv.ini:1: ansible_user=\"a b\": not a user name"),
             ("h 'x=1\n", "inv.ini:1: unclosed ' quote"),
+            (
+                "h ansible_connection=winrm\n",
+                "inv.ini:1: ansible_connection=\"winrm\": spore reaches hosts by ssh, local",
+            ),
+            ("h ansible_host='{{ ip }}'\n", "inv.ini:1: ansible_host=\"{{ ip }}\": a Jinja template"),
+            ("h\u{202e}moc.evil\n", "inv.ini:1: host \"h\\u{202e}moc.evil\": invisible or direction-changing"),
             ("h:99999\n", "inv.ini:1: host \"h:99999\": \"99999\" is not a port"),
             ("a//b\n", "inv.ini:1: host \"a//b\": empty hop"),
             ("a/\n", "empty hop"),
@@ -1387,6 +1453,7 @@ all:
         assert!(looks_like_yaml("---\nall:\n"));
         assert!(looks_like_yaml("# c\nall:\n  hosts:\n"));
         assert!(looks_like_yaml("web: {hosts: {a: }}\n"));
+        assert!(looks_like_yaml("{\"web\": {\"hosts\": {\"a\": null}}}\n"));
         assert!(!looks_like_yaml("[web]\nweb1\n"));
         assert!(!looks_like_yaml("web1:2222 ansible_user=x\n"));
         assert!(!looks_like_yaml("bastion/sudo:postgres\n"));
