@@ -16,14 +16,18 @@
 //! db
 //! ```
 //!
-//! Of Ansible's variables only `ansible_host`, `ansible_port` and
-//! `ansible_user` (and the old `ansible_ssh_host`, `_port`, `_user`) on a
-//! host are used: they rewrite the last hop of the host's path into
-//! `user@host:port`; and `ansible_connection` (`ssh`, `local`, `docker`,
-//! `podman`), so that `localhost ansible_connection=local` is the `local`
-//! hop and not an ssh login. Jinja templates are refused, not evaluated. Every other variable, and every `[group:vars]` section
-//! or YAML `vars:`, is ignored with a note ([`Inventory::notes`], shown by
-//! `-v`). A host's name (its label in output) stays the name in the file.
+//! Of Ansible's variables spore uses `ansible_host`, `ansible_port` and
+//! `ansible_user` (and the old `ansible_ssh_host`, `_port`, `_user`): they
+//! rewrite the last hop of a host's path into `user@host:port`; and
+//! `ansible_connection` (`ssh`, `local`, `docker`, `podman`), so that
+//! `localhost ansible_connection=local` is the `local` hop, not an ssh
+//! login. They count on a host line and in `[group:vars]` / YAML `vars:`,
+//! merged as Ansible does (`all`, then groups from shallow to deep, by
+//! name at one depth, then the host's own); group settings skip hosts
+//! whose last hop is not ssh (`bastion/db1/sudo:pg`). Jinja templates are
+//! refused, not evaluated. Every other variable is ignored with a note
+//! ([`Inventory::notes`], for `-v`). A host's name (its label in output)
+//! stays the name in the file.
 //!
 //! Groups are Ansible's: `all` holds every host, `ungrouped` those in no
 //! other group, and a group holds its children's hosts, recursively; a
@@ -122,7 +126,7 @@ pub enum InventoryError {
     TooMany {
         /// The file.
         origin: String,
-        /// Where the limit was passed.
+        /// Where the limit was passed (0: the file as a whole).
         line: usize,
         /// What there are too many of.
         what: &'static str,
@@ -150,6 +154,7 @@ impl fmt::Display for InventoryError {
                 };
                 write!(f, "{origin}:{line}: groups are children of each other: {shown}")
             }
+            InventoryError::TooMany { origin, line: 0, what, max } => write!(f, "{origin}: more than {max} {what}"),
             InventoryError::TooMany { origin, line, what, max } => {
                 write!(f, "{origin}:{line}: more than {max} {what}")
             }
@@ -205,6 +210,8 @@ struct HostEntry {
 #[derive(Debug, Clone)]
 struct Group {
     name: String,
+    /// From `[name:vars]` or YAML `vars:`.
+    conn: Conn,
     hosts: Vec<usize>,
     /// Child groups, each with the line that says so.
     children: Vec<(usize, usize)>,
@@ -385,7 +392,18 @@ impl Inventory {
                         b.child(*parent, child, line)?;
                     }
                 }
-                Section::Vars(name) => b.note(line, format!("[{name}:vars] {first} ignored (spore reads only ansible_host, _port, _user and _connection on host lines)")),
+                Section::Vars(of, name) => {
+                    // Ansible's `key=value` or `key = value`, one a line.
+                    let Some((key, value)) = trimmed.split_once('=') else {
+                        return Err(b.syntax(line, format!("[{name}:vars]: expected key=value")));
+                    };
+                    let value = value.trim();
+                    let unquoted = ['"', '\'']
+                        .iter()
+                        .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
+                        .unwrap_or(value);
+                    b.group_var(*of, &format!("[{name}:vars]"), key.trim(), unquoted, line)?;
+                }
             }
         }
         b.finish()
@@ -419,7 +437,7 @@ fn looks_like_yaml(text: &str) -> bool {
 enum Section {
     Hosts(Option<usize>),
     Children(Option<usize>),
-    Vars(String),
+    Vars(VarsOf, String),
 }
 
 /// Split a host line like a shell (what Ansible does): whitespace between
@@ -491,8 +509,19 @@ struct Builder {
     groups: Vec<Group>,
     group_index: HashMap<String, usize>,
     entries: usize,
+    /// `[all:vars]` and `[ungrouped:vars]`.
+    all_conn: Conn,
+    ungrouped_conn: Conn,
     notes: Vec<String>,
     notes_dropped: usize,
+}
+
+/// Whose variables a `vars` section sets.
+#[derive(Debug, Clone, Copy)]
+enum VarsOf {
+    All,
+    Ungrouped,
+    Group(usize),
 }
 
 impl Builder {
@@ -505,6 +534,8 @@ impl Builder {
             groups: Vec::new(),
             group_index: HashMap::new(),
             entries: 0,
+            all_conn: Conn::default(),
+            ungrouped_conn: Conn::default(),
             notes: Vec::new(),
             notes_dropped: 0,
         }
@@ -550,8 +581,8 @@ impl Builder {
             }
             Some("children") => Ok(Section::Children(Some(self.group(name, line)?))),
             Some("vars") => {
-                check_group_name(name).map_err(|w| self.syntax(line, w))?;
-                Ok(Section::Vars(name.to_string()))
+                let of = self.vars_of(name, line)?;
+                Ok(Section::Vars(of, name.to_string()))
             }
             Some(other) => {
                 Err(self.syntax(line, format!("[{name}:{other}]: unknown section kind {other:?} ({})", bad())))
@@ -568,7 +599,12 @@ impl Builder {
         if name == "all" || name == "ungrouped" {
             return Err(self.syntax(line, format!("{name} is made by the inventory itself: it can't be a child group")));
         }
-        self.groups.push(Group { name: name.to_string(), hosts: Vec::new(), children: Vec::new() });
+        self.groups.push(Group {
+            name: name.to_string(),
+            conn: Conn::default(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+        });
         self.group_index.insert(name.to_string(), self.groups.len() - 1);
         Ok(self.groups.len() - 1)
     }
@@ -590,6 +626,44 @@ impl Builder {
                 what: "listings of hosts and groups",
                 max: MAX_ENTRIES,
             });
+        }
+        Ok(())
+    }
+
+    /// Whose variables `name`'s vars set (the group is made if new).
+    fn vars_of(&mut self, name: &str, line: usize) -> Result<VarsOf, InventoryError> {
+        Ok(match name {
+            "all" => VarsOf::All,
+            "ungrouped" => VarsOf::Ungrouped,
+            _ => VarsOf::Group(self.group(name, line)?),
+        })
+    }
+
+    fn vars_conn(&mut self, of: VarsOf) -> &mut Conn {
+        match of {
+            VarsOf::All => &mut self.all_conn,
+            VarsOf::Ungrouped => &mut self.ungrouped_conn,
+            VarsOf::Group(g) => &mut self.groups[g].conn,
+        }
+    }
+
+    /// One variable of a group (`whose` names it in a note).
+    fn group_var(
+        &mut self,
+        of: VarsOf,
+        whose: &str,
+        key: &str,
+        value: &str,
+        line: usize,
+    ) -> Result<(), InventoryError> {
+        let mut conn = std::mem::take(self.vars_conn(of));
+        let used = self.set_var(&mut conn, key, value, line);
+        *self.vars_conn(of) = conn;
+        if !used? {
+            self.note(
+                line,
+                format!("{whose} {key} ignored (spore uses only ansible_host, _port, _user and _connection)"),
+            );
         }
         Ok(())
     }
@@ -740,9 +814,10 @@ impl Builder {
     /// Every group's children are checked for loops; hosts get targets.
     fn finish(self) -> Result<Inventory, InventoryError> {
         self.check_cycles()?;
+        let conns = self.effective_conns()?;
         let mut hosts = Vec::with_capacity(self.hosts.len());
-        for h in &self.hosts {
-            hosts.push(Host { name: h.name.clone(), target: target_of(&h.name, &h.conn) });
+        for (h, conn) in self.hosts.iter().zip(&conns) {
+            hosts.push(Host { name: h.name.clone(), target: target_of(&h.name, conn) });
         }
         let mut notes = self.notes;
         if self.notes_dropped > 0 {
@@ -757,6 +832,96 @@ impl Builder {
             group_index: self.group_index,
             notes,
         })
+    }
+
+    /// Each host's settings as Ansible merges them: `all`, then `ungrouped`
+    /// or the groups it is in (its own and their parents, shallow before
+    /// deep, by name at the same depth), then the host's own. Group
+    /// settings skip hosts whose last hop is not ssh (`.../sudo:pg`).
+    fn effective_conns(&self) -> Result<Vec<Conn>, InventoryError> {
+        let own = |h: &HostEntry| h.conn.clone();
+        let with_vars: Vec<usize> =
+            (0..self.groups.len()).filter(|&g| self.groups[g].conn != Conn::default()).collect();
+        if with_vars.is_empty() && self.all_conn == Conn::default() && self.ungrouped_conn == Conn::default() {
+            return Ok(self.hosts.iter().map(own).collect());
+        }
+        let too_many = || InventoryError::TooMany {
+            origin: self.origin.clone(),
+            line: 0,
+            what: "group variables inherited",
+            max: MAX_ENTRIES,
+        };
+        // Depth: the longest chain of parents above a group (Kahn's order;
+        // there are no cycles by now).
+        let n = self.groups.len();
+        let mut parents = vec![0usize; n];
+        for g in &self.groups {
+            for &(c, _) in &g.children {
+                parents[c] += 1;
+            }
+        }
+        let mut depth = vec![1usize; n];
+        let mut ready: Vec<usize> = (0..n).filter(|&g| parents[g] == 0).collect();
+        while let Some(g) = ready.pop() {
+            for &(c, _) in &self.groups[g].children {
+                depth[c] = depth[c].max(depth[g] + 1);
+                parents[c] -= 1;
+                if parents[c] == 0 {
+                    ready.push(c);
+                }
+            }
+        }
+        // For each group, the groups with settings that it is in.
+        let mut inherit: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut stamp = vec![usize::MAX; n];
+        let mut work = 0usize;
+        for &v in &with_vars {
+            let mut todo = vec![v];
+            while let Some(g) = todo.pop() {
+                if stamp[g] == v {
+                    continue;
+                }
+                stamp[g] = v;
+                inherit[g].push(v);
+                work += 1;
+                if work > MAX_ENTRIES {
+                    return Err(too_many());
+                }
+                todo.extend(self.groups[g].children.iter().map(|&(c, _)| c));
+            }
+        }
+        let mut direct: Vec<Vec<usize>> = vec![Vec::new(); self.hosts.len()];
+        for (g, group) in self.groups.iter().enumerate() {
+            for &h in &group.hosts {
+                direct[h].push(g);
+            }
+        }
+        let mut out = Vec::with_capacity(self.hosts.len());
+        for (h, host) in self.hosts.iter().enumerate() {
+            if !is_ssh_hop(last_hop(&host.name)) {
+                out.push(own(host));
+                continue;
+            }
+            let mut conn = self.all_conn.clone();
+            if !self.grouped[h] {
+                conn.merge(&self.ungrouped_conn);
+            }
+            let mut from: Vec<usize> = direct[h].iter().flat_map(|&g| inherit[g].iter().copied()).collect();
+            work += from.len();
+            if work > MAX_ENTRIES * 4 {
+                return Err(too_many());
+            }
+            from.sort_unstable_by(|&a, &b| {
+                depth[a].cmp(&depth[b]).then_with(|| self.groups[a].name.cmp(&self.groups[b].name))
+            });
+            from.dedup();
+            for g in from {
+                conn.merge(&self.groups[g].conn);
+            }
+            conn.merge(&host.conn);
+            out.push(conn);
+        }
+        Ok(out)
     }
 
     /// A depth-first walk without recursion: White/Grey/Black colours, a
@@ -977,11 +1142,20 @@ impl<'a> YamlWalk<'a> {
                     }
                 }
                 "vars" => {
-                    let line = self.tree.line(k);
-                    self.b.note(
-                        line,
-                        format!("vars of group {name} ignored (spore reads only ansible_host, _port, _user and _connection on hosts)"),
-                    );
+                    let of = self.b.vars_of(name, line)?;
+                    for (vk, vv) in self.entries(v, &format!("vars of group {name}"))? {
+                        let var = self.text(vk, &format!("a variable of group {name}"))?;
+                        let vline = self.tree.line(vk);
+                        match self.get(vv)? {
+                            yaml::Node::Scalar(value, _) => {
+                                self.b.group_var(of, &format!("vars of group {name}:"), &var, value, vline)?;
+                            }
+                            _ if CONN_VARS.contains(&var.as_str()) => {
+                                return Err(self.syntax(vv, format!("{var}: expected a single value")));
+                            }
+                            _ => self.b.note(vline, format!("vars of group {name}: {var} ignored (spore uses only ansible_host, _port, _user and _connection)")),
+                        }
+                    }
                 }
                 other => {
                     return Err(self.syntax(
@@ -1164,7 +1338,8 @@ web01
 web
 db
 [prod:vars]
-ansible_user=root
+ansible_user = root
+color=blue
 [all:children]
 prod
 ";
@@ -1177,7 +1352,8 @@ prod
             ["web01", "web02", "web03", "bastion/app1/sudo:deploy", "bastion/app2/sudo:deploy"]
         );
         assert_eq!(names(inv.group("db")), ["web01", "db1", "db2"]);
-        assert_eq!(targets(inv.group("db")), ["web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
+        // prod's ansible_user reaches web01 through db; the hosts' own win.
+        assert_eq!(targets(inv.group("db")), ["root@web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
         // Children, recursively, each once, in file order.
         assert_eq!(
             names(inv.group("prod")),
@@ -1192,7 +1368,8 @@ prod
         assert_eq!(inv.host("db2:2200"), None);
         let notes = inv.notes().join("\n");
         assert!(notes.contains("inv.ini:9: db2:2200: ignored variables foo"), "{notes}");
-        assert!(notes.contains("inv.ini:15: [prod:vars] ansible_user=root ignored"), "{notes}");
+        assert!(notes.contains("inv.ini:16: [prod:vars] color ignored"), "{notes}");
+        assert!(!notes.contains("ansible_user"), "{notes}");
     }
 
     #[test]
@@ -1232,6 +1409,83 @@ prod
         // A later line's settings merge over an earlier one's.
         let inv = ini("[a]\nh ansible_user=x\n[b]\nh ansible_port=99\n");
         assert_eq!(inv.host("h").map(|h| h.target).as_deref(), Some("x@h:99"));
+    }
+
+    #[test]
+    fn group_settings_merge_as_in_ansible() {
+        // all, then groups shallow before deep (by name at one depth),
+        // then the host's own.
+        let text = "\
+lonely
+[all:vars]
+ansible_user=everyone
+ansible_port=1
+[ungrouped:vars]
+ansible_port=9
+[a]
+h1
+h2 ansible_user=own
+[b]
+h1
+b/x/sudo
+[b:vars]
+ansible_port=2
+[a:vars]
+ansible_port=3
+[top:children]
+a
+[top:vars]
+ansible_port=4
+ansible_user=topuser
+";
+        let inv = ini(text);
+        let t = |n: &str| inv.host(n).map(|h| h.target).unwrap_or_default();
+        assert_eq!(t("h1"), "topuser@h1:3");
+        assert_eq!(t("h2"), "own@h2:3");
+        assert_eq!(t("lonely"), "everyone@lonely:9");
+        // Not on a hop that is not ssh.
+        assert_eq!(t("b/x/sudo"), "b/x/sudo");
+        // The same in YAML.
+        let yaml = "\
+all:
+  vars: {ansible_user: everyone, ansible_port: 1}
+  hosts: {lonely: }
+  children:
+    ungrouped:
+      vars: {ansible_port: 9}
+    b:
+      hosts: {h1: , b/x/sudo: }
+      vars: {ansible_port: 2}
+    top:
+      vars: {ansible_port: 4, ansible_user: topuser}
+      children:
+        a:
+          hosts: {h1: , h2: {ansible_user: own}}
+          vars: {ansible_port: 3}
+";
+        let inv = yml(yaml);
+        let t = |n: &str| inv.host(n).map(|h| h.target).unwrap_or_default();
+        assert_eq!(t("h1"), "topuser@h1:3");
+        assert_eq!(t("h2"), "own@h2:3");
+        assert_eq!(t("lonely"), "everyone@lonely:9");
+        assert_eq!(t("b/x/sudo"), "b/x/sudo");
+        // Bad values in vars are errors at their line.
+        let e = Inventory::parse_ini("[a:vars]\nansible_port=x\n", "inv.ini").unwrap_err().to_string();
+        assert!(e.starts_with("inv.ini:2: ansible_port=\"x\": not a port"), "{e}");
+        let e = Inventory::parse_ini("[a:vars]\njunk\n", "inv.ini").unwrap_err().to_string();
+        assert!(e.starts_with("inv.ini:2: [a:vars]: expected key=value"), "{e}");
+        // Every group of a deep chain has a setting: the deepest wins.
+        let chain = |n: usize| {
+            let mut text = String::from("[g0]\nleaf\n");
+            for g in 1..n {
+                text.push_str(&format!("[g{g}:children]\ng{}\n[g{g}:vars]\nansible_port={g}\n", g - 1));
+            }
+            text
+        };
+        assert_eq!(ini(&chain(1000)).host("leaf").map(|h| h.target).as_deref(), Some("leaf:1"));
+        // 5,000 deep, 12.5 million inheritances: refused, not ground through.
+        let e = Inventory::parse_ini(&chain(5000), "inv.ini").unwrap_err().to_string();
+        assert_eq!(e, "inv.ini: more than 1000000 group variables inherited");
     }
 
     #[test]
@@ -1336,6 +1590,7 @@ all:
         bastion/app[1-2]/sudo:deploy:
       vars:
         ansible_user: root
+        color: blue
     db:
       hosts:
         db1:
@@ -1360,7 +1615,7 @@ all:
             names(inv.group("web")),
             ["web01", "web02", "web03", "bastion/app1/sudo:deploy", "bastion/app2/sudo:deploy"]
         );
-        assert_eq!(targets(inv.group("db")), ["web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
+        assert_eq!(targets(inv.group("db")), ["root@web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
         assert_eq!(
             names(inv.group("prod")),
             ["web01", "web02", "web03", "bastion/app1/sudo:deploy", "bastion/app2/sudo:deploy", "db1", "db2"]
@@ -1368,8 +1623,8 @@ all:
         assert_eq!(names(inv.group("ungrouped")), ["bastion"]);
         assert_eq!(inv.groups(), ["all", "ungrouped", "web", "db", "prod"]);
         let notes = inv.notes().join("\n");
-        assert!(notes.contains("inv.yml:9: vars of group web ignored"), "{notes}");
-        assert!(notes.contains("inv.yml:13: db1: ignored variables foo"), "{notes}");
+        assert!(notes.contains("inv.yml:11: vars of group web: color ignored"), "{notes}");
+        assert!(notes.contains("inv.yml:14: db1: ignored variables foo"), "{notes}");
         // The same inventory in both formats names the same hosts.
         let from_ini = ini(INI);
         for g in ["web", "db", "prod", "ungrouped"] {
