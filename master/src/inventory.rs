@@ -1093,6 +1093,32 @@ impl<'a> YamlWalk<'a> {
         }
     }
 
+    /// A mapping of variables, YAML merge keys (`<<: *defaults`) opened:
+    /// merged entries first, so the mapping's own win.
+    fn vars(&mut self, node: usize, what: &str, depth: usize) -> Result<Vec<(usize, usize)>, InventoryError> {
+        if depth > 8 {
+            return Err(self.syntax(node, format!("{what}: merge keys ('<<') nested more than 8 deep")));
+        }
+        let mut merged = Vec::new();
+        let mut own = Vec::new();
+        for (k, v) in self.entries(node, what)? {
+            let is_merge = matches!(self.get(k)?, yaml::Node::Scalar(s, _) if s == "<<");
+            if !is_merge {
+                own.push((k, v));
+                continue;
+            }
+            let sources = match self.get(v)? {
+                yaml::Node::Seq(items) => items.clone(),
+                _ => vec![v],
+            };
+            for src in sources {
+                merged.extend(self.vars(src, what, depth + 1)?);
+            }
+        }
+        merged.extend(own);
+        Ok(merged)
+    }
+
     fn top(&mut self, root: usize) -> Result<(), InventoryError> {
         for (k, v) in self.entries(root, "the top level")? {
             let name = self.text(k, "a group's name")?;
@@ -1143,7 +1169,7 @@ impl<'a> YamlWalk<'a> {
                 }
                 "vars" => {
                     let of = self.b.vars_of(name, line)?;
-                    for (vk, vv) in self.entries(v, &format!("vars of group {name}"))? {
+                    for (vk, vv) in self.vars(v, &format!("vars of group {name}"), 0)? {
                         let var = self.text(vk, &format!("a variable of group {name}"))?;
                         let vline = self.tree.line(vk);
                         match self.get(vv)? {
@@ -1173,7 +1199,7 @@ impl<'a> YamlWalk<'a> {
         let line = self.tree.line(key);
         let mut conn = Conn::default();
         let mut ignored = Vec::new();
-        for (k, v) in self.entries(vars, &format!("variables of host {pattern}"))? {
+        for (k, v) in self.vars(vars, &format!("variables of host {pattern}"), 0)? {
             let name = self.text(k, &format!("a variable of host {pattern}"))?;
             let value = match self.get(v)? {
                 yaml::Node::Scalar(s, _) => Some(s.clone()),
@@ -1645,6 +1671,23 @@ all:
         // Anchors and aliases are links.
         let inv = yml("a:\n  hosts: &h\n    x1:\n    x2:\nb:\n  hosts: *h\n");
         assert_eq!(names(inv.group("b")), ["x1", "x2"]);
+        // Merge keys in variables: the mapping's own entries win.
+        let text = "\
+all:
+  hosts:
+    h1:
+      <<: &d {ansible_user: admin, ansible_port: 2}
+      ansible_port: 3
+    h2:
+      <<: [*d, {ansible_host: x}]
+  children:
+    g:
+      hosts: {h3: }
+      vars:
+        <<: *d
+";
+        let inv = yml(text);
+        assert_eq!(targets(inv.group("all")), ["admin@h1:3", "admin@x:2", "admin@h3:2"]);
         // A port as a number or a string.
         let inv = yml("all:\n  hosts:\n    h:\n      ansible_port: '22'\n    g:\n      ansible_port: 23\n");
         assert_eq!(targets(inv.group("all")), ["h:22", "g:23"]);
