@@ -178,6 +178,15 @@ fn shown(word: &str) -> String {
     format!("{head}...")
 }
 
+/// Do the words or excludes name `@failed` (so the record must be read)?
+/// A run that does not use it is not stopped by a damaged record.
+pub fn wants_failed(words: &[String], excludes: &[String]) -> bool {
+    words.iter().chain(excludes).flat_map(|w| range::split_list(w)).any(|item| {
+        let item = item.trim();
+        item.trim_start_matches(['!', '&']) == "@failed"
+    })
+}
+
 /// The targets the words select, minus those `excludes` (`-x`, each a
 /// comma-separated list of patterns) match. First appearance first, each
 /// path once. An empty result is an error ([`SelectError::Nothing`]).
@@ -422,7 +431,10 @@ pub fn read_failed_at(path: &Path) -> Result<Option<Vec<String>>, SelectError> {
 }
 
 /// Record the failed targets of this run (an empty list too: then
-/// `@failed` selects nothing), at [`failed_path`].
+/// `@failed` selects nothing), at [`failed_path`]. Write their labels:
+/// like Ansible's retry files, the record names inventory hosts by name,
+/// and [`select`] resolves them again (other targets' labels are their
+/// paths).
 pub fn write_failed(targets: &[String]) -> io::Result<()> {
     let path = failed_path().ok_or_else(|| {
         io::Error::new(io::ErrorKind::NotFound, "no cache directory for the failed targets ($HOME is not set)")
@@ -640,6 +652,15 @@ db
         assert_eq!(labels(sel(&["ü[1-2]/日本"], &[], &none)), ["ü1/日本", "ü2/日本"]);
         let huge = format!("{}[", "x".repeat(1 << 20));
         assert!(sel(&[&huge], &[], &none).unwrap_err().to_string().len() < 200);
+    }
+
+    #[test]
+    fn knows_when_failed_is_wanted() {
+        assert!(wants_failed(&w(&["a,@failed"]), &[]));
+        assert!(wants_failed(&w(&["a", "!@failed"]), &[]));
+        assert!(wants_failed(&w(&["@web,&@failed"]), &[]));
+        assert!(wants_failed(&w(&["a"]), &w(&["x, @failed"])));
+        assert!(!wants_failed(&w(&["@failed2", "failed", "@failedx,b"]), &w(&["@web"])));
     }
 
     #[test]
