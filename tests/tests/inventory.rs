@@ -170,3 +170,49 @@ fn target_list_from_a_file() {
     let labels: Vec<String> = select(&words, &[], &ctx).unwrap().into_iter().map(|t| t.label).collect();
     assert_eq!(labels, ["web01", "db1"]);
 }
+
+#[test]
+fn both_formats_select_the_same_fleet() {
+    // 250 hosts in racks, a group of groups, settings on groups and hosts:
+    // written once as INI and once as YAML, selected the same way.
+    let dir = Scratch::new("inv-fleet");
+    let mut ini = String::from("[all:vars]\nansible_user=ops\n");
+    let mut yaml = String::from("all:\n  vars:\n    ansible_user: ops\n  children:\n");
+    for rack in 1..=5 {
+        ini.push_str(&format!("[rack{rack}]\nr{rack}-n[01:50]\n[rack{rack}:vars]\nansible_port={}\n", 2200 + rack));
+        yaml.push_str(&format!(
+            "    rack{rack}:\n      hosts:\n        r{rack}-n[01:50]:\n      vars:\n        ansible_port: {}\n",
+            2200 + rack
+        ));
+    }
+    ini.push_str("[odd:children]\nrack1\nrack3\nrack5\n[special]\nr2-n07 ansible_host=10.0.0.7 ansible_port=22\n");
+    yaml.push_str("    odd:\n      children:\n        rack1:\n        rack3:\n        rack5:\n");
+    yaml.push_str(
+        "    special:\n      hosts:\n        r2-n07:\n          ansible_host: 10.0.0.7\n          ansible_port: 22\n",
+    );
+    let from_ini = Inventory::load(&write(&dir, "fleet.ini", ini.as_bytes())).unwrap();
+    let from_yaml = Inventory::load(&write(&dir, "fleet.yml", yaml.as_bytes())).unwrap();
+    assert!(from_ini.notes().is_empty() && from_yaml.notes().is_empty());
+    let cases: &[(&[&str], &[&str], usize)] = &[
+        (&["@all"], &[], 250),
+        (&["@odd"], &[], 150),
+        (&["@odd,!@rack3"], &[], 100),
+        (&["@all,&@odd"], &["r*-n0*"], 123),
+        (&["@rack2"], &["r2-n[01-10]"], 40),
+        (&["r2-n07,r9-n01"], &[], 2),
+    ];
+    for &(words, x, n) in cases {
+        let words: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+        let x: Vec<String> = x.iter().map(|s| s.to_string()).collect();
+        let a = select(&words, &x, &Sources { inventory: Some(&from_ini), failed: None }).unwrap();
+        let b = select(&words, &x, &Sources { inventory: Some(&from_yaml), failed: None }).unwrap();
+        assert_eq!(a, b, "{words:?} -x {x:?}");
+        assert_eq!(a.len(), n, "{words:?} -x {x:?}");
+    }
+    let some =
+        select(&["r2-n07,r3-n50,r9-n01".into()], &[], &Sources { inventory: Some(&from_yaml), failed: None }).unwrap();
+    let paths: Vec<&str> = some.iter().map(|t| t.path.as_str()).collect();
+    assert_eq!(paths, ["ops@10.0.0.7:22", "ops@r3-n50:2203", "r9-n01"]);
+    let labels: Vec<String> = from_ini.group("odd").unwrap().into_iter().map(|h| h.name).collect();
+    assert_eq!(spore::range::fold(&labels), "r1-n[01-50],r3-n[01-50],r5-n[01-50]");
+}
