@@ -361,39 +361,11 @@ impl Inventory {
                 section = b.header(trimmed, line)?;
                 continue;
             }
-            let words = shell_words(trimmed).map_err(|what| b.syntax(line, what))?;
-            let Some((first, rest)) = words.split_first() else { continue };
-            match &section {
-                Section::Hosts(group) => {
-                    let mut conn = Conn::default();
-                    let mut ignored = Vec::new();
-                    for word in rest {
-                        let Some((key, value)) = word.split_once('=') else {
-                            return Err(b.syntax(
-                                line,
-                                format!("{word:?} after the host: expected key=value (a host line is `HOST [key=value ...]`)"),
-                            ));
-                        };
-                        if !b.set_var(&mut conn, key, value, line)? {
-                            ignored.push(key);
-                        }
-                    }
-                    if !ignored.is_empty() {
-                        b.note(line, format!("{first}: ignored variables {}", ignored.join(", ")));
-                    }
-                    b.add_hosts(*group, first, &conn, line)?;
-                }
-                Section::Children(parent) => {
-                    if let Some(extra) = rest.first() {
-                        return Err(b.syntax(line, format!("{extra:?}: a [group:children] line names one group")));
-                    }
-                    let child = b.group(first, line)?;
-                    if let Some(parent) = parent {
-                        b.child(*parent, child, line)?;
-                    }
-                }
+            let group = match &section {
                 Section::Vars(of, name) => {
-                    // Ansible's `key=value` or `key = value`, one a line.
+                    // Ansible's `key=value` or `key = value`, one a line,
+                    // the value as it stands (a quote in an unused one is
+                    // no error).
                     let Some((key, value)) = trimmed.split_once('=') else {
                         return Err(b.syntax(line, format!("[{name}:vars]: expected key=value")));
                     };
@@ -403,8 +375,41 @@ impl Inventory {
                         .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
                         .unwrap_or(value);
                     b.group_var(*of, &format!("[{name}:vars]"), key.trim(), unquoted, line)?;
+                    continue;
+                }
+                Section::Children(parent) => {
+                    let words = shell_words(trimmed).map_err(|what| b.syntax(line, what))?;
+                    if let [_, extra, ..] = words.as_slice() {
+                        return Err(b.syntax(line, format!("{extra:?}: a [group:children] line names one group")));
+                    }
+                    let Some(first) = words.first() else { continue };
+                    let child = b.group(first, line)?;
+                    if let Some(parent) = parent {
+                        b.child(*parent, child, line)?;
+                    }
+                    continue;
+                }
+                Section::Hosts(group) => *group,
+            };
+            let words = shell_words(trimmed).map_err(|what| b.syntax(line, what))?;
+            let Some((first, rest)) = words.split_first() else { continue };
+            let mut conn = Conn::default();
+            let mut ignored = Vec::new();
+            for word in rest {
+                let Some((key, value)) = word.split_once('=') else {
+                    return Err(b.syntax(
+                        line,
+                        format!("{word:?} after the host: expected key=value (a host line is `HOST [key=value ...]`)"),
+                    ));
+                };
+                if !b.set_var(&mut conn, key, value, line)? {
+                    ignored.push(key);
                 }
             }
+            if !ignored.is_empty() {
+                b.note(line, format!("{first}: ignored variables {}", ignored.join(", ")));
+            }
+            b.add_hosts(group, first, &conn, line)?;
         }
         b.finish()
     }
@@ -1467,6 +1472,10 @@ ansible_user=topuser
         let inv = ini(text);
         let t = |n: &str| inv.host(n).map(|h| h.target).unwrap_or_default();
         assert_eq!(t("h1"), "topuser@h1:3");
+        // Other variables are not parsed, only noted: a quote in one is no error.
+        let inv = ini("[a:vars]\nmotd=don't panic\nansible_user = 'me'\n[a]\nh\n");
+        assert_eq!(inv.host("h").map(|h| h.target).as_deref(), Some("me@h"));
+        assert!(inv.notes()[0].starts_with("inv.ini:2: [a:vars] motd ignored"), "{:?}", inv.notes());
         assert_eq!(t("h2"), "own@h2:3");
         assert_eq!(t("lonely"), "everyone@lonely:9");
         // Not on a hop that is not ssh.
