@@ -16,12 +16,18 @@
 //! db
 //! ```
 //!
-//! Of Ansible's variables only `ansible_host`, `ansible_port` and
-//! `ansible_user` (and the old `ansible_ssh_host`, `_port`, `_user`) on a
-//! host are used: they rewrite the last hop of the host's path into
-//! `user@host:port`. Every other variable, and every `[group:vars]` section
-//! or YAML `vars:`, is ignored with a note ([`Inventory::notes`], shown by
-//! `-v`). A host's name (its label in output) stays the name in the file.
+//! Of Ansible's variables spore uses `ansible_host`, `ansible_port` and
+//! `ansible_user` (and the old `ansible_ssh_host`, `_port`, `_user`): they
+//! rewrite the last hop of a host's path into `user@host:port`; and
+//! `ansible_connection` (`ssh`, `local`, `docker`, `podman`), so that
+//! `localhost ansible_connection=local` is the `local` hop, not an ssh
+//! login. They count on a host line and in `[group:vars]` / YAML `vars:`,
+//! merged as Ansible does (`all`, then groups from shallow to deep, by
+//! name at one depth, then the host's own); group settings skip hosts
+//! whose last hop is not ssh (`bastion/db1/sudo:pg`). Jinja templates are
+//! refused, not evaluated. Every other variable is ignored with a note
+//! ([`Inventory::notes`], for `-v`). A host's name (its label in output)
+//! stays the name in the file.
 //!
 //! Groups are Ansible's: `all` holds every host, `ungrouped` those in no
 //! other group, and a group holds its children's hosts, recursively; a
@@ -37,6 +43,9 @@ use std::path::{Path, PathBuf};
 /// The largest inventory file read.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// The longest INI line: no real one comes near it.
+const MAX_LINE_BYTES: usize = 64 << 10;
+
 /// The most hosts one inventory may name.
 pub const MAX_HOSTS: usize = 100_000;
 
@@ -51,8 +60,15 @@ const MAX_YAML_DEPTH: usize = 64;
 const MAX_YAML_NODES: usize = 2_000_000;
 
 /// The variables spore uses; all others are ignored with a note.
-const CONN_VARS: [&str; 6] =
-    ["ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_user", "ansible_ssh_user"];
+const CONN_VARS: [&str; 7] = [
+    "ansible_host",
+    "ansible_ssh_host",
+    "ansible_port",
+    "ansible_ssh_port",
+    "ansible_user",
+    "ansible_ssh_user",
+    "ansible_connection",
+];
 
 /// Notes kept; past this they are counted.
 const MAX_NOTES: usize = 1000;
@@ -110,7 +126,7 @@ pub enum InventoryError {
     TooMany {
         /// The file.
         origin: String,
-        /// Where the limit was passed.
+        /// Where the limit was passed (0: the file as a whole).
         line: usize,
         /// What there are too many of.
         what: &'static str,
@@ -138,6 +154,7 @@ impl fmt::Display for InventoryError {
                 };
                 write!(f, "{origin}:{line}: groups are children of each other: {shown}")
             }
+            InventoryError::TooMany { origin, line: 0, what, max } => write!(f, "{origin}: more than {max} {what}"),
             InventoryError::TooMany { origin, line, what, max } => {
                 write!(f, "{origin}:{line}: more than {max} {what}")
             }
@@ -154,6 +171,16 @@ struct Conn {
     host: Option<String>,
     port: Option<u16>,
     user: Option<String>,
+    via: Option<Via>,
+}
+
+/// How a host is reached (`ansible_connection`), among the hops spore has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Ssh,
+    Local,
+    /// `docker` or `podman`; the container is `ansible_host` or the name.
+    Container(&'static str),
 }
 
 impl Conn {
@@ -168,6 +195,9 @@ impl Conn {
         if later.user.is_some() {
             self.user.clone_from(&later.user);
         }
+        if later.via.is_some() {
+            self.via = later.via;
+        }
     }
 }
 
@@ -180,6 +210,8 @@ struct HostEntry {
 #[derive(Debug, Clone)]
 struct Group {
     name: String,
+    /// From `[name:vars]` or YAML `vars:`.
+    conn: Conn,
     hosts: Vec<usize>,
     /// Child groups, each with the line that says so.
     children: Vec<(usize, usize)>,
@@ -254,14 +286,7 @@ impl Inventory {
     pub fn group(&self, name: &str) -> Option<Vec<Host>> {
         let picked: Vec<bool> = match name {
             "all" => vec![true; self.hosts.len()],
-            "ungrouped" => {
-                let mut p: Vec<bool> = self.grouped.iter().map(|g| !g).collect();
-                // Hosts put in [ungrouped] by name are in it too.
-                if let Some(&g) = self.group_index.get(name) {
-                    self.mark(g, &mut p);
-                }
-                p
-            }
+            "ungrouped" => self.grouped.iter().map(|g| !g).collect(),
             _ => {
                 let &g = self.group_index.get(name)?;
                 let mut p = vec![false; self.hosts.len()];
@@ -319,11 +344,15 @@ impl Inventory {
 
     /// Read Ansible's INI format (and spore's, its plain subset).
     pub fn parse_ini(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut b = Builder::new(origin);
         // Where host lines go: None = no group (before any header, [all]).
         let mut section = Section::Hosts(None);
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
+            if raw.len() > MAX_LINE_BYTES {
+                return Err(b.syntax(line, format!("a line longer than {MAX_LINE_BYTES} bytes")));
+            }
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
                 continue;
@@ -332,39 +361,55 @@ impl Inventory {
                 section = b.header(trimmed, line)?;
                 continue;
             }
-            let words = shell_words(trimmed).map_err(|what| b.syntax(line, what))?;
-            let Some((first, rest)) = words.split_first() else { continue };
-            match &section {
-                Section::Hosts(group) => {
-                    let mut conn = Conn::default();
-                    let mut ignored = Vec::new();
-                    for word in rest {
-                        let Some((key, value)) = word.split_once('=') else {
-                            return Err(b.syntax(
-                                line,
-                                format!("{word:?} after the host: expected key=value (a host line is `HOST [key=value ...]`)"),
-                            ));
-                        };
-                        if !b.set_var(&mut conn, key, value, line)? {
-                            ignored.push(key);
-                        }
-                    }
-                    if !ignored.is_empty() {
-                        b.note(line, format!("{first}: ignored variables {}", ignored.join(", ")));
-                    }
-                    b.add_hosts(*group, first, &conn, line)?;
+            let group = match &section {
+                Section::Vars(of, name) => {
+                    // Ansible's `key=value` or `key = value`, one a line,
+                    // the value as it stands (a quote in an unused one is
+                    // no error).
+                    let Some((key, value)) = trimmed.split_once('=') else {
+                        return Err(b.syntax(line, format!("[{name}:vars]: expected key=value")));
+                    };
+                    let value = value.trim();
+                    let unquoted = ['"', '\'']
+                        .iter()
+                        .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
+                        .unwrap_or(value);
+                    b.group_var(*of, &format!("[{name}:vars]"), key.trim(), unquoted, line)?;
+                    continue;
                 }
                 Section::Children(parent) => {
-                    if let Some(extra) = rest.first() {
+                    let words = shell_words(trimmed).map_err(|what| b.syntax(line, what))?;
+                    if let [_, extra, ..] = words.as_slice() {
                         return Err(b.syntax(line, format!("{extra:?}: a [group:children] line names one group")));
                     }
+                    let Some(first) = words.first() else { continue };
                     let child = b.group(first, line)?;
                     if let Some(parent) = parent {
                         b.child(*parent, child, line)?;
                     }
+                    continue;
                 }
-                Section::Vars(name) => b.note(line, format!("[{name}:vars] {first} ignored (spore reads only ansible_host, ansible_port and ansible_user on host lines)")),
+                Section::Hosts(group) => *group,
+            };
+            let words = shell_words(trimmed).map_err(|what| b.syntax(line, what))?;
+            let Some((first, rest)) = words.split_first() else { continue };
+            let mut conn = Conn::default();
+            let mut ignored = Vec::new();
+            for word in rest {
+                let Some((key, value)) = word.split_once('=') else {
+                    return Err(b.syntax(
+                        line,
+                        format!("{word:?} after the host: expected key=value (a host line is `HOST [key=value ...]`)"),
+                    ));
+                };
+                if !b.set_var(&mut conn, key, value, line)? {
+                    ignored.push(key);
+                }
             }
+            if !ignored.is_empty() {
+                b.note(line, format!("{first}: ignored variables {}", ignored.join(", ")));
+            }
+            b.add_hosts(group, first, &conn, line)?;
         }
         b.finish()
     }
@@ -372,6 +417,7 @@ impl Inventory {
     /// Read Ansible's YAML format: `all: {hosts: {NAME: {VARS}}, children:
     /// {GROUP: {...}}, vars: ...}`, any group at the top.
     pub fn parse_yaml(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let tree = yaml::Tree::parse(text, origin)?;
         let mut b = Builder::new(origin);
         let mut walk = YamlWalk { tree: &tree, b: &mut b, visited: 0 };
@@ -383,20 +429,20 @@ impl Inventory {
 }
 
 /// Does the text read as YAML? Its first line that says something is
-/// `---`, or `word:` with nothing or a space after the colon.
+/// `---`, `{` (JSON), or `word:` with nothing or a space after the colon.
 fn looks_like_yaml(text: &str) -> bool {
     let Some(first) = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
     else {
         return false;
     };
-    first.starts_with("---") || first.ends_with(':') || first.contains(": ")
+    first.starts_with("---") || first.starts_with('{') || first.ends_with(':') || first.contains(": ")
 }
 
 /// What an INI section holds.
 enum Section {
     Hosts(Option<usize>),
     Children(Option<usize>),
-    Vars(String),
+    Vars(VarsOf, String),
 }
 
 /// Split a host line like a shell (what Ansible does): whitespace between
@@ -468,8 +514,19 @@ struct Builder {
     groups: Vec<Group>,
     group_index: HashMap<String, usize>,
     entries: usize,
+    /// `[all:vars]` and `[ungrouped:vars]`.
+    all_conn: Conn,
+    ungrouped_conn: Conn,
     notes: Vec<String>,
     notes_dropped: usize,
+}
+
+/// Whose variables a `vars` section sets.
+#[derive(Debug, Clone, Copy)]
+enum VarsOf {
+    All,
+    Ungrouped,
+    Group(usize),
 }
 
 impl Builder {
@@ -482,18 +539,20 @@ impl Builder {
             groups: Vec::new(),
             group_index: HashMap::new(),
             entries: 0,
+            all_conn: Conn::default(),
+            ungrouped_conn: Conn::default(),
             notes: Vec::new(),
             notes_dropped: 0,
         }
     }
 
     fn syntax(&self, line: usize, what: impl Into<String>) -> InventoryError {
-        InventoryError::Syntax { origin: self.origin.clone(), line, what: what.into() }
+        InventoryError::Syntax { origin: self.origin.clone(), line, what: cut(what.into()) }
     }
 
     fn note(&mut self, line: usize, what: String) {
         if self.notes.len() < MAX_NOTES {
-            self.notes.push(format!("{}:{line}: {what}", self.origin));
+            self.notes.push(format!("{}:{line}: {}", self.origin, cut(what)));
         } else {
             self.notes_dropped += 1;
         }
@@ -527,8 +586,8 @@ impl Builder {
             }
             Some("children") => Ok(Section::Children(Some(self.group(name, line)?))),
             Some("vars") => {
-                check_group_name(name).map_err(|w| self.syntax(line, w))?;
-                Ok(Section::Vars(name.to_string()))
+                let of = self.vars_of(name, line)?;
+                Ok(Section::Vars(of, name.to_string()))
             }
             Some(other) => {
                 Err(self.syntax(line, format!("[{name}:{other}]: unknown section kind {other:?} ({})", bad())))
@@ -545,7 +604,12 @@ impl Builder {
         if name == "all" || name == "ungrouped" {
             return Err(self.syntax(line, format!("{name} is made by the inventory itself: it can't be a child group")));
         }
-        self.groups.push(Group { name: name.to_string(), hosts: Vec::new(), children: Vec::new() });
+        self.groups.push(Group {
+            name: name.to_string(),
+            conn: Conn::default(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+        });
         self.group_index.insert(name.to_string(), self.groups.len() - 1);
         Ok(self.groups.len() - 1)
     }
@@ -571,8 +635,49 @@ impl Builder {
         Ok(())
     }
 
+    /// Whose variables `name`'s vars set (the group is made if new).
+    fn vars_of(&mut self, name: &str, line: usize) -> Result<VarsOf, InventoryError> {
+        Ok(match name {
+            "all" => VarsOf::All,
+            "ungrouped" => VarsOf::Ungrouped,
+            _ => VarsOf::Group(self.group(name, line)?),
+        })
+    }
+
+    fn vars_conn(&mut self, of: VarsOf) -> &mut Conn {
+        match of {
+            VarsOf::All => &mut self.all_conn,
+            VarsOf::Ungrouped => &mut self.ungrouped_conn,
+            VarsOf::Group(g) => &mut self.groups[g].conn,
+        }
+    }
+
+    /// One variable of a group (`whose` names it in a note).
+    fn group_var(
+        &mut self,
+        of: VarsOf,
+        whose: &str,
+        key: &str,
+        value: &str,
+        line: usize,
+    ) -> Result<(), InventoryError> {
+        let mut conn = std::mem::take(self.vars_conn(of));
+        let used = self.set_var(&mut conn, key, value, line);
+        *self.vars_conn(of) = conn;
+        if !used? {
+            self.note(
+                line,
+                format!("{whose} {key} ignored (spore uses only ansible_host, _port, _user and _connection)"),
+            );
+        }
+        Ok(())
+    }
+
     /// Apply one `key=value`: true if it was used, false if ignored.
     fn set_var(&self, conn: &mut Conn, key: &str, value: &str, line: usize) -> Result<bool, InventoryError> {
+        if CONN_VARS.contains(&key) && (value.contains("{{") || value.contains("{%")) {
+            return Err(self.syntax(line, format!("{key}={value:?}: a Jinja template, which spore does not evaluate")));
+        }
         match key {
             "ansible_host" | "ansible_ssh_host" => {
                 // '/' would add hops, '@' a user, whitespace an ssh option:
@@ -592,6 +697,20 @@ impl Builder {
                     return Err(self.syntax(line, format!("{key}={value:?}: not a user name")));
                 }
                 conn.user = Some(value.to_string());
+            }
+            "ansible_connection" => {
+                conn.via = Some(match value {
+                    "ssh" | "smart" | "paramiko" | "ansible.builtin.ssh" | "ansible.builtin.paramiko_ssh" => Via::Ssh,
+                    "local" | "ansible.builtin.local" => Via::Local,
+                    "docker" | "community.docker.docker" | "community.docker.docker_api" => Via::Container("docker"),
+                    "podman" | "containers.podman.podman" => Via::Container("podman"),
+                    _ => {
+                        return Err(self.syntax(
+                            line,
+                            format!("{key}={value:?}: spore reaches hosts by ssh, local, docker or podman"),
+                        ))
+                    }
+                });
             }
             _ => return Ok(false),
         }
@@ -662,10 +781,20 @@ impl Builder {
         if name.is_empty() || name.split('/').any(str::is_empty) {
             return Err(self.syntax(line, format!("host {name:?}: empty hop (two '/' in a row, or one at an end?)")));
         }
-        if name.contains(|c: char| c.is_whitespace() || c.is_control() || c == ',') {
-            return Err(
-                self.syntax(line, format!("host {name:?}: spaces, control characters and ',' can't be in a target"))
-            );
+        // Invisible and direction-changing characters would make a label
+        // print as another one.
+        if name.contains(|c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')) {
+            return Err(self.syntax(line, format!("host {name:?}: invisible or direction-changing characters")));
+        }
+        // What would read as something else on a command line: a list
+        // (','), a glob ('*'), a group, a filter or a comment.
+        if name.contains(|c: char| c.is_whitespace() || c.is_control() || c == ',' || c == '*')
+            || name.starts_with(['@', '!', '&', '#'])
+        {
+            return Err(self.syntax(
+                line,
+                format!("host {name:?}: a target can't hold spaces, control characters, ',' or '*', nor start with '@', '!', '&' or '#'"),
+            ));
         }
         Ok(())
     }
@@ -690,9 +819,10 @@ impl Builder {
     /// Every group's children are checked for loops; hosts get targets.
     fn finish(self) -> Result<Inventory, InventoryError> {
         self.check_cycles()?;
+        let conns = self.effective_conns()?;
         let mut hosts = Vec::with_capacity(self.hosts.len());
-        for h in &self.hosts {
-            hosts.push(Host { name: h.name.clone(), target: target_of(&h.name, &h.conn) });
+        for (h, conn) in self.hosts.iter().zip(&conns) {
+            hosts.push(Host { name: h.name.clone(), target: target_of(&h.name, conn) });
         }
         let mut notes = self.notes;
         if self.notes_dropped > 0 {
@@ -707,6 +837,96 @@ impl Builder {
             group_index: self.group_index,
             notes,
         })
+    }
+
+    /// Each host's settings as Ansible merges them: `all`, then `ungrouped`
+    /// or the groups it is in (its own and their parents, shallow before
+    /// deep, by name at the same depth), then the host's own. Group
+    /// settings skip hosts whose last hop is not ssh (`.../sudo:pg`).
+    fn effective_conns(&self) -> Result<Vec<Conn>, InventoryError> {
+        let own = |h: &HostEntry| h.conn.clone();
+        let with_vars: Vec<usize> =
+            (0..self.groups.len()).filter(|&g| self.groups[g].conn != Conn::default()).collect();
+        if with_vars.is_empty() && self.all_conn == Conn::default() && self.ungrouped_conn == Conn::default() {
+            return Ok(self.hosts.iter().map(own).collect());
+        }
+        let too_many = || InventoryError::TooMany {
+            origin: self.origin.clone(),
+            line: 0,
+            what: "group variables inherited",
+            max: MAX_ENTRIES,
+        };
+        // Depth: the longest chain of parents above a group (Kahn's order;
+        // there are no cycles by now).
+        let n = self.groups.len();
+        let mut parents = vec![0usize; n];
+        for g in &self.groups {
+            for &(c, _) in &g.children {
+                parents[c] += 1;
+            }
+        }
+        let mut depth = vec![1usize; n];
+        let mut ready: Vec<usize> = (0..n).filter(|&g| parents[g] == 0).collect();
+        while let Some(g) = ready.pop() {
+            for &(c, _) in &self.groups[g].children {
+                depth[c] = depth[c].max(depth[g] + 1);
+                parents[c] -= 1;
+                if parents[c] == 0 {
+                    ready.push(c);
+                }
+            }
+        }
+        // For each group, the groups with settings that it is in.
+        let mut inherit: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut stamp = vec![usize::MAX; n];
+        let mut work = 0usize;
+        for &v in &with_vars {
+            let mut todo = vec![v];
+            while let Some(g) = todo.pop() {
+                if stamp[g] == v {
+                    continue;
+                }
+                stamp[g] = v;
+                inherit[g].push(v);
+                work += 1;
+                if work > MAX_ENTRIES {
+                    return Err(too_many());
+                }
+                todo.extend(self.groups[g].children.iter().map(|&(c, _)| c));
+            }
+        }
+        let mut direct: Vec<Vec<usize>> = vec![Vec::new(); self.hosts.len()];
+        for (g, group) in self.groups.iter().enumerate() {
+            for &h in &group.hosts {
+                direct[h].push(g);
+            }
+        }
+        let mut out = Vec::with_capacity(self.hosts.len());
+        for (h, host) in self.hosts.iter().enumerate() {
+            if !is_ssh_hop(last_hop(&host.name)) {
+                out.push(own(host));
+                continue;
+            }
+            let mut conn = self.all_conn.clone();
+            if !self.grouped[h] {
+                conn.merge(&self.ungrouped_conn);
+            }
+            let mut from: Vec<usize> = direct[h].iter().flat_map(|&g| inherit[g].iter().copied()).collect();
+            work += from.len();
+            if work > MAX_ENTRIES * 4 {
+                return Err(too_many());
+            }
+            from.sort_unstable_by(|&a, &b| {
+                depth[a].cmp(&depth[b]).then_with(|| self.groups[a].name.cmp(&self.groups[b].name))
+            });
+            from.dedup();
+            for g in from {
+                conn.merge(&self.groups[g].conn);
+            }
+            conn.merge(&host.conn);
+            out.push(conn);
+        }
+        Ok(out)
     }
 
     /// A depth-first walk without recursion: White/Grey/Black colours, a
@@ -753,6 +973,20 @@ impl Builder {
     }
 }
 
+/// A message cut short: a line of a file may be megabytes long.
+fn cut(mut what: String) -> String {
+    const MAX: usize = 300;
+    if what.len() > MAX {
+        let mut end = MAX;
+        while !what.is_char_boundary(end) {
+            end -= 1;
+        }
+        what.truncate(end);
+        what.push_str("...");
+    }
+    what
+}
+
 /// Group names: letters, digits, `_`, `-`, `.` (what `@group` can name).
 fn check_group_name(name: &str) -> Result<(), String> {
     if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) {
@@ -776,9 +1010,21 @@ fn target_of(name: &str, conn: &Conn) -> String {
         None => (None, name),
     };
     let (user, host, port) = split_ssh_hop(last);
-    let user = conn.user.as_deref().or(user);
     let host = conn.host.as_deref().unwrap_or(host);
-    let own_port = conn.port.map(|p| p.to_string());
+    let hop = match conn.via {
+        Some(Via::Local) => "local".to_string(),
+        Some(Via::Container(engine)) => format!("{engine}:{host}"),
+        Some(Via::Ssh) | None => ssh_hop(conn.user.as_deref().or(user), host, conn.port, port),
+    };
+    match head {
+        Some(h) => format!("{h}/{hop}"),
+        None => hop,
+    }
+}
+
+/// `user@host:port`, an IPv6 host in brackets.
+fn ssh_hop(user: Option<&str>, host: &str, own_port: Option<u16>, port: Option<&str>) -> String {
+    let own_port = own_port.map(|p| p.to_string());
     let port = own_port.as_deref().or(port);
     let mut hop = String::new();
     if let Some(u) = user {
@@ -796,10 +1042,7 @@ fn target_of(name: &str, conn: &Conn) -> String {
         hop.push(':');
         hop.push_str(p);
     }
-    match head {
-        Some(h) => format!("{h}/{hop}"),
-        None => hop,
-    }
+    hop
 }
 
 /// Walks a YAML tree into a [`Builder`].
@@ -855,6 +1098,32 @@ impl<'a> YamlWalk<'a> {
         }
     }
 
+    /// A mapping of variables, YAML merge keys (`<<: *defaults`) opened:
+    /// merged entries first, so the mapping's own win.
+    fn vars(&mut self, node: usize, what: &str, depth: usize) -> Result<Vec<(usize, usize)>, InventoryError> {
+        if depth > 8 {
+            return Err(self.syntax(node, format!("{what}: merge keys ('<<') nested more than 8 deep")));
+        }
+        let mut merged = Vec::new();
+        let mut own = Vec::new();
+        for (k, v) in self.entries(node, what)? {
+            let is_merge = matches!(self.get(k)?, yaml::Node::Scalar(s, _) if s == "<<");
+            if !is_merge {
+                own.push((k, v));
+                continue;
+            }
+            let sources = match self.get(v)? {
+                yaml::Node::Seq(items) => items.clone(),
+                _ => vec![v],
+            };
+            for src in sources {
+                merged.extend(self.vars(src, what, depth + 1)?);
+            }
+        }
+        merged.extend(own);
+        Ok(merged)
+    }
+
     fn top(&mut self, root: usize) -> Result<(), InventoryError> {
         for (k, v) in self.entries(root, "the top level")? {
             let name = self.text(k, "a group's name")?;
@@ -904,11 +1173,20 @@ impl<'a> YamlWalk<'a> {
                     }
                 }
                 "vars" => {
-                    let line = self.tree.line(k);
-                    self.b.note(
-                        line,
-                        format!("vars of group {name} ignored (spore reads only ansible_host, ansible_port and ansible_user on hosts)"),
-                    );
+                    let of = self.b.vars_of(name, line)?;
+                    for (vk, vv) in self.vars(v, &format!("vars of group {name}"), 0)? {
+                        let var = self.text(vk, &format!("a variable of group {name}"))?;
+                        let vline = self.tree.line(vk);
+                        match self.get(vv)? {
+                            yaml::Node::Scalar(value, _) => {
+                                self.b.group_var(of, &format!("vars of group {name}:"), &var, value, vline)?;
+                            }
+                            _ if CONN_VARS.contains(&var.as_str()) => {
+                                return Err(self.syntax(vv, format!("{var}: expected a single value")));
+                            }
+                            _ => self.b.note(vline, format!("vars of group {name}: {var} ignored (spore uses only ansible_host, _port, _user and _connection)")),
+                        }
+                    }
                 }
                 other => {
                     return Err(self.syntax(
@@ -926,7 +1204,7 @@ impl<'a> YamlWalk<'a> {
         let line = self.tree.line(key);
         let mut conn = Conn::default();
         let mut ignored = Vec::new();
-        for (k, v) in self.entries(vars, &format!("variables of host {pattern}"))? {
+        for (k, v) in self.vars(vars, &format!("variables of host {pattern}"), 0)? {
             let name = self.text(k, &format!("a variable of host {pattern}"))?;
             let value = match self.get(v)? {
                 yaml::Node::Scalar(s, _) => Some(s.clone()),
@@ -1091,7 +1369,8 @@ web01
 web
 db
 [prod:vars]
-ansible_user=root
+ansible_user = root
+color=blue
 [all:children]
 prod
 ";
@@ -1104,7 +1383,8 @@ prod
             ["web01", "web02", "web03", "bastion/app1/sudo:deploy", "bastion/app2/sudo:deploy"]
         );
         assert_eq!(names(inv.group("db")), ["web01", "db1", "db2"]);
-        assert_eq!(targets(inv.group("db")), ["web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
+        // prod's ansible_user reaches web01 through db; the hosts' own win.
+        assert_eq!(targets(inv.group("db")), ["root@web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
         // Children, recursively, each once, in file order.
         assert_eq!(
             names(inv.group("prod")),
@@ -1119,7 +1399,8 @@ prod
         assert_eq!(inv.host("db2:2200"), None);
         let notes = inv.notes().join("\n");
         assert!(notes.contains("inv.ini:9: db2:2200: ignored variables foo"), "{notes}");
-        assert!(notes.contains("inv.ini:15: [prod:vars] ansible_user=root ignored"), "{notes}");
+        assert!(notes.contains("inv.ini:16: [prod:vars] color ignored"), "{notes}");
+        assert!(!notes.contains("ansible_user"), "{notes}");
     }
 
     #[test]
@@ -1149,9 +1430,97 @@ prod
         assert_eq!(t("h3"), "[fe80::1]");
         assert_eq!(t("b/me@[::1]"), "b/you@[::1]:22");
         assert_eq!(t("h4"), "10.0.0.9");
+        // ansible_connection picks the hop.
+        let inv = ini("localhost ansible_connection=local\n\
+             c1 ansible_connection=docker\n\
+             b/c2 ansible_connection=community.docker.docker ansible_host=real\n\
+             p1 ansible_connection=podman\n\
+             s1 ansible_connection=ssh ansible_user=u\n");
+        assert_eq!(targets(inv.group("all")), ["local", "docker:c1", "b/docker:real", "podman:p1", "u@s1"]);
         // A later line's settings merge over an earlier one's.
         let inv = ini("[a]\nh ansible_user=x\n[b]\nh ansible_port=99\n");
         assert_eq!(inv.host("h").map(|h| h.target).as_deref(), Some("x@h:99"));
+    }
+
+    #[test]
+    fn group_settings_merge_as_in_ansible() {
+        // all, then groups shallow before deep (by name at one depth),
+        // then the host's own.
+        let text = "\
+lonely
+[all:vars]
+ansible_user=everyone
+ansible_port=1
+[ungrouped:vars]
+ansible_port=9
+[a]
+h1
+h2 ansible_user=own
+[b]
+h1
+b/x/sudo
+[b:vars]
+ansible_port=2
+[a:vars]
+ansible_port=3
+[top:children]
+a
+[top:vars]
+ansible_port=4
+ansible_user=topuser
+";
+        let inv = ini(text);
+        let t = |n: &str| inv.host(n).map(|h| h.target).unwrap_or_default();
+        assert_eq!(t("h1"), "topuser@h1:3");
+        // Other variables are not parsed, only noted: a quote in one is no error.
+        let inv = ini("[a:vars]\nmotd=don't panic\nansible_user = 'me'\n[a]\nh\n");
+        assert_eq!(inv.host("h").map(|h| h.target).as_deref(), Some("me@h"));
+        assert!(inv.notes()[0].starts_with("inv.ini:2: [a:vars] motd ignored"), "{:?}", inv.notes());
+        assert_eq!(t("h2"), "own@h2:3");
+        assert_eq!(t("lonely"), "everyone@lonely:9");
+        // Not on a hop that is not ssh.
+        assert_eq!(t("b/x/sudo"), "b/x/sudo");
+        // The same in YAML.
+        let yaml = "\
+all:
+  vars: {ansible_user: everyone, ansible_port: 1}
+  hosts: {lonely: }
+  children:
+    ungrouped:
+      vars: {ansible_port: 9}
+    b:
+      hosts: {h1: , b/x/sudo: }
+      vars: {ansible_port: 2}
+    top:
+      vars: {ansible_port: 4, ansible_user: topuser}
+      children:
+        a:
+          hosts: {h1: , h2: {ansible_user: own}}
+          vars: {ansible_port: 3}
+";
+        let inv = yml(yaml);
+        let t = |n: &str| inv.host(n).map(|h| h.target).unwrap_or_default();
+        assert_eq!(t("h1"), "topuser@h1:3");
+        assert_eq!(t("h2"), "own@h2:3");
+        assert_eq!(t("lonely"), "everyone@lonely:9");
+        assert_eq!(t("b/x/sudo"), "b/x/sudo");
+        // Bad values in vars are errors at their line.
+        let e = Inventory::parse_ini("[a:vars]\nansible_port=x\n", "inv.ini").unwrap_err().to_string();
+        assert!(e.starts_with("inv.ini:2: ansible_port=\"x\": not a port"), "{e}");
+        let e = Inventory::parse_ini("[a:vars]\njunk\n", "inv.ini").unwrap_err().to_string();
+        assert!(e.starts_with("inv.ini:2: [a:vars]: expected key=value"), "{e}");
+        // Every group of a deep chain has a setting: the deepest wins.
+        let chain = |n: usize| {
+            let mut text = String::from("[g0]\nleaf\n");
+            for g in 1..n {
+                text.push_str(&format!("[g{g}:children]\ng{}\n[g{g}:vars]\nansible_port={g}\n", g - 1));
+            }
+            text
+        };
+        assert_eq!(ini(&chain(1000)).host("leaf").map(|h| h.target).as_deref(), Some("leaf:1"));
+        // 5,000 deep, 12.5 million inheritances: refused, not ground through.
+        let e = Inventory::parse_ini(&chain(5000), "inv.ini").unwrap_err().to_string();
+        assert_eq!(e, "inv.ini: more than 1000000 group variables inherited");
     }
 
     #[test]
@@ -1169,6 +1538,12 @@ prod
             ("h ansible_host=root@x\n", "not a host name"),
             ("h ansible_user='a b'\n", "inv.ini:1: ansible_user=\"a b\": not a user name"),
             ("h 'x=1\n", "inv.ini:1: unclosed ' quote"),
+            (
+                "h ansible_connection=winrm\n",
+                "inv.ini:1: ansible_connection=\"winrm\": spore reaches hosts by ssh, local",
+            ),
+            ("h ansible_host='{{ ip }}'\n", "inv.ini:1: ansible_host=\"{{ ip }}\": a Jinja template"),
+            ("h\u{202e}moc.evil\n", "inv.ini:1: host \"h\\u{202e}moc.evil\": invisible or direction-changing"),
             ("h:99999\n", "inv.ini:1: host \"h:99999\": \"99999\" is not a port"),
             ("a//b\n", "inv.ini:1: host \"a//b\": empty hop"),
             ("a/\n", "empty hop"),
@@ -1221,7 +1596,17 @@ prod
         // Odd UTF-8 is carried, control characters refused.
         let inv = ini("[grüppe]\nhöst-ü[1:2]\n");
         assert_eq!(names(inv.group("grüppe")), ["höst-ü1", "höst-ü2"]);
-        assert!(Inventory::parse_ini("a\u{7}b\n", "inv.ini").is_err());
+        for bad in ["a\u{7}b", "web*", "@x", "!x", "&x"] {
+            let e = Inventory::parse_ini(&format!("{bad}\n"), "inv.ini").unwrap_err().to_string();
+            assert!(e.contains("a target can't hold"), "{bad}: {e}");
+        }
+        // A byte-order mark is not part of the first line.
+        assert_eq!(names(ini("\u{feff}[web]\nw1\n").group("web")), ["w1"]);
+        assert_eq!(names(yml("\u{feff}web:\n  hosts:\n    w1:\n").group("web")), ["w1"]);
+        // A huge line is refused as such.
+        let e = Inventory::parse_ini(&format!("ok\n{}\n", "x".repeat(70_000)), "inv.ini").unwrap_err();
+        assert_eq!(e.to_string(), "inv.ini:2: a line longer than 65536 bytes");
+        assert!(Inventory::parse_ini(&format!("{}\n", "x".repeat(65_536)), "inv.ini").is_ok());
         // Notes are bounded.
         let text: String = (0..5000).map(|i| format!("h{i} foo=1\n")).collect();
         let inv = ini(&text);
@@ -1240,6 +1625,7 @@ all:
         bastion/app[1-2]/sudo:deploy:
       vars:
         ansible_user: root
+        color: blue
     db:
       hosts:
         db1:
@@ -1264,7 +1650,7 @@ all:
             names(inv.group("web")),
             ["web01", "web02", "web03", "bastion/app1/sudo:deploy", "bastion/app2/sudo:deploy"]
         );
-        assert_eq!(targets(inv.group("db")), ["web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
+        assert_eq!(targets(inv.group("db")), ["root@web01", "admin@10.0.0.5:2222", "ops@db2:2200"]);
         assert_eq!(
             names(inv.group("prod")),
             ["web01", "web02", "web03", "bastion/app1/sudo:deploy", "bastion/app2/sudo:deploy", "db1", "db2"]
@@ -1272,8 +1658,8 @@ all:
         assert_eq!(names(inv.group("ungrouped")), ["bastion"]);
         assert_eq!(inv.groups(), ["all", "ungrouped", "web", "db", "prod"]);
         let notes = inv.notes().join("\n");
-        assert!(notes.contains("inv.yml:9: vars of group web ignored"), "{notes}");
-        assert!(notes.contains("inv.yml:13: db1: ignored variables foo"), "{notes}");
+        assert!(notes.contains("inv.yml:11: vars of group web: color ignored"), "{notes}");
+        assert!(notes.contains("inv.yml:14: db1: ignored variables foo"), "{notes}");
         // The same inventory in both formats names the same hosts.
         let from_ini = ini(INI);
         for g in ["web", "db", "prod", "ungrouped"] {
@@ -1294,6 +1680,23 @@ all:
         // Anchors and aliases are links.
         let inv = yml("a:\n  hosts: &h\n    x1:\n    x2:\nb:\n  hosts: *h\n");
         assert_eq!(names(inv.group("b")), ["x1", "x2"]);
+        // Merge keys in variables: the mapping's own entries win.
+        let text = "\
+all:
+  hosts:
+    h1:
+      <<: &d {ansible_user: admin, ansible_port: 2}
+      ansible_port: 3
+    h2:
+      <<: [*d, {ansible_host: x}]
+  children:
+    g:
+      hosts: {h3: }
+      vars:
+        <<: *d
+";
+        let inv = yml(text);
+        assert_eq!(targets(inv.group("all")), ["admin@h1:3", "admin@x:2", "admin@h3:2"]);
         // A port as a number or a string.
         let inv = yml("all:\n  hosts:\n    h:\n      ansible_port: '22'\n    g:\n      ansible_port: 23\n");
         assert_eq!(targets(inv.group("all")), ["h:22", "g:23"]);
@@ -1357,6 +1760,7 @@ all:
         assert!(looks_like_yaml("---\nall:\n"));
         assert!(looks_like_yaml("# c\nall:\n  hosts:\n"));
         assert!(looks_like_yaml("web: {hosts: {a: }}\n"));
+        assert!(looks_like_yaml("{\"web\": {\"hosts\": {\"a\": null}}}\n"));
         assert!(!looks_like_yaml("[web]\nweb1\n"));
         assert!(!looks_like_yaml("web1:2222 ansible_user=x\n"));
         assert!(!looks_like_yaml("bastion/sudo:postgres\n"));

@@ -19,7 +19,8 @@
 //!
 //! [`fold`] is the inverse for display, like ClusterShell's `nodeset -f`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fmt::Write as _;
 
@@ -380,20 +381,23 @@ fn shape(name: &str) -> Shape<'_> {
 /// `web01 web02 web03 web07` is `web[01-03,07]`. Only the last run of
 /// digits in each name folds (`bastion/web01 bastion/web02` is
 /// `bastion/web[01-02]`); names that differ in anything else, or in their
-/// zero padding, are separate groups, joined by `,`. The result does not
-/// depend on the input's order or duplicates: groups are sorted by their
-/// text, numbers within a group ascending, and [`expand`] of each item of
-/// [`split_list`] gives the names back in that order. Names holding `[`,
+/// zero padding, are separate groups, joined by `,` (a plain number as wide
+/// as a padded one or wider joins it: `n[098-100]`). The result does not
+/// depend on the input's order or duplicates: groups are in the natural
+/// order of their first names (`n2` before `n10`), numbers within a group
+/// ascending, and [`expand`] of each item of [`split_list`] gives the
+/// names back in that order. Names holding `[`,
 /// `]` or `,` are shown as they are.
 pub fn fold(names: &[String]) -> String {
     let shapes: Vec<Shape> = names.iter().map(|n| shape(n)).collect();
     // Zero-padded widths present for each (prefix, suffix): a plain number
-    // of that width (`10` beside `01`) joins the padded group.
-    let mut padded: HashSet<(&str, &str, usize)> = HashSet::new();
+    // at least that wide (`10` or `100` beside `01`) prints the same padded,
+    // so it joins the widest such group (`n[01-100]`, as ClusterShell).
+    let mut padded: HashMap<(&str, &str), BTreeSet<usize>> = HashMap::new();
     for s in &shapes {
         if let Shape::Numbered { prefix, digits, suffix } = s {
             if digits.len() > 1 && digits.starts_with('0') {
-                padded.insert((prefix, suffix, digits.len()));
+                padded.entry((prefix, suffix)).or_default().insert(digits.len());
             }
         }
     }
@@ -406,17 +410,23 @@ pub fn fold(names: &[String]) -> String {
                 groups.entry((name, "", usize::MAX)).or_default();
             }
             Shape::Numbered { prefix, digits, suffix } => {
-                let width = if padded.contains(&(prefix, suffix, digits.len())) { digits.len() } else { 0 };
+                let len = digits.len();
+                let width = if len > 1 && digits.starts_with('0') {
+                    len
+                } else {
+                    padded.get(&(*prefix, *suffix)).and_then(|w| w.range(..=len).next_back().copied()).unwrap_or(0)
+                };
                 // At most 18 digits: always fits.
                 let n = digits.parse::<u64>().unwrap_or(0);
                 groups.entry((prefix, suffix, width)).or_default().insert(n);
             }
         }
     }
-    let mut items = Vec::with_capacity(groups.len());
+    // (the group's first name, its text): sorted by the first names.
+    let mut items: Vec<(String, String)> = Vec::with_capacity(groups.len());
     for ((prefix, suffix, width), numbers) in groups {
         if width == usize::MAX {
-            items.push(prefix.to_string());
+            items.push((prefix.to_string(), prefix.to_string()));
             continue;
         }
         let num = |n: u64| format!("{n:0width$}");
@@ -427,6 +437,7 @@ pub fn fold(names: &[String]) -> String {
                 _ => runs.push((n, n)),
             }
         }
+        let first = format!("{prefix}{}{suffix}", runs.first().map_or(String::new(), |r| num(r.0)));
         let item = match runs.as_slice() {
             [(lo, hi)] if lo == hi => format!("{prefix}{}{suffix}", num(*lo)),
             _ => {
@@ -437,9 +448,40 @@ pub fn fold(names: &[String]) -> String {
                 format!("{prefix}[{}]{suffix}", inner.join(","))
             }
         };
-        items.push(item);
+        items.push((first, item));
     }
-    items.join(",")
+    // Natural order, rack2-n[...] before rack10-n[...]; two groups never
+    // share a first name, so the order is total.
+    items.sort_by(|a, b| natural(&a.0, &b.0));
+    items.into_iter().map(|(_, item)| item).collect::<Vec<_>>().join(",")
+}
+
+/// Compare texts with their runs of digits as numbers (`n2` < `n10`);
+/// texts that differ only in zero padding fall back to their bytes, so the
+/// order is total.
+fn natural(a: &str, b: &str) -> Ordering {
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < x.len() && j < y.len() {
+        if x[i].is_ascii_digit() && y[j].is_ascii_digit() {
+            let run = |s: &[u8], k: usize| k + s[k..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let (ei, ej) = (run(x, i), run(y, j));
+            let trim = |s: &'_ [u8]| -> usize { s.iter().take_while(|&&c| c == b'0').count() };
+            let (nx, ny) = (&x[i + trim(&x[i..ei])..ei], &y[j + trim(&y[j..ej])..ej]);
+            let by_value = nx.len().cmp(&ny.len()).then_with(|| nx.cmp(ny));
+            if by_value != Ordering::Equal {
+                return by_value;
+            }
+            (i, j) = (ei, ej);
+        } else {
+            if x[i] != y[j] {
+                return x[i].cmp(&y[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (x.len() - i).cmp(&(y.len() - j)).then_with(|| a.cmp(b))
 }
 
 #[cfg(test)]
@@ -574,13 +616,24 @@ mod tests {
         assert_eq!(fo(&["web7"]), "web7");
         assert_eq!(fo(&["local"]), "local");
         assert_eq!(fo(&[]), "");
-        assert_eq!(fo(&["web1", "web10", "web01"]), "web1,web[01,10]");
+        assert_eq!(fo(&["web1", "web10", "web01"]), "web[01,10],web1");
         assert_eq!(fo(&["n9", "n10", "n11"]), "n[9-11]");
+        assert_eq!(fo(&["rack10-n1", "rack2-n1", "rack2-n2", "rack1-n1"]), "rack1-n1,rack2-n[1-2],rack10-n1");
+        assert_eq!(fo(&["b", "a10", "a9x", "a"]), "a,a9x,a10,b");
+        assert_eq!(fo(&["n998", "n999", "n1000", "n001"]), "n[001,998-1000]");
+        assert_eq!(fo(&["n5", "n05", "n100", "n0100"]), "n[05,100],n5,n0100");
         assert_eq!(fo(&["rack1-n01", "rack1-n02", "rack2-n01"]), "rack1-n[01-02],rack2-n01");
         assert_eq!(fo(&["a1.example.com", "a2.example.com"]), "a[1-2].example.com");
         assert_eq!(fo(&["me@[::1]:22", "me@[::1]:23"]), "me@[::1]:22,me@[::1]:23");
         assert_eq!(fo(&["x9999999999999999999999"]), "x9999999999999999999999");
         assert_eq!(fo(&["é1", "é2"]), "é[1-2]");
+    }
+
+    #[test]
+    fn natural_order() {
+        let mut v = ["n10", "n9", "n09", "a", "n", "n9a", "n010", "m100", "n1x2", "n1x10"];
+        v.sort_by(|a, b| natural(a, b));
+        assert_eq!(v, ["a", "m100", "n", "n1x2", "n1x10", "n09", "n9", "n9a", "n010", "n10"]);
     }
 
     /// A small deterministic generator (xorshift), no crate needed.

@@ -5,10 +5,11 @@
 //!
 //! - a target path, ranges allowed: `web[01-50]`, `bastion/db1/sudo`. One
 //!   that names an inventory host is that host (`web01` connects to its
-//!   `ansible_host`); so is a path whose first hop names one
+//!   `ansible_host`); so is a path whose leading hops name one
 //!   (`web01/sudo`).
 //! - `@group`: the hosts of an inventory group; `@failed`: the targets that
-//!   failed in the last run (see [`write_failed`]).
+//!   failed in the last run (see [`write_failed`]; it is always the record,
+//!   even if the inventory has a group called `failed`).
 //! - `!PATTERN`: leave out what matches; `&PATTERN`: keep only what
 //!   matches (Ansible's `:!` and `:&`; commas, since `:` is in hop syntax).
 //!
@@ -33,7 +34,7 @@ pub const MAX_TARGETS: usize = range::MAX_TARGETS;
 
 /// The most `*` patterns one filter expands to (each is tried on every
 /// target).
-const MAX_GLOBS: usize = 1000;
+const MAX_GLOBS: usize = 100;
 
 /// The largest target list read from a file or stdin, and the largest
 /// record of failed targets.
@@ -89,7 +90,7 @@ pub enum SelectError {
         /// The word that passed the limit.
         word: String,
     },
-    /// A filter that makes more than 1000 `*` patterns.
+    /// A filter that makes more than 100 `*` patterns.
     TooManyGlobs {
         /// The pattern.
         pattern: String,
@@ -138,7 +139,11 @@ impl fmt::Display for SelectError {
                 write!(f, "{:?}: selects more than {MAX_TARGETS} targets", shown(word))
             }
             SelectError::TooManyGlobs { pattern } => {
-                write!(f, "{:?}: a filter may make at most {MAX_GLOBS} '*' patterns", shown(pattern))
+                write!(
+                    f,
+                    "{:?}: a filter may make at most {MAX_GLOBS} '*' patterns (each is tried on every target)",
+                    shown(pattern)
+                )
             }
             SelectError::Nothing { words, failed_empty } => {
                 if words.is_empty() {
@@ -171,6 +176,15 @@ fn shown(word: &str) -> String {
     }
     let head: String = word.chars().take(80).collect();
     format!("{head}...")
+}
+
+/// Do the words or excludes name `@failed` (so the record must be read)?
+/// A run that does not use it is not stopped by a damaged record.
+pub fn wants_failed(words: &[String], excludes: &[String]) -> bool {
+    words.iter().chain(excludes).flat_map(|w| range::split_list(w)).any(|item| {
+        let item = item.trim();
+        item.trim_start_matches(['!', '&']) == "@failed"
+    })
 }
 
 /// The targets the words select, minus those `excludes` (`-x`, each a
@@ -231,6 +245,9 @@ pub fn select(words: &[String], excludes: &[String], ctx: &Sources) -> Result<Ve
 fn resolve(item: &str, ctx: &Sources, room: usize) -> Result<Vec<Target>, SelectError> {
     let too_many = || SelectError::TooMany { word: item.to_string() };
     if let Some(group) = item.strip_prefix('@') {
+        if group.is_empty() {
+            return Err(SelectError::EmptyItem { word: item.to_string() });
+        }
         let targets: Vec<Target> = if group == "failed" {
             // The record holds one target word a line: no ranges, no lists.
             let words = ctx.failed.as_ref().ok_or(SelectError::NoFailedRecord)?;
@@ -268,13 +285,14 @@ fn by_name(name: &str, inv: Option<&Inventory>) -> Target {
     if let Some(h) = inv.host(name) {
         return Target { label: h.name, path: h.target };
     }
-    match name.split_once('/') {
-        Some((first, rest)) => match inv.host(first) {
-            Some(h) => Target { label: name.to_string(), path: format!("{}/{rest}", h.target) },
-            None => plain(),
-        },
-        None => plain(),
+    // The longest leading hops that name a host: `bastion/web01/sudo`
+    // with `bastion/web01` in the inventory is that host, then sudo.
+    for (at, _) in name.rmatch_indices('/') {
+        if let Some(h) = inv.host(&name[..at]) {
+            return Target { label: name.to_string(), path: format!("{}{}", h.target, &name[at..]) };
+        }
     }
+    plain()
 }
 
 /// A compiled `!`, `&` or `-x` pattern.
@@ -289,6 +307,9 @@ impl Filter {
     fn new(pattern: &str, ctx: &Sources) -> Result<Filter, SelectError> {
         let mut f = Filter { names: HashSet::new(), globs: Vec::new() };
         if let Some(group) = pattern.strip_prefix('@') {
+            if group.is_empty() {
+                return Err(SelectError::EmptyItem { word: pattern.to_string() });
+            }
             if group == "failed" {
                 for w in ctx.failed.as_ref().ok_or(SelectError::NoFailedRecord)? {
                     f.add(by_name(w, ctx.inventory));
@@ -328,13 +349,14 @@ impl Filter {
 
 /// Does `text` match `pattern`, where `*` is any run of characters? One
 /// pass with a single backtrack point: time is at most their lengths'
-/// product, never exponential.
+/// product, never exponential. Bytes, not characters: for UTF-8 text the
+/// answer is the same (a literal can only match at a character's start).
 fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
         } else if pi < p.len() && p[pi] == t[ti] {
@@ -348,7 +370,7 @@ fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// The words of a target list (a file, stdin, the record of failures):
@@ -409,7 +431,10 @@ pub fn read_failed_at(path: &Path) -> Result<Option<Vec<String>>, SelectError> {
 }
 
 /// Record the failed targets of this run (an empty list too: then
-/// `@failed` selects nothing), at [`failed_path`].
+/// `@failed` selects nothing), at [`failed_path`]. Write their labels:
+/// like Ansible's retry files, the record names inventory hosts by name,
+/// and [`select`] resolves them again (other targets' labels are their
+/// paths).
 pub fn write_failed(targets: &[String]) -> io::Result<()> {
     let path = failed_path().ok_or_else(|| {
         io::Error::new(io::ErrorKind::NotFound, "no cache directory for the failed targets ($HOME is not set)")
@@ -526,6 +551,11 @@ db
         assert_eq!(labels(sel(&["@all"], &[], &ctx)).len(), 9);
         // A target typed by its address is the same path: once.
         assert_eq!(labels(sel(&["db1,admin@10.0.0.5"], &[], &ctx)), ["db1"]);
+        // Leading hops naming a host: the longest that does.
+        let nested =
+            Inventory::parse_ini("b ansible_user=u\nb/c ansible_port=2\n", "i").unwrap_or_else(|e| panic!("{e}"));
+        let ctx = Sources { inventory: Some(&nested), failed: None };
+        assert_eq!(paths(sel(&["b/c/sudo", "b/d", "b", "x/b"], &[], &ctx)), ["b/c:2/sudo", "u@b/d", "u@b", "x/b"]);
     }
 
     #[test]
@@ -609,7 +639,10 @@ db
         assert!(matches!(sel(&["a[0-999999999999999999]"], &[], &none), Err(SelectError::TooMany { .. })));
         assert_eq!(sel(&["a[1-100000]"], &[], &none).map(|v| v.len()), Ok(MAX_TARGETS));
         // Many '*' patterns from one range are refused.
-        assert!(matches!(sel(&["a"], &["x[1-5000]*"], &none), Err(SelectError::TooManyGlobs { .. })));
+        assert!(matches!(sel(&["a"], &["x[1-101]*"], &none), Err(SelectError::TooManyGlobs { .. })));
+        assert_eq!(labels(sel(&["x1a,x2b,y3,x101"], &["x[1-100]*"], &none)), ["y3"]);
+        assert!(matches!(sel(&["@"], &[], &none), Err(SelectError::EmptyItem { .. })));
+        assert!(matches!(sel(&["a"], &["@"], &none), Err(SelectError::EmptyItem { .. })));
         // A glob made to backtrack ends at once.
         let long = "a".repeat(5000);
         let started = std::time::Instant::now();
@@ -619,6 +652,15 @@ db
         assert_eq!(labels(sel(&["ü[1-2]/日本"], &[], &none)), ["ü1/日本", "ü2/日本"]);
         let huge = format!("{}[", "x".repeat(1 << 20));
         assert!(sel(&[&huge], &[], &none).unwrap_err().to_string().len() < 200);
+    }
+
+    #[test]
+    fn knows_when_failed_is_wanted() {
+        assert!(wants_failed(&w(&["a,@failed"]), &[]));
+        assert!(wants_failed(&w(&["a", "!@failed"]), &[]));
+        assert!(wants_failed(&w(&["@web,&@failed"]), &[]));
+        assert!(wants_failed(&w(&["a"]), &w(&["x, @failed"])));
+        assert!(!wants_failed(&w(&["@failed2", "failed", "@failedx,b"]), &w(&["@web"])));
     }
 
     #[test]
