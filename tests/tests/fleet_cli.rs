@@ -37,7 +37,7 @@ fn gather_prints_identical_output_and_status_once_under_its_targets() {
         heads,
         [
             "local,local/local (2)",
-            "local/sudo:spore-nopw,local/local/sudo:spore-nopw (2): exit 1",
+            "local/local/sudo:spore-nopw,local/sudo:spore-nopw (2): exit 1",
             "local/su:spore-bash (1): exit 1"
         ],
         "{stdout}"

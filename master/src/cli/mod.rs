@@ -273,7 +273,7 @@ fn select(opts: &Opts, words: &[String]) -> Result<Vec<Target>, String> {
             log::info!("{note}");
         }
     }
-    let failed = if words.iter().any(|w| w.contains("@failed")) {
+    let failed = if select::wants_failed(&words, &opts.exclude) {
         select::read_failed().map_err(|e| e.to_string())?
     } else {
         None

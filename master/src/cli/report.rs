@@ -17,7 +17,9 @@ pub(super) fn finish(opts: &super::Opts, outcomes: &[Outcome], took: Duration) -
     if opts.summary || (many && !opts.json && io::stderr().is_terminal()) {
         emit(Stream::Stderr, summary(outcomes, took).as_bytes())?;
     }
-    let failed: Vec<String> = outcomes.iter().filter(|o| o.fate != Fate::Ok).map(|o| o.target.path.clone()).collect();
+    // Labels, as Ansible's retry files keep host names: `@failed` reads
+    // them back through the same inventory.
+    let failed: Vec<String> = outcomes.iter().filter(|o| o.fate != Fate::Ok).map(|o| o.target.label.clone()).collect();
     if let Err(e) = spore::select::write_failed(&failed) {
         log::warn!("can't keep the failed targets for @failed: {e}");
     }
