@@ -29,6 +29,7 @@ pub mod image;
 mod local_cache;
 pub mod router;
 pub mod target;
+pub mod tree;
 
 pub use context::{Command, Context, ExitStatus, Output, Pending, Stream};
 pub use error::{Error, Result};
