@@ -83,17 +83,17 @@ pub struct TreeReport {
 pub type Source<'s> = dyn FnMut() -> io::Result<Box<dyn Read + Send>> + 's;
 
 /// Writes one file to every context given: `(contexts, remote path,
-/// source, mode)`, a result per context, in order. [`write_each`] is one;
-/// a fan-out writer that reads the source once for all of them fits too
-/// (see [`write_each`]).
+/// source, mode)`, a result per context, in order: [`write_each`], or a
+/// [`FanOut`] through [`once`].
 pub type WriteMany<'a> = &'a dyn Fn(&[Context], &str, &mut Source<'_>, Option<u32>) -> Vec<Result<u64>>;
+
+/// A writer that reads its source once for all the contexts (bytes cross
+/// a shared hop once): `(contexts, remote path, source, mode)`, a result
+/// per context, in order.
+pub type FanOut = dyn Fn(&[Context], &str, &mut dyn Read, Option<u32>) -> Vec<Result<u64>>;
 
 /// The plain [`WriteMany`]: each context in turn, the source opened anew
 /// for each. One context failing does not stop the others.
-///
-/// A writer that sends the bytes once to all of them, `fan_out(contexts,
-/// path, &mut dyn Read, mode)`, fits as
-/// `&|c: &[Context], p: &str, open: &mut Source<'_>, m| match open() { Ok(mut r) => fan_out(c, p, &mut r, m), Err(e) => ... }`.
 pub fn write_each(contexts: &[Context], path: &str, open: &mut Source<'_>, mode: Option<u32>) -> Vec<Result<u64>> {
     contexts
         .iter()
@@ -102,6 +102,19 @@ pub fn write_each(contexts: &[Context], path: &str, open: &mut Source<'_>, mode:
             ctx.write_file(path, &mut source, mode)
         })
         .collect()
+}
+
+/// `fan_out` as a [`WriteMany`] (`&tree::once(&fan_out)`): the source
+/// opened once and handed to it; if it can't be opened, every context
+/// gets that error.
+pub fn once(fan_out: &FanOut) -> impl Fn(&[Context], &str, &mut Source<'_>, Option<u32>) -> Vec<Result<u64>> + '_ {
+    move |contexts: &[Context], path: &str, open: &mut Source<'_>, mode: Option<u32>| match open() {
+        Ok(mut source) => fan_out(contexts, path, &mut source, mode),
+        Err(e) => contexts
+            .iter()
+            .map(|_| Err(Error::Local { what: format!("put {path}"), source: io::Error::new(e.kind(), e.to_string()) }))
+            .collect(),
+    }
 }
 
 /// Copy the local tree at `local` to `remote` on each context: a result
@@ -343,9 +356,14 @@ fn put_node(node: &Node, local: &Path, remote: &str, dests: &mut [Dest<'_>], wri
 }
 
 impl Dest<'_> {
+    /// Its first failure; the error names the target (as every other
+    /// does: a local one too) and the path.
     fn fail(&mut self, e: Error, path: &str) {
         if self.error.is_none() {
-            self.error = Some(naming_path(e, path));
+            self.error = Some(match naming_path(e, path) {
+                Error::Local { what, source } => Error::Local { what: format!("{}: {what}", self.ctx.name()), source },
+                other => other,
+            });
         }
     }
 }
@@ -750,7 +768,6 @@ fn naming_path(e: Error, path: &str) -> Error {
         Error::Local { what, source } if !what.contains(path) => {
             Error::Local { what: format!("{what} (for {path})"), source }
         }
-        Error::ShuttingDown => Error::Usage(format!("spore is shutting down (at {path})")),
         other => other,
     }
 }

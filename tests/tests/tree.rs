@@ -146,6 +146,19 @@ fn check_report(report: &TreeReport, files: usize) {
     assert!(report.skipped[0].ends_with("/pipe"), "{report:?}");
 }
 
+/// A fan-out writer, as [`tree::FanOut`]s go: the source read once (here
+/// into memory), then written to each context.
+fn buffered_fan_out(
+    contexts: &[Context],
+    path: &str,
+    source: &mut dyn Read,
+    mode: Option<u32>,
+) -> Vec<spore::Result<u64>> {
+    let mut data = Vec::new();
+    source.read_to_end(&mut data).unwrap();
+    contexts.iter().map(|ctx| ctx.write_file(path, &mut &data[..], mode)).collect()
+}
+
 #[test]
 fn put_then_get_keeps_every_byte_mode_and_symlink() {
     let guard = LeakGuard::new();
@@ -177,10 +190,13 @@ fn put_then_get_keeps_every_byte_mode_and_symlink() {
     assert_eq!(report, expected_report);
     assert_eq!(copyable(snapshot(&back)), want, "the copy got back");
 
-    // Again over what is there: merged, the same.
-    let again = tree::put_tree(std::slice::from_ref(&a), &src, "dst", &tree::write_each);
-    check_report(again[0].as_ref().unwrap(), files);
+    // Again over what is there, through a fan-out writer: merged, the same.
+    let again = tree::put_tree(&[a.clone(), b.clone()], &src, "dst", &tree::once(&buffered_fan_out));
+    for result in &again {
+        check_report(result.as_ref().unwrap(), files);
+    }
     assert_eq!(copyable(snapshot(&s.0.join("a/dst"))), want);
+    assert_eq!(copyable(snapshot(&s.0.join("b/dst"))), want);
     let report = tree::get_tree(&a, "dst", &back).unwrap();
     assert_eq!(report, expected_report);
     assert_eq!(copyable(snapshot(&back)), want);
@@ -459,6 +475,7 @@ fn nothing_is_left_at_temporary_names_after_a_failure() {
     };
     let results = tree::put_tree(std::slice::from_ref(&ctx), &src, remote.to_str().unwrap(), &failing);
     let err = results.into_iter().next().unwrap().unwrap_err().to_string();
+    assert!(err.starts_with("local: "), "a local failure names the target too: {err}");
     assert!(err.contains("the disk under the source went away") && err.contains("remote/big"), "{err}");
     assert_eq!(fs::read(remote.join("a_small")).unwrap(), b"small");
     assert!(!remote.join("big").exists());
