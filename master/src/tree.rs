@@ -36,8 +36,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, ErrorKind, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// How deep a tree may go below its root, by default.
 pub const MAX_DEPTH: usize = 256;
@@ -555,6 +556,7 @@ fn temp_name(name: &OsStr) -> OsString {
 fn fetch_file_at(ctx: &Context, remote: &str, nofollow: bool, dir: &File, name: &OsStr, dest: &Path) -> Result<u64> {
     let tmp = temp_name(name);
     let shown_dest = shown(dest.as_os_str());
+    let _listed = InFlight::new(dest.with_file_name(&tmp));
     let mut file = at::create(dir, &tmp, 0o600)
         .map_err(local_error(format!("create {}", shown(dest.with_file_name(&tmp).as_os_str()))))?;
     let mut fetch = || -> Result<u64> {
@@ -580,6 +582,38 @@ fn fetch_file_at(ctx: &Context, remote: &str, nofollow: bool, dir: &File, name: 
         let _ = at::unlink(dir, &tmp);
     }
     result
+}
+
+/// The temporary files of downloads in flight, for [`remove_temps`].
+static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A temporary file listed in [`IN_FLIGHT`] while it lives.
+struct InFlight(PathBuf);
+
+impl InFlight {
+    fn new(path: PathBuf) -> InFlight {
+        lock(&IN_FLIGHT).push(path.clone());
+        InFlight(path)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&IN_FLIGHT).retain(|p| *p != self.0);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Remove the temporary files of the downloads in flight ([`get_file`],
+/// [`get_tree`]): for a process about to end on a signal, whose downloads
+/// will never reach their own cleanup. Those downloads then fail.
+pub fn remove_temps() {
+    for path in std::mem::take(&mut *lock(&IN_FLIGHT)) {
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// Make the symlink `name` -> `target` in `dir` (shown as `local`):

@@ -514,6 +514,26 @@ fn nothing_is_left_at_temporary_names_after_a_failure() {
     assert!(!dest.join("big").exists());
     assert_eq!(temps(&dest), Vec::<PathBuf>::new());
 
+    // A get whose temporary file is taken away (by remove_temps, as a
+    // process ending on a signal would call it).
+    let single = s.0.join("single");
+    let getting = {
+        let (ctx, big, single) = (ctx.clone(), src.join("big").display().to_string(), single.clone());
+        std::thread::spawn(move || tree::get_file(&ctx, &big, &single))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let started =
+        || fs::read_dir(&s.0).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".single.spore-"));
+    while !started() {
+        assert!(Instant::now() < deadline, "no temporary file appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tree::remove_temps();
+    let err = getting.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("rename into") && err.contains("single"), "{err}");
+    assert_eq!(temps(&s.0), Vec::<PathBuf>::new());
+    assert!(!single.exists());
+
     // get_file into a directory that is not there: an error naming it.
     let missing = s.0.join("no/such/dir/file");
     let err = tree::get_file(&ctx, src.join("a_small").to_str().unwrap(), &missing).unwrap_err().to_string();
@@ -618,6 +638,16 @@ fn a_single_file_a_symlink_or_a_special_file_as_the_root() {
     assert_eq!(fs::read_link(s.0.join("put_link")).unwrap(), Path::new("file"));
     assert_eq!(put("fifo", "put_fifo").skipped, vec![path("fifo")]);
     assert!(!s.0.join("put_fifo").exists());
+
+    // A symlink or a file put where a directory is: an error, and no
+    // temporary left beside it.
+    fs::create_dir(s.0.join("a_dir")).unwrap();
+    for local in ["link", "file"] {
+        let results = tree::put_tree(std::slice::from_ref(&ctx), &s.0.join(local), &path("a_dir"), &tree::write_each);
+        let err = results.into_iter().next().unwrap().unwrap_err().to_string();
+        assert!(err.contains("rename into") && err.contains("a_dir"), "{err}");
+    }
+    assert!(fs::read_dir(&s.0).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains(".spore-")));
 
     // The agent reads no symlink and no fifo as a tree's file.
     let mut sink = Vec::new();
