@@ -373,6 +373,13 @@ fn names_that_are_not_utf8_are_refused_on_either_side() {
     let remote = s.0.join("remote");
     fs::create_dir_all(remote.join("in")).unwrap();
     write(&remote.join("in").join(bad), b"x", 0o644);
+    symlink(bad, remote.join("in/link")).unwrap();
+    // The agent marks them; the name it sends is only the lossy form.
+    let listed = a.list_dir(remote.join("in").to_str().unwrap()).unwrap().entries;
+    let marks: Vec<_> =
+        listed.iter().map(|e| (e.name.as_str(), e.lossy, e.target.as_deref(), e.target_lossy)).collect();
+    assert_eq!(marks, [("caf\u{fffd}", true, None, false), ("link", false, Some("caf\u{fffd}"), true)]);
+    fs::remove_file(remote.join("in/link")).unwrap();
     let dest = s.0.join("dest");
     let err = tree::get_tree(&a, remote.to_str().unwrap(), &dest).unwrap_err().to_string();
     assert!(err.contains("a name in") && err.contains("remote/in is not UTF-8"), "{err}");
@@ -648,6 +655,15 @@ fn a_single_file_a_symlink_or_a_special_file_as_the_root() {
         assert!(err.contains("rename into") && err.contains("a_dir"), "{err}");
     }
     assert!(fs::read_dir(&s.0).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains(".spore-")));
+
+    // list_dir tells each entry's kind, mode, size and a symlink's target.
+    let listed = ctx.list_dir(&path("")).unwrap().entries;
+    let got: Vec<_> =
+        listed.iter().map(|e| (e.name.as_str(), e.kind.as_str(), e.mode, e.size, e.target.as_deref())).collect();
+    assert!(got.contains(&("file", "file", 0o751, 11, None)), "{got:?}");
+    assert!(got.contains(&("link", "symlink", 0o777, 4, Some("file"))), "{got:?}");
+    assert!(got.contains(&("fifo", "other", 0o644, 0, None)), "{got:?}");
+    assert!(got.iter().any(|e| e.0 == "a_dir" && e.1 == "dir" && e.4.is_none()), "{got:?}");
 
     // The agent reads no symlink and no fifo as a tree's file.
     let mut sink = Vec::new();
