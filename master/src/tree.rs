@@ -199,6 +199,23 @@ pub fn get_file(ctx: &Context, remote: &str, local_dest: &Path) -> Result<u64> {
     fetch_file_at(ctx, remote, false, &dir, name, local_dest)
 }
 
+/// Where `get -r` of many targets puts `target`'s copy: `dir/<target>`,
+/// each hop of the target a directory (`dir/bastion/web1`). A target with
+/// an empty, `.` or `..` hop is refused: its copy would land elsewhere.
+pub fn per_target(dir: &Path, target: &str) -> Result<PathBuf> {
+    let mut path = dir.to_path_buf();
+    for hop in target.split('/') {
+        if hop.is_empty() || hop == "." || hop == ".." || hop.contains('\0') {
+            return Err(Error::Usage(format!(
+                "get -r: the target {target:?} can't name a directory in {}",
+                shown(dir.as_os_str())
+            )));
+        }
+        path.push(hop);
+    }
+    Ok(path)
+}
+
 /// A tree read whole before anything is written.
 #[derive(Debug)]
 struct Node {
@@ -838,6 +855,17 @@ mod tests {
         assert_eq!(trim_slashes("/x//"), "/x");
         assert_eq!(trim_slashes("///"), "/");
         assert_eq!(trim_slashes("x/"), "x");
+    }
+
+    #[test]
+    fn each_target_gets_a_directory_of_its_own_inside_the_one_given() {
+        let dir = Path::new("out");
+        assert_eq!(per_target(dir, "web1").unwrap(), Path::new("out/web1"));
+        assert_eq!(per_target(dir, "bastion/sudo:pg").unwrap(), Path::new("out/bastion/sudo:pg"));
+        for bad in ["", "..", "a/../..", "a//b", "/abs", "a/.", "x\0y"] {
+            let err = per_target(dir, bad).unwrap_err().to_string();
+            assert!(err.contains("can't name a directory in out"), "{bad:?}: {err}");
+        }
     }
 
     #[test]
