@@ -37,7 +37,7 @@ use std::io::{self, BufWriter, ErrorKind, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// How deep a tree may go below its root, by default.
@@ -48,6 +48,11 @@ pub const MAX_ENTRIES: usize = 1_000_000;
 /// At most this many `list_dir` calls in flight while a remote tree is
 /// read (a directory's subdirectories are listed together).
 const LISTS_IN_FLIGHT: usize = 16;
+/// At most this many files of a directory downloaded at once...
+const FILES_IN_FLIGHT: usize = 4;
+/// ... when it has at least this many (threads cost more than they save
+/// on fewer).
+const PARALLEL_FROM: usize = 8;
 
 /// Bounds on a tree to copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -537,9 +542,13 @@ fn fetch_node(
             let filling = node.mode | 0o700;
             let sub = enter_dir_at(dir, name, filling, local)?;
             report.dirs += 1;
-            let filled = children.iter().try_for_each(|child| {
-                let name = OsStr::new(&child.name);
-                fetch_node(ctx, child, &join(remote, &child.name), &sub, name, &local.join(name), report)
+            // Its files first, several at a time; then the rest, in order.
+            let (files, rest): (Vec<&Node>, Vec<&Node>) = children.iter().partition(|c| matches!(c.kind, Kind::File));
+            let filled = fetch_files(ctx, &files, remote, &sub, local, report).and_then(|()| {
+                rest.iter().try_for_each(|child| {
+                    let name = OsStr::new(&child.name);
+                    fetch_node(ctx, child, &join(remote, &child.name), &sub, name, &local.join(name), report)
+                })
             });
             // Its own mode after its contents, even when they failed.
             let moded = if filling == node.mode {
@@ -551,6 +560,65 @@ fn fetch_node(
             filled?;
             moded?;
         }
+    }
+    Ok(())
+}
+
+/// Download the regular files `files` of the remote directory `remote`
+/// into `dir` (shown as `local`): with a few threads when there are
+/// many, so that a round trip per file is not a wait per file.
+fn fetch_files(
+    ctx: &Context,
+    files: &[&Node],
+    remote: &str,
+    dir: &File,
+    local: &Path,
+    report: &mut TreeReport,
+) -> Result<()> {
+    let fetch = |node: &Node| {
+        let name = OsStr::new(&node.name);
+        fetch_file_at(ctx, &join(remote, &node.name), true, dir, name, &local.join(name))
+    };
+    if files.len() < PARALLEL_FROM {
+        for node in files {
+            report.bytes += fetch(node)?;
+            report.files += 1;
+        }
+        return Ok(());
+    }
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // Each worker takes the next file until none is left or one failed;
+    // it returns its files and bytes, or its failure.
+    let work = || -> Result<(u64, u64)> {
+        let mut done = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            let Some(node) = files.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+            match fetch(node) {
+                Ok(n) => done = (done.0 + 1, done.1 + n),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    };
+    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..FILES_IN_FLIGHT)
+            .filter_map(|_| std::thread::Builder::new().name("spore-get".into()).spawn_scoped(s, work).ok())
+            .collect();
+        // This thread is a worker too (and the only one, if none started).
+        let mut results = vec![work()];
+        for h in helpers {
+            results.push(h.join().unwrap_or_else(|_| Err(Error::Usage(format!("get -r {remote}: a thread failed")))));
+        }
+        results
+    });
+    for result in results {
+        let (files, bytes) = result?;
+        report.files += files;
+        report.bytes += bytes;
     }
     Ok(())
 }

@@ -282,6 +282,32 @@ fn a_remote_that_lists_hostile_names_is_refused_before_anything_is_written() {
 }
 
 #[test]
+fn a_file_gone_while_several_are_downloaded_fails_the_get_and_leaves_no_temporary() {
+    let guard = LeakGuard::new();
+    let s = Scratch::new("tree-gone");
+    let r = liar_router();
+    let ctx = r.local().unwrap();
+    // Listed: f00 to f39; there: all but f25.
+    let remote = s.0.join("lie-missing");
+    fs::create_dir(&remote).unwrap();
+    for i in (0..40).filter(|&i| i != 25) {
+        write(&remote.join(format!("f{i:02}")), &pattern(200_000, i), 0o644);
+    }
+    let dest = s.0.join("dest");
+    let err = tree::get_tree(&ctx, remote.to_str().unwrap(), &dest).unwrap_err();
+    assert!(matches!(&err, Error::Remote { kind, .. } if kind == "not_found"), "{err}");
+    assert!(err.to_string().contains("lie-missing/f25"), "{err}");
+    let left: Vec<_> = fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(left.iter().all(|n| n.starts_with('f') && n.len() == 3), "only whole files: {left:?}");
+    for name in &left {
+        assert_eq!(fs::read(dest.join(name)).unwrap(), fs::read(remote.join(name)).unwrap(), "{name}");
+    }
+    r.shutdown();
+    drop((ctx, r));
+    guard.check();
+}
+
+#[test]
 fn a_symlink_in_the_destination_is_never_written_through() {
     let guard = LeakGuard::new();
     let s = Scratch::new("tree-dest-link");

@@ -3,7 +3,8 @@
 //! a name twice, a name marked not UTF-8, ...), as a compromised remote
 //! could list it. Every other operation is the real one; `list_dir` of any
 //! other directory is an error, so a lie that got past the master's checks
-//! shows as a different failure.
+//! shows as a different failure. `lie-missing` lists 40 files, `f00` to
+//! `f39`, whether they are there or not.
 
 use spore_agent::{Agent, Call, OpError, OpResult};
 use spore_protocol::body::{self, DirEntry, ListReply, PathArgs};
@@ -37,6 +38,8 @@ fn list_dir(call: &Call) -> OpResult {
             vec![DirEntry { target: Some("caf\u{fffd}".into()), target_lossy: true, ..entry("l", "symlink") }]
         }
         "lie-no-target" => vec![entry("l", "symlink")],
+        // Files the directory may not hold (a tree changing while copied).
+        "lie-missing" => (0..40).map(|i| entry(&format!("f{i:02}"), "file")).collect(),
         _ => return Err(OpError::new("invalid", format!("the liar lists lie-* only, not {}", args.path))),
     };
     Ok(body::encode(&ListReply { entries }))
