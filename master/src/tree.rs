@@ -48,7 +48,7 @@ pub const MAX_ENTRIES: usize = 1_000_000;
 /// At most this many `list_dir` calls in flight while a remote tree is
 /// read (a directory's subdirectories are listed together).
 const LISTS_IN_FLIGHT: usize = 16;
-/// At most this many files of a directory downloaded at once...
+/// At most this many files of a directory sent or fetched at once...
 const FILES_IN_FLIGHT: usize = 4;
 /// ... when it has at least this many (threads cost more than they save
 /// on fewer).
@@ -90,13 +90,14 @@ pub type Source<'s> = dyn FnMut() -> io::Result<Box<dyn Read + Send>> + 's;
 
 /// Writes one file to every context given: `(contexts, remote path,
 /// source, mode)`, a result per context, in order: [`write_each`], or a
-/// [`FanOut`] through [`once`].
-pub type WriteMany<'a> = &'a dyn Fn(&[Context], &str, &mut Source<'_>, Option<u32>) -> Vec<Result<u64>>;
+/// [`FanOut`] through [`once`]. A tree's files may be sent several at a
+/// time, each by a call of its own, from threads of their own.
+pub type WriteMany<'a> = &'a (dyn Fn(&[Context], &str, &mut Source<'_>, Option<u32>) -> Vec<Result<u64>> + Sync);
 
 /// A writer that reads its source once for all the contexts (bytes cross
 /// a shared hop once): `(contexts, remote path, source, mode)`, a result
 /// per context, in order.
-pub type FanOut = dyn Fn(&[Context], &str, &mut dyn Read, Option<u32>) -> Vec<Result<u64>>;
+pub type FanOut = dyn Fn(&[Context], &str, &mut dyn Read, Option<u32>) -> Vec<Result<u64>> + Sync;
 
 /// The plain [`WriteMany`]: each context in turn, the source opened anew
 /// for each. One context failing does not stop the others.
@@ -315,26 +316,7 @@ fn scan_local(path: &Path, name: String, depth: usize, scan: &mut Scan<'_>) -> R
 /// going.
 fn put_node(node: &Node, local: &Path, remote: &str, dests: &mut [Dest<'_>], write_many: WriteMany<'_>) {
     match &node.kind {
-        Kind::File => {
-            let going: Vec<usize> = (0..dests.len()).filter(|&i| dests[i].error.is_none()).collect();
-            if going.is_empty() {
-                return;
-            }
-            let contexts: Vec<Context> = going.iter().map(|&i| dests[i].ctx.clone()).collect();
-            let mut open = || open_source(local);
-            let mut results = write_many(&contexts, remote, &mut open, Some(node.mode)).into_iter();
-            for i in going {
-                let dest = &mut dests[i];
-                match results.next() {
-                    Some(Ok(n)) => {
-                        dest.report.files += 1;
-                        dest.report.bytes += n;
-                    }
-                    Some(Err(e)) => dest.fail(e, remote),
-                    None => dest.fail(Error::Usage(format!("put {remote}: the writer gave no result")), remote),
-                }
-            }
-        }
+        Kind::File => put_files(&[(node, local.to_path_buf(), remote.to_string())], dests, write_many),
         Kind::Symlink(target) => {
             let args = SymlinkArgs { op: "symlink".into(), path: remote.into(), target: target.clone() };
             for (i, result) in call_going(dests, &body::to_json(&args)) {
@@ -359,8 +341,20 @@ fn put_node(node: &Node, local: &Path, remote: &str, dests: &mut [Dest<'_>], wri
                     Err(e) => dests[i].fail(e, remote),
                 }
             }
-            for child in children {
-                put_node(child, &local.join(&child.name), &join(remote, &child.name), dests, write_many);
+            // Its files first, several at a time; then the rest, in order.
+            let paths = |c: &Node| (local.join(&c.name), join(remote, &c.name));
+            let (files, rest): (Vec<&Node>, Vec<&Node>) = children.iter().partition(|c| matches!(c.kind, Kind::File));
+            let files: Vec<_> = files
+                .into_iter()
+                .map(|c| {
+                    let (local, remote) = paths(c);
+                    (c, local, remote)
+                })
+                .collect();
+            put_files(&files, dests, write_many);
+            for child in rest {
+                let (local, remote) = paths(child);
+                put_node(child, &local, &remote, dests, write_many);
             }
             if filling != node.mode {
                 // Even where a context failed below: a directory left
@@ -376,6 +370,54 @@ fn put_node(node: &Node, local: &Path, remote: &str, dests: &mut [Dest<'_>], wri
             }
         }
     }
+}
+
+/// Send `files` (each with its local and remote path) to every context
+/// still going: a `write_many` call each, several at once when there are
+/// many, so that a round trip per file is not a wait per file.
+fn put_files(files: &[(&Node, PathBuf, String)], dests: &mut [Dest<'_>], write_many: WriteMany<'_>) {
+    let dests = Mutex::new(dests);
+    let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some((node, local, remote)) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let (going, contexts): (Vec<usize>, Vec<Context>) = lock(&dests)
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.error.is_none())
+                .map(|(i, d)| (i, d.ctx.clone()))
+                .unzip();
+            if going.is_empty() {
+                return;
+            }
+            let mut open = || open_source(local);
+            let mut results = write_many(&contexts, remote, &mut open, Some(node.mode)).into_iter();
+            let mut dests = lock(&dests);
+            for i in going {
+                let Some(dest) = dests.get_mut(i) else { continue };
+                match results.next() {
+                    Some(Ok(n)) => {
+                        dest.report.files += 1;
+                        dest.report.bytes += n;
+                    }
+                    Some(Err(e)) => dest.fail(e, remote),
+                    None => dest.fail(Error::Usage(format!("put {remote}: the writer gave no result")), remote),
+                }
+            }
+        }
+    };
+    if files.len() < PARALLEL_FROM {
+        return work();
+    }
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..FILES_IN_FLIGHT)
+            .filter_map(|_| std::thread::Builder::new().name("spore-put".into()).spawn_scoped(s, work).ok())
+            .collect();
+        // This thread is a worker too (and the only one, if none started).
+        work();
+        for h in helpers {
+            let _ = h.join();
+        }
+    });
 }
 
 impl Dest<'_> {

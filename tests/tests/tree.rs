@@ -22,6 +22,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// What a tree holds, by relative path: nothing followed.
@@ -434,10 +435,9 @@ fn one_context_dying_mid_put_leaves_the_other_to_finish() {
     let r = Router::new().unwrap();
     let (a, b) = two_agents(&r, &s);
     let b_pid = b.info().unwrap().pid;
-    let files = std::cell::Cell::new(0);
+    let files = AtomicUsize::new(0);
     let killing = |contexts: &[Context], path: &str, open: &mut Source<'_>, mode| {
-        files.set(files.get() + 1);
-        if files.get() == 100 {
+        if files.fetch_add(1, Ordering::SeqCst) + 1 == 100 {
             // SAFETY: kill has no memory effects; the pid is our agent's.
             unsafe { libc::kill(b_pid as i32, libc::SIGKILL) };
         }
@@ -453,7 +453,7 @@ fn one_context_dying_mid_put_leaves_the_other_to_finish() {
     let err = results.next().unwrap().unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("local2: ") && text.contains("dst/many/f"), "names the target and the path: {text}");
-    assert!(files.get() == 300, "the other went on to the end: {}", files.get());
+    assert_eq!(files.load(Ordering::SeqCst), 300, "the other went on to the end");
     // What the dead one made before it died was given its mode (by
     // nobody: its agent is gone); the directory is there, half filled.
     let made = fs::read_dir(s.0.join("b/dst/many")).unwrap().count();
