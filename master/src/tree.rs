@@ -23,10 +23,14 @@
 //! following symlinks, so a symlink in the destination (found there, or
 //! put there in a race) is refused, never written through.
 //!
+//! A directory's files travel several at a time when it has many (else a
+//! round trip each would be a wait each); to many contexts, each file is
+//! sent by one call of a [`WriteMany`], for all of them.
+//!
 //! The root: `remote` (for a put) or `local` (for a get) becomes the copy
 //! of the tree's root: made, or merged into the directory already there.
 //! Put in a directory as `DIR/<name>`, or as `DIR/<target>` for many
-//! targets, is the caller's choice.
+//! targets ([`per_target`]), is the caller's choice.
 
 use crate::context::Context;
 use crate::error::{Error, Result};
