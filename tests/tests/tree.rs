@@ -95,6 +95,8 @@ fn build_source(root: &Path) -> usize {
     write(&root.join("secret"), b"s3cret", 0o400);
     write(&root.join("setuid"), b"suid", 0o4755);
     write(&root.join("big"), &pattern(BIG, 7), 0o640);
+    // The longest name there can be: its temporary name must be one too.
+    write(&root.join("L".repeat(255)), b"long", 0o644);
     fs::create_dir_all(root.join("ro/sub")).unwrap();
     write(&root.join("ro/inner"), b"inner", 0o444);
     write(&root.join("ro/sub/f"), b"deep inside", 0o644);
@@ -120,7 +122,7 @@ fn build_source(root: &Path) -> usize {
     write(&deep.join("bottom"), b"the bottom", 0o644);
     mkfifo(&root.join("pipe"));
     // Its regular files.
-    5 + 1 + 3 + MANY
+    5 + 2 + 3 + MANY
 }
 
 /// Two local agents, each started in a directory of its own.
