@@ -67,6 +67,10 @@ pub fn run(data: &[u8]) {
     round_trip::<DelRoute>(data, "DEL_ROUTE");
     round_trip::<AllocatedId>(data, "ALLOCATE_ID");
     round_trip::<LogRecord>(data, "FORWARD_LOG");
+    round_trip::<ReadArgs>(data, "read");
+    round_trip::<MkdirArgs>(data, "mkdir");
+    round_trip::<SymlinkArgs>(data, "symlink");
+    round_trip::<ReadLinkReply>(data, "read_link reply");
     probe::<MaybeError>(data, "reply");
     probe::<Control>(data, "control");
 }

@@ -7,8 +7,9 @@ use miniserde::{Deserialize, Serialize};
 use spore_agent::flow::{ack, acked, Outflow};
 use spore_agent::{Mailbox, RecvError};
 use spore_protocol::body::{
-    self, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, PathArgs, ReadReply,
-    RemoveArgs, StatArgs, StatReply, WriteArgs, WriteReply, CHUNK_SIZE,
+    self, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, MkdirArgs, PathArgs,
+    ReadArgs, ReadLinkReply, ReadReply, RemoveArgs, StatArgs, StatReply, SymlinkArgs, WriteArgs, WriteReply,
+    CHUNK_SIZE,
 };
 use spore_protocol::MASTER_ID;
 use spore_protocol::{handle, Message};
@@ -343,6 +344,26 @@ impl Context {
         Ok(())
     }
 
+    /// Make a remote directory (`parents`: and its missing parents), or
+    /// take the one there; either way it ends with exactly `mode`. A
+    /// symlink there is an error, never followed.
+    pub fn mkdir(&self, path: &str, mode: u32, parents: bool) -> Result<()> {
+        let _: Empty = self.call(&MkdirArgs { op: "mkdir".into(), path: path.into(), mode, parents })?;
+        Ok(())
+    }
+
+    /// Make a remote symlink `path` -> `target`, atomically: made at a
+    /// temporary name beside it, then renamed over what is there.
+    pub fn symlink(&self, path: &str, target: &str) -> Result<()> {
+        let _: Empty = self.call(&SymlinkArgs { op: "symlink".into(), path: path.into(), target: target.into() })?;
+        Ok(())
+    }
+
+    /// A remote symlink's target (marked `lossy` if it is not UTF-8).
+    pub fn read_link(&self, path: &str) -> Result<ReadLinkReply> {
+        self.call(&PathArgs { op: "read_link".into(), path: path.into() })
+    }
+
     /// Start a child context from this one, through `hop` (`local`,
     /// `sudo:postgres`, `db1`, `docker:web1`, ...): `local/local` is a
     /// two-level tree. The new context's name is this one's plus the hop.
@@ -547,8 +568,18 @@ impl Context {
 
     /// Stream a remote file into `sink`; returns its size and mode.
     pub fn download(&self, path: &str, sink: &mut dyn Write) -> Result<ReadReply> {
+        self.download_with(path, None, sink)
+    }
+
+    /// [`Context::download`], but a symlink (never followed) or anything
+    /// other than a regular file is an error: for tree copies.
+    pub fn download_nofollow(&self, path: &str, sink: &mut dyn Write) -> Result<ReadReply> {
+        self.download_with(path, Some(true), sink)
+    }
+
+    fn download_with(&self, path: &str, nofollow: Option<bool>, sink: &mut dyn Write) -> Result<ReadReply> {
         let mb = self.router.broker().mailbox(Some(self.id));
-        self.send_call(&mb, body::to_json(&PathArgs { op: "read_file".into(), path: path.into() }));
+        self.send_call(&mb, body::to_json(&ReadArgs { op: "read_file".into(), path: path.into(), nofollow }));
         let mut peer_stream = None;
         let mut consumed = 0u64;
         loop {

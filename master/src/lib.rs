@@ -32,6 +32,7 @@ pub mod range;
 pub mod router;
 pub mod select;
 pub mod target;
+pub mod tree;
 
 pub use context::{Command, Context, ExitStatus, Output, Pending, Stream};
 pub use error::{Error, Result};

@@ -183,10 +183,22 @@ pub struct StatReply {
 /// One entry of a `list_dir` result.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct DirEntry {
-    /// File name (lossy UTF-8).
+    /// File name; see `lossy`.
     pub name: String,
     /// `file`, `dir`, `symlink` or `other`.
     pub kind: String,
+    /// Permission bits (0 if the entry could not be examined).
+    pub mode: u32,
+    /// Size in bytes, of the entry itself (a symlink's: its target's
+    /// length).
+    pub size: u64,
+    /// A symlink's target; see `target_lossy`.
+    pub target: Option<String>,
+    /// The name is not UTF-8: `name` shows it with U+FFFD in place of the
+    /// bad bytes, and can't name the file in a call.
+    pub lossy: bool,
+    /// The symlink's target is not UTF-8, likewise.
+    pub target_lossy: bool,
 }
 
 /// Result of `list_dir`, sorted by name.
@@ -205,6 +217,55 @@ pub struct RemoveArgs {
     pub path: String,
     /// Remove a directory and everything under it.
     pub recursive: bool,
+}
+
+/// Arguments of `read_file`. A [`PathArgs`] is one too: `nofollow` absent.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ReadArgs {
+    /// Always `"read_file"`.
+    pub op: String,
+    /// Remote path.
+    pub path: String,
+    /// Refuse a symlink (never followed) and anything but a regular file:
+    /// for tree copies, and so a fifo can't hold the call.
+    pub nofollow: Option<bool>,
+}
+
+/// Arguments of `mkdir`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct MkdirArgs {
+    /// Always `"mkdir"`.
+    pub op: String,
+    /// The directory. An existing directory is taken as it is (but for
+    /// its mode); a symlink there, or anything else, is an error.
+    pub path: String,
+    /// Permission bits it ends with, whether made or found (the umask does
+    /// not apply).
+    pub mode: u32,
+    /// Make missing parents too (as `mkdir -p`, with the default mode).
+    pub parents: bool,
+}
+
+/// Arguments of `symlink`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct SymlinkArgs {
+    /// Always `"symlink"`.
+    pub op: String,
+    /// Where the link goes: made at a temporary name beside it, then
+    /// renamed over whatever file or link is there (not a directory).
+    pub path: String,
+    /// What it points to, as given (not checked, not resolved).
+    pub target: String,
+}
+
+/// Result of `read_link`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ReadLinkReply {
+    /// The symlink's target; see `lossy`.
+    pub target: String,
+    /// The target is not UTF-8: `target` shows it with U+FFFD in place of
+    /// the bad bytes.
+    pub lossy: bool,
 }
 
 /// Arguments of `connect`: start a child context from the callee.
@@ -376,7 +437,7 @@ json_struct! {
     WriteReply { size }
     StatArgs { op, path, follow }
     StatReply { kind, size, mode, uid, gid, mtime }
-    DirEntry { name, kind }
+    DirEntry { name, kind, mode, size, target, lossy, target_lossy }
     ListReply { entries }
     RemoveArgs { op, path, recursive }
     ConnectArgs { op, method, host, user, port, ssh_config, ssh_options, password, context_id, name, connect_timeout_ms, images }
@@ -392,6 +453,10 @@ json_struct! {
     DelRoute { id, reason }
     AllocatedId { id, parent }
     LogRecord { level, name, target, msg }
+    ReadArgs { op, path, nofollow }
+    MkdirArgs { op, path, mode, parents }
+    SymlinkArgs { op, path, target }
+    ReadLinkReply { target, lossy }
 }
 
 /// Serialize a body to JSON bytes, with the [`json`](crate::json) codec:

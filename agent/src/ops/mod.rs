@@ -29,6 +29,9 @@ pub(crate) fn builtins() -> Vec<(&'static str, Op)> {
         ("stat", fs::stat),
         ("list_dir", fs::list_dir),
         ("remove", fs::remove),
+        ("mkdir", fs::mkdir),
+        ("symlink", fs::symlink),
+        ("read_link", fs::read_link),
         ("connect", connect::connect),
     ]
 }
