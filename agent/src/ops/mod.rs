@@ -2,6 +2,7 @@
 
 mod connect;
 mod exec;
+mod fanout;
 mod fs;
 mod info;
 
@@ -30,6 +31,7 @@ pub(crate) fn builtins() -> Vec<(&'static str, Op)> {
         ("list_dir", fs::list_dir),
         ("remove", fs::remove),
         ("connect", connect::connect),
+        ("fanout_write", fanout::fanout_write),
     ]
 }
 
