@@ -43,6 +43,7 @@ pub struct Route {
 /// fails with the router's reason). A group of one is a plain call; a child
 /// that is itself a target gets a plain call for itself beside the fan-out
 /// for the rest of its group. Calls come in the order of their first target.
+/// A group past [`TARGET_LIMIT`] is split into several fan-outs.
 pub fn plan(targets: &[u32], child_toward: impl Fn(u32) -> Option<u32>) -> Vec<Route> {
     let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
     for &t in targets {
@@ -58,26 +59,20 @@ pub fn plan(targets: &[u32], child_toward: impl Fn(u32) -> Option<u32>) -> Vec<R
             members.remove(i);
             routes.push(Route { via: child, targets: vec![child], fan: false });
         }
-        match members.as_slice() {
-            [] => {}
-            [one] => routes.push(Route { via: *one, targets: vec![*one], fan: false }),
-            _ => routes.push(Route { via: child, targets: members, fan: true }),
+        // Past the limit a callee takes, one more stream per so many.
+        for part in members.chunks(TARGET_LIMIT) {
+            match part {
+                [one] => routes.push(Route { via: *one, targets: vec![*one], fan: false }),
+                _ => routes.push(Route { via: child, targets: part.to_vec(), fan: true }),
+            }
         }
     }
     routes
 }
 
-/// Why a leg stopped before its end: the class and the message.
-#[derive(Clone, Debug)]
-struct Failure {
-    kind: String,
-    error: String,
-}
-
-impl Failure {
-    fn new(kind: &str, error: impl Into<String>) -> Failure {
-        Failure { kind: kind.to_string(), error: crate::routes::bounded(&error.into()) }
-    }
+/// A target's result when its leg failed: the class and the message.
+fn failed(kind: &str, error: String) -> FanoutResult {
+    FanoutResult { id: 0, size: None, error: Some(crate::routes::bounded(&error)), kind: Some(kind.to_string()) }
 }
 
 enum State {
@@ -87,7 +82,8 @@ enum State {
     Live(Outflow, u32),
     /// The callee's final reply.
     Ended(Message),
-    Failed(Failure),
+    /// Given up, with the result every target of the leg gets.
+    Failed(FanoutResult),
 }
 
 struct Leg {
@@ -110,11 +106,11 @@ impl Leg {
     fn on_message(&mut self, msg: Message) {
         if msg.is_dead() {
             let why = String::from_utf8_lossy(&msg.body);
-            let via = self.route.via;
-            return self.fail(match why.strip_prefix("disconnected: ") {
-                Some(reason) => Failure::new("disconnected", format!("context {via}: {reason}")),
-                None => Failure::new("dead", format!("context {via}: {why}")),
-            });
+            let (kind, why) = match why.strip_prefix("disconnected: ") {
+                Some(reason) => ("disconnected", reason),
+                None => ("dead", &*why),
+            };
+            return self.fail(failed(kind, format!("context {}: {why}", self.route.via)));
         }
         if msg.is_end() {
             self.state = State::Ended(msg);
@@ -136,80 +132,62 @@ impl Leg {
                 Ok(msg) => self.on_message(msg),
                 Err(RecvError::Timeout) => {
                     let what = format!("context {} (silent for {}s)", self.route.via, stall.as_secs());
-                    self.fail(Failure::new("timeout", what));
+                    self.fail(failed("timeout", what));
                 }
-                Err(RecvError::Closed) => self.fail(Failure::new("shutting_down", "shutting down")),
+                Err(RecvError::Closed) => self.fail(failed("shutting_down", "shutting down".into())),
             }
         }
     }
 
     /// Give up on the leg; a callee still streaming is told, so it removes
     /// its temporary file rather than wait for bytes that won't come.
-    fn fail(&mut self, why: Failure) {
-        self.abandon(&why.error);
+    fn fail(&mut self, why: FanoutResult) {
+        self.abandon(why.error.as_deref().unwrap_or_default());
         self.state = State::Failed(why);
     }
 
     fn abandon(&mut self, why: &str) {
         if let State::Live(_, stream) = self.state {
-            let mut msg = Message::new(self.route.via, stream, format!("fan-out abandoned: {why}").into_bytes());
+            let mut msg = Message::new(self.route.via, stream, b"fan-out abandoned".to_vec());
             msg.header.flags = FLAG_DEAD;
             self.broker.send(msg);
-            self.state = State::Failed(Failure::new("abandoned", why));
+            self.state = State::Failed(failed("abandoned", why.into()));
         }
     }
 
-    /// What the leg did for each of its targets, having sent `sent` bytes.
-    fn results(&self, sent: u64) -> Vec<FanoutResult> {
-        let fail = |id: u32, f: &Failure| FanoutResult {
-            id,
-            size: None,
-            error: Some(f.error.clone()),
-            kind: Some(f.kind.clone()),
-        };
-        let checked = |id: u32, size: u64| {
-            if size == sent {
-                FanoutResult { id, size: Some(size), error: None, kind: None }
-            } else {
-                fail(id, &Failure::new("protocol", format!("context {id} wrote {size} bytes of {sent}")))
-            }
-        };
-        let reply = match &self.state {
-            State::Ended(msg) => msg,
-            State::Failed(f) => return self.route.targets.iter().map(|&t| fail(t, f)).collect(),
-            State::Opening | State::Live(..) => {
-                let f = Failure::new("protocol", format!("context {} did not finish", self.route.via));
-                return self.route.targets.iter().map(|&t| fail(t, &f)).collect();
-            }
-        };
-        let undecodable =
-            Failure::new("protocol", format!("context {} sent a reply that does not decode", self.route.via));
-        if let Ok(MaybeError { error: Some(error), kind }) = body::decode(&reply.body, "reply") {
-            let f = Failure::new(kind.as_deref().unwrap_or("remote"), error);
-            return self.route.targets.iter().map(|&t| fail(t, &f)).collect();
-        }
-        if !self.route.fan {
-            return match body::decode::<WriteReply>(&reply.body, "write_file reply") {
-                Ok(r) => vec![checked(self.route.via, r.size)],
-                Err(_) => vec![fail(self.route.via, &undecodable)],
-            };
-        }
-        let Ok(FanoutReply { results }) = body::decode::<FanoutReply>(&reply.body, "fanout_write reply") else {
-            return self.route.targets.iter().map(|&t| fail(t, &undecodable)).collect();
-        };
-        let missing =
-            |t| Failure::new("protocol", format!("context {} sent no result for context {t}", self.route.via));
-        self.route
-            .targets
-            .iter()
-            .map(|&t| match results.iter().find(|r| r.id == t) {
-                Some(FanoutResult { size: Some(size), error: None, .. }) => checked(t, *size),
-                Some(FanoutResult { error: Some(e), kind, .. }) => {
-                    fail(t, &Failure::new(kind.as_deref().unwrap_or("remote"), e.as_str()))
+    /// What the leg did for each of its targets, into `out`, having sent
+    /// `sent` bytes. A fan-out's callee speaks only for the targets it was
+    /// given, and only a whole copy counts.
+    fn results(&self, sent: u64, out: &mut Vec<FanoutResult>) {
+        let via = self.route.via;
+        let mut reported = Vec::new();
+        let failure = match &self.state {
+            State::Failed(f) => Some(f.clone()),
+            State::Ended(reply) => match body::decode::<MaybeError>(&reply.body, "reply") {
+                Ok(MaybeError { error: Some(e), kind }) => Some(failed(kind.as_deref().unwrap_or("remote"), e)),
+                // A reply that does not decode reports no copy.
+                _ if self.route.fan => {
+                    reported = body::decode::<FanoutReply>(&reply.body, "reply").map(|r| r.results).unwrap_or_default();
+                    None
                 }
-                _ => fail(t, &missing(t)),
-            })
-            .collect()
+                _ => {
+                    if let Ok(r) = body::decode::<WriteReply>(&reply.body, "reply") {
+                        reported.push(FanoutResult { id: via, size: Some(r.size), error: None, kind: None });
+                    }
+                    None
+                }
+            },
+            State::Opening | State::Live(..) => None,
+        };
+        for &t in &self.route.targets {
+            let mut r = match (&failure, reported.iter().find(|r| r.id == t)) {
+                (Some(f), _) => f.clone(),
+                (None, Some(r)) if r.error.is_some() || r.size == Some(sent) => r.clone(),
+                (None, _) => failed("protocol", format!("context {via}: no whole copy of {sent} bytes on context {t}")),
+            };
+            r.id = t;
+            out.push(r);
+        }
     }
 }
 
@@ -306,19 +284,18 @@ impl Fanout {
             }
         }
         self.wait_all(|_| false);
-        let mut all: Vec<FanoutResult> = self.legs.iter().flat_map(|leg| leg.results(self.sent)).collect();
-        self.targets
-            .iter()
-            .map(|&t| match all.iter().position(|r| r.id == t) {
-                Some(i) => all.swap_remove(i),
-                None => FanoutResult {
-                    id: t,
-                    size: None,
-                    error: Some(format!("context {t} was not written")),
-                    kind: Some("protocol".into()),
-                },
-            })
-            .collect()
+        let mut all = Vec::new();
+        for leg in &self.legs {
+            leg.results(self.sent, &mut all);
+        }
+        // Each target is in exactly one leg: back in the caller's order.
+        let mut ordered = Vec::with_capacity(all.len());
+        for t in &self.targets {
+            if let Some(i) = all.iter().position(|r| r.id == *t) {
+                ordered.push(all.swap_remove(i));
+            }
+        }
+        ordered
     }
 }
 
@@ -354,5 +331,10 @@ mod tests {
         assert_eq!(plan(&[3, 1, 4], toward), vec![plain(1), Route { via: 1, targets: vec![3, 4], fan: true }]);
         assert_eq!(plan(&[9, 3], toward), vec![plain(9), plain(3)], "no route: a call of its own, that fails");
         assert_eq!(plan(&[], toward), vec![]);
+        let many: Vec<u32> = (100..100 + TARGET_LIMIT as u32 + 1).collect();
+        let split = plan(&many, |_| Some(1));
+        assert_eq!(split.len(), 2);
+        assert_eq!(split[0].targets.len(), TARGET_LIMIT);
+        assert_eq!(split[1], plain(100 + TARGET_LIMIT as u32), "the one left over");
     }
 }

@@ -492,6 +492,33 @@ mod tests {
     }
 
     #[test]
+    fn fanout_bodies_read_and_write_as_miniserde_does() {
+        let args = FanoutArgs {
+            op: "fanout_write".into(),
+            path: "/tmp/x \"y\"".into(),
+            mode: Some(0o640),
+            targets: vec![3, 4],
+        };
+        let reply = FanoutReply {
+            results: vec![
+                FanoutResult { id: 3, size: Some(u64::MAX), error: None, kind: None },
+                FanoutResult {
+                    id: 4,
+                    size: None,
+                    error: Some("write /x: No space left\n".into()),
+                    kind: Some("io".into()),
+                },
+            ],
+        };
+        assert_eq!(encode(&args), to_json(&args));
+        assert_eq!(encode(&reply), to_json(&reply));
+        assert_eq!(decode::<FanoutArgs>(&to_json(&args), "fanout"), Ok(args));
+        assert_eq!(decode::<FanoutReply>(&to_json(&reply), "fanout reply"), Ok(reply.clone()));
+        assert_eq!(from_json::<FanoutReply>(&encode(&reply), "fanout reply"), Ok(reply));
+        assert!(decode::<FanoutArgs>(br#"{"op":"fanout_write","path":"x","targets":[-1]}"#, "fanout").is_err());
+    }
+
+    #[test]
     fn garbage_is_an_error_naming_the_expectation() {
         let err = from_json::<CallOp>(b"\xff{", "call").unwrap_err();
         assert_eq!(err.to_string(), "body does not decode as call");

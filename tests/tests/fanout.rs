@@ -262,7 +262,7 @@ fn a_fanout_may_name_only_the_hops_own_descendants() {
         (vec![a.id(), a1], "refused", format!("context {} is not below a", a.id())),
         (vec![a2, b.id()], "refused", format!("context {} is not below a", b.id())),
         (vec![9999, a1], "refused", "context 9999 is not below a".to_string()),
-        (vec![a1, deep.id(), a1], "invalid", format!("context {a1} is named twice")),
+        (vec![a1, deep.id(), a1], "invalid", format!("context {a1} is named twice for a")),
         (vec![], "invalid", "0 targets".to_string()),
         ((0..5000).collect(), "invalid", "5000 targets".to_string()),
     ] {
@@ -346,5 +346,54 @@ fn mixed_groups_give_one_result_per_context_in_order() {
     assert!(write_file_many(&[], "x", &mut std::io::empty(), None).is_empty());
     r.shutdown();
     drop((d, h, hs, x0, x1, g, gs, list, r));
+    guard.check();
+}
+
+/// A source that fails after `after` bytes.
+struct Failing(PatternReader, u64);
+
+impl Read for Failing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.1 == 0 {
+            return Err(std::io::Error::other("disk on fire"));
+        }
+        let room = buf.len().min(self.1 as usize);
+        let n = self.0.read(&mut buf[..room])?;
+        self.1 -= n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_source_that_fails_leaves_no_file_on_any_target() {
+    let guard = LeakGuard::new();
+    let dir = Scratch::new("fanout-abandon");
+    let r = router(None);
+    let (b, children) = bastion(&r, "bastion", 3, &dir);
+    let d = r.connect(&Hop::Local, "d").unwrap();
+    let d_dir = settle(&d, &dir, "d");
+    let mut list: Vec<Context> = children.iter().map(|(c, _)| c.clone()).collect();
+    list.push(d.clone());
+    let results = write_file_many(&list, "copy.bin", &mut Failing(PatternReader::new(64 * MIB, 1), 5 * MIB), None);
+    for res in &results {
+        let err = res.as_ref().unwrap_err();
+        assert!(matches!(err, Error::Local { .. }) && err.to_string().contains("disk on fire"), "{err}");
+    }
+    // Each target drops its temporary file when the stream is abandoned
+    // (through the hop for three of them), while the agents live on.
+    let dirs: Vec<&String> = children.iter().map(|(_, d)| d).chain([&d_dir]).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> =
+            dirs.iter().flat_map(|d| std::fs::read_dir(d).unwrap().flatten()).map(|e| e.path()).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.ping().unwrap();
+    r.shutdown();
+    drop((b, children, d, list, r));
     guard.check();
 }

@@ -38,19 +38,23 @@ pub(crate) fn fanout_write(call: &Call) -> OpResult {
 /// Only our own descendants, each once, and not too many: a caller can't
 /// make us write anywhere it could not reach through us anyway.
 fn check_targets(call: &Call, args: &FanoutArgs) -> Result<(), OpError> {
-    let what = || format!("fanout_write {}", args.path);
-    if args.targets.is_empty() || args.targets.len() > TARGET_LIMIT {
-        let n = args.targets.len();
-        return Err(OpError::new("invalid", format!("{}: {n} targets (1 to {TARGET_LIMIT} allowed)", what())));
+    let n = args.targets.len();
+    if n == 0 || n > TARGET_LIMIT {
+        let why = format!("fanout_write {}: {n} targets (1 to {TARGET_LIMIT} allowed)", args.path);
+        return Err(OpError::new("invalid", why));
     }
     for (i, &t) in args.targets.iter().enumerate() {
-        if call.broker.child_toward(t).is_none() {
-            let me = call.broker.name();
-            return Err(OpError::new("refused", format!("{}: context {t} is not below {me}", what())));
-        }
-        if args.targets.get(..i).unwrap_or_default().contains(&t) {
-            return Err(OpError::new("invalid", format!("{}: context {t} is named twice", what())));
-        }
+        let (kind, why) = if call.broker.child_toward(t).is_none() {
+            ("refused", "is not below")
+        } else if args.targets.get(..i).unwrap_or_default().contains(&t) {
+            ("invalid", "is named twice for")
+        } else {
+            continue;
+        };
+        return Err(OpError::new(
+            kind,
+            format!("fanout_write {}: context {t} {why} {}", args.path, call.broker.name()),
+        ));
     }
     Ok(())
 }
