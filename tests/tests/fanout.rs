@@ -397,3 +397,32 @@ fn a_source_that_fails_leaves_no_file_on_any_target() {
     drop((b, children, d, list, r));
     guard.check();
 }
+
+#[test]
+fn a_hop_killed_mid_transfer_fails_its_targets_and_the_rest_complete() {
+    let guard = LeakGuard::new();
+    let dir = Scratch::new("fanout-hop-kill");
+    let r = router(None);
+    let (b, children) = bastion(&r, "bastion", 3, &dir);
+    let (_g, others) = bastion(&r, "g", 2, &dir);
+    let hop = b.info().unwrap().pid;
+    let mut list: Vec<Context> = children.iter().map(|(c, _)| c.clone()).collect();
+    list.extend(others.iter().map(|(c, _)| c.clone()));
+    let len = 32 * MIB;
+    let mut source =
+        Trigger { inner: PatternReader::new(len, 4), read: 0, after: 8 * MIB, at: Some(|| signal(hop, 9)) };
+    let results = write_file_many(&list, "copy.bin", &mut source, None);
+    for (i, res) in results.iter().enumerate() {
+        if i < 3 {
+            let err = res.as_ref().unwrap_err();
+            assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
+            assert!(err.to_string().starts_with(&format!("bastion/t{i}: ")), "the error names the target: {err}");
+        } else {
+            assert_eq!(res.as_ref().map_err(|e| e.to_string()), Ok(&len), "{}", list[i].name());
+            check_copy(&format!("{}/copy.bin", others[i - 3].1), len, 4);
+        }
+    }
+    r.shutdown();
+    drop((b, children, _g, others, list, r));
+    guard.check();
+}
