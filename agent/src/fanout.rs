@@ -237,8 +237,15 @@ impl Fanout {
         fan
     }
 
+    /// The end of a wait of `stall` from now (a year at most: never an
+    /// overflow).
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.stall.min(Duration::from_secs(365 * 24 * 3600))).unwrap_or(now)
+    }
+
     fn wait_all(&mut self, done: fn(&Leg) -> bool) {
-        let deadline = Instant::now() + self.stall;
+        let deadline = self.deadline();
         for leg in &mut self.legs {
             leg.wait(deadline, self.stall, done);
         }
@@ -249,15 +256,10 @@ impl Fanout {
         self.legs.iter().filter(|l| l.is_waiting()).count()
     }
 
-    /// Bytes sent down each live leg so far.
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
     /// Send `data` down every live leg, each as soon as it has room:
     /// returns when all have taken it (or failed).
     pub fn send(&mut self, data: &[u8]) {
-        let deadline = Instant::now() + self.stall;
+        let deadline = self.deadline();
         for leg in &mut self.legs {
             leg.wait(deadline, self.stall, |l| !l.needs_credit());
             if let State::Live(out, _) = &mut leg.state {
