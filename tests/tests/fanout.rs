@@ -426,3 +426,25 @@ fn a_hop_killed_mid_transfer_fails_its_targets_and_the_rest_complete() {
     drop((b, children, _g, others, list, r));
     guard.check();
 }
+
+#[test]
+fn the_shipped_agent_fans_out_too() {
+    let guard = LeakGuard::new();
+    let dir = Scratch::new("fanout-shipped");
+    // The default image (the static agent), not the test agent: the agents
+    // share this host's file system, so both write the same file.
+    let r = Router::new().unwrap();
+    let b = r.connect(&Hop::Local, "bastion").unwrap();
+    let list: Vec<Context> = (0..2).map(|i| b.connect_hop(&Hop::Local, &format!("bastion/t{i}")).unwrap()).collect();
+    let path = dir.path("copy.bin");
+    let len = 8 * MIB + 1;
+    let before = b.link_bytes_written();
+    let results = write_file_many(&list, &path, &mut PatternReader::new(len, 9), None);
+    let carried = b.link_bytes_written() - before;
+    assert!(results.iter().all(|r| r.as_ref().ok() == Some(&len)), "{results:?}");
+    assert!((carried as f64) < 1.05 * len as f64, "the hop's link carried {carried} bytes for {len}");
+    check_copy(&path, len, 9);
+    r.shutdown();
+    drop((b, list, r));
+    guard.check();
+}
