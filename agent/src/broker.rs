@@ -179,6 +179,20 @@ impl Broker {
         self.push(Cmd::Send(msg));
     }
 
+    /// Bytes written so far to the stream a message to context `id` takes
+    /// (its own, the child's it is reached through, or the parent's),
+    /// headers included: what crossed that link. `None` without a route.
+    pub fn bytes_written_toward(&self, id: u32) -> Option<u64> {
+        let sid = read(&self.shared.routes).route(id)?;
+        read(&self.shared.outs).get(&sid).map(|out| out.written())
+    }
+
+    /// Our child on the path down to context `id` (`id` itself when it is
+    /// our child); `None` when `id` is not below us.
+    pub fn child_toward(&self, id: u32) -> Option<u32> {
+        read(&self.shared.routes).child_toward(id)
+    }
+
     /// Hand a connected stream to the broker. From the moment this returns,
     /// messages to its context go out through it (the greeting first).
     pub fn add_stream(&self, s: NewStream) {

@@ -40,6 +40,7 @@ mod call;
 pub mod core;
 mod dispatch;
 mod event_loop;
+pub mod fanout;
 pub mod flow;
 mod guardian;
 pub mod handshake;

@@ -212,6 +212,22 @@ impl Routes {
         gone
     }
 
+    /// Our child on the path down to context `id` (`id` itself when it is
+    /// our child); `None` when `id` is not below us.
+    pub fn child_toward(&self, id: u32) -> Option<u32> {
+        self.via.get(&id)?;
+        let mut at = id;
+        // The chain is as long as the tree is deep; the bound guards a cycle.
+        for _ in 0..=self.parent_of.len() {
+            match self.parent_of.get(&at) {
+                Some(&p) if p == self.me => return Some(at),
+                Some(&p) => at = p,
+                None => return None,
+            }
+        }
+        None
+    }
+
     /// Is `ancestor` on the path from here down to `id` (or `id` itself)?
     fn on_path(&self, ancestor: u32, id: u32) -> bool {
         let mut at = id;
@@ -477,6 +493,17 @@ mod tests {
         assert!(r.remove(4, 5, &long));
         let Verdict::Dead(Undeliverable::Lost(4, why)) = r.decide(&mut msg(0, 4), Origin::Stream(UP)) else { panic!() };
         assert!(why.len() <= REASON_LIMIT && long.starts_with(&why));
+    }
+
+    #[test]
+    fn the_child_toward_a_descendant() {
+        let r = table();
+        assert_eq!(r.child_toward(2), Some(2));
+        assert_eq!(r.child_toward(4), Some(2));
+        assert_eq!(r.child_toward(3), Some(3));
+        for not_below in [0, 1, 17] {
+            assert_eq!(r.child_toward(not_below), None);
+        }
     }
 
     #[test]

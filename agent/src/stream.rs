@@ -10,6 +10,7 @@ use spore_protocol::Message;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,8 @@ pub(crate) struct Out {
     state: Mutex<OutState>,
     /// Signalled when the buffer falls below [`OUT_HIGH`].
     room: Condvar,
+    /// Bytes written to the fd so far (what crossed this link).
+    written: AtomicU64,
 }
 
 /// Bytes queued for a stream past which its feeders stop: the broker stops
@@ -72,7 +75,12 @@ struct OutState {
 impl Out {
     /// The write side of `file`, polled under `key`.
     pub(crate) fn new(file: File, key: Source) -> Out {
-        Out { file, key, state: Mutex::new(OutState::default()), room: Condvar::new() }
+        Out { file, key, state: Mutex::new(OutState::default()), room: Condvar::new(), written: AtomicU64::new(0) }
+    }
+
+    /// Bytes written to the fd so far, headers included.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Bytes queued and not yet written.
@@ -121,7 +129,10 @@ impl Out {
     fn write(&self, st: &mut OutState, poller: &Poller) {
         while st.pos < st.buf.len() {
             match (&self.file).write(st.buf.get(st.pos..).unwrap_or_default()) {
-                Ok(n) => st.pos += n,
+                Ok(n) => {
+                    st.pos += n;
+                    self.written.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -53,6 +53,9 @@ pub fn run(data: &[u8]) {
     round_trip::<ReadReply>(data, "read reply");
     round_trip::<WriteArgs>(data, "write");
     round_trip::<WriteReply>(data, "write reply");
+    round_trip::<FanoutArgs>(data, "fanout");
+    round_trip::<FanoutResult>(data, "fanout result");
+    round_trip::<FanoutReply>(data, "fanout reply");
     round_trip::<StatArgs>(data, "stat");
     round_trip::<StatReply>(data, "stat reply");
     round_trip::<DirEntry>(data, "entry");

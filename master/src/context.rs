@@ -283,6 +283,13 @@ impl Context {
         self.image_bytes
     }
 
+    /// Bytes the master has written so far to the connection this context
+    /// is reached through (its own, or that of its first hop), headers
+    /// included: what crossed the master's link to it.
+    pub fn link_bytes_written(&self) -> u64 {
+        self.router.broker().bytes_written_toward(self.id).unwrap_or(0)
+    }
+
     /// The router this context belongs to.
     pub fn router(&self) -> &Router {
         &self.router

@@ -24,6 +24,7 @@
 
 pub mod context;
 pub mod error;
+pub mod fanout;
 pub mod hop;
 pub mod image;
 pub mod inventory;

@@ -152,6 +152,44 @@ pub struct WriteReply {
     pub size: u64,
 }
 
+/// Arguments of `fanout_write`: the caller streams one file (as to
+/// `write_file`) and the callee writes it to each of `targets`, every one a
+/// context below it, sending each byte once down each of its own streams.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct FanoutArgs {
+    /// Always `"fanout_write"`.
+    pub op: String,
+    /// Destination path on every target (atomic rename on each).
+    pub path: String,
+    /// Permission bits, as for `write_file`.
+    pub mode: Option<u32>,
+    /// The destination contexts: descendants of the callee, no repeats.
+    pub targets: Vec<u32>,
+}
+
+/// How one destination of a `fanout_write` ended.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct FanoutResult {
+    /// The destination context.
+    pub id: u32,
+    /// Bytes written, on success.
+    pub size: Option<u64>,
+    /// Why it failed, naming the path (and the context, when it was lost).
+    pub error: Option<String>,
+    /// The failure's class, as in [`ErrorReply`], plus `disconnected` (the
+    /// target or a hop to it went away), `dead` (a router could not deliver
+    /// to it), `timeout` (silent too long) and `protocol` (a reply that
+    /// makes no sense).
+    pub kind: Option<String>,
+}
+
+/// Result of `fanout_write`: one entry per target, in the order given.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct FanoutReply {
+    /// Per destination.
+    pub results: Vec<FanoutResult>,
+}
+
 /// Arguments of `stat`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct StatArgs {
@@ -435,6 +473,9 @@ json_struct! {
     ReadReply { size, mode }
     WriteArgs { op, path, mode }
     WriteReply { size }
+    FanoutArgs { op, path, mode, targets }
+    FanoutResult { id, size, error, kind }
+    FanoutReply { results }
     StatArgs { op, path, follow }
     StatReply { kind, size, mode, uid, gid, mtime }
     DirEntry { name, kind, mode, size, target, lossy, target_lossy }
@@ -513,6 +554,33 @@ mod tests {
         assert_eq!(probe.error, None);
         let ctl: Control = from_json(&to_json(&Ack { ack: 7 }), "control").unwrap();
         assert_eq!((ctl.stream, ctl.ack), (None, Some(7)));
+    }
+
+    #[test]
+    fn fanout_bodies_read_and_write_as_miniserde_does() {
+        let args = FanoutArgs {
+            op: "fanout_write".into(),
+            path: "/tmp/x \"y\"".into(),
+            mode: Some(0o640),
+            targets: vec![3, 4],
+        };
+        let reply = FanoutReply {
+            results: vec![
+                FanoutResult { id: 3, size: Some(u64::MAX), error: None, kind: None },
+                FanoutResult {
+                    id: 4,
+                    size: None,
+                    error: Some("write /x: No space left\n".into()),
+                    kind: Some("io".into()),
+                },
+            ],
+        };
+        assert_eq!(encode(&args), to_json(&args));
+        assert_eq!(encode(&reply), to_json(&reply));
+        assert_eq!(decode::<FanoutArgs>(&to_json(&args), "fanout"), Ok(args));
+        assert_eq!(decode::<FanoutReply>(&to_json(&reply), "fanout reply"), Ok(reply.clone()));
+        assert_eq!(from_json::<FanoutReply>(&encode(&reply), "fanout reply"), Ok(reply));
+        assert!(decode::<FanoutArgs>(br#"{"op":"fanout_write","path":"x","targets":[-1]}"#, "fanout").is_err());
     }
 
     #[test]

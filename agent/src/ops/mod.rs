@@ -2,6 +2,7 @@
 
 mod connect;
 mod exec;
+mod fanout;
 mod fs;
 mod info;
 
@@ -33,6 +34,7 @@ pub(crate) fn builtins() -> Vec<(&'static str, Op)> {
         ("symlink", fs::symlink),
         ("read_link", fs::read_link),
         ("connect", connect::connect),
+        ("fanout_write", fanout::fanout_write),
     ]
 }
 

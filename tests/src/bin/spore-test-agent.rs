@@ -5,7 +5,9 @@
 //! - `burst`: `records` log records and `stderr_bytes` of stderr, at once;
 //! - `send_shutdown`: sends SHUTDOWN to context `dst` (which must ignore it);
 //! - `claim_route`: announces context `id` as its own child (a lie the
-//!   routers above must refuse).
+//!   routers above must refuse);
+//! - `chdir`: moves the agent to directory `path` (so agents on one host
+//!   can each write a relative path of their own).
 
 use spore_agent::{Agent, Call, OpError, OpResult};
 use spore_protocol::{handle, Message};
@@ -35,6 +37,7 @@ spore_protocol::json_struct! {
     Burst { records, stderr_bytes }
     Dst { dst }
     Claim { id }
+    Dir { path }
 }
 
 fn burst(call: &Call) -> OpResult {
@@ -85,6 +88,16 @@ fn claim_route(call: &Call) -> OpResult {
     Ok(b"{}".to_vec())
 }
 
+struct Dir {
+    path: String,
+}
+
+fn chdir(call: &Call) -> OpResult {
+    let args: Dir = call.args("chdir arguments")?;
+    std::env::set_current_dir(&args.path).map_err(|e| OpError::io(format!("chdir {}", args.path), &e))?;
+    Ok(b"{}".to_vec())
+}
+
 fn main() {
     Agent::new()
         .handler("say", say)
@@ -92,5 +105,6 @@ fn main() {
         .handler("burst", burst)
         .handler("send_shutdown", send_shutdown)
         .handler("claim_route", claim_route)
+        .handler("chdir", chdir)
         .run()
 }
