@@ -2,8 +2,10 @@
 //! agent long enough to kill the command's whole tree.
 //!
 //! It is this agent's own binary, re-executed by `exec` as
-//! `/proc/self/exe --spore-guardian CTL LIFE ARGV...` with the command's
-//! environment, directory and stdio. It becomes a child subreaper (so every
+//! `/proc/self/exe --spore-guardian CTL LIFE SCRIPT ARGV...` with the
+//! command's environment, directory and stdio (`SCRIPT`: `-`, or the fd of
+//! a script the command gets as its fd 3, and the guardian closes once the
+//! command has it). It becomes a child subreaper (so every
 //! descendant of the command stays in its subtree, however it forks or
 //! `setsid`s), starts the command in a process group of its own (signals
 //! reset, SIGKILL when the guardian dies), points its own fds 0-2 at
@@ -81,6 +83,16 @@ fn fd_arg(arg: Option<String>) -> Option<File> {
 fn guard(mut args: impl Iterator<Item = String>) -> i32 {
     let (Some(ctl), Some(life)) = (fd_arg(args.next()), fd_arg(args.next())) else { return 2 };
     let mut ctl = UnixStream::from(std::os::fd::OwnedFd::from(ctl));
+    let script = match args.next() {
+        Some(dash) if dash == "-" => None,
+        fd => match fd_arg(fd) {
+            Some(f) => Some(f),
+            None => {
+                report(&mut ctl, FAILED, 0, libc::EBADF);
+                return 2;
+            }
+        },
+    };
     let argv: Vec<String> = args.collect();
     let Some((program, rest)) = argv.split_first() else {
         report(&mut ctl, FAILED, 0, libc::EINVAL);
@@ -98,6 +110,9 @@ fn guard(mut args: impl Iterator<Item = String>) -> i32 {
     let me = sys::getpid() as i32;
     let mut cmd = Command::new(program);
     cmd.args(rest).process_group(0);
+    if let Some(script) = script {
+        cmd.fd3(script);
+    }
     // SAFETY: the closure runs between fork and exec and only calls
     // sigemptyset, pthread_sigmask, signal, prctl and getppid, all
     // async-signal-safe.

@@ -3,7 +3,8 @@
 //! spore uses and the same behaviour: the program looked up in `PATH` (the
 //! command's own `PATH` when it sets one), the environment inherited with
 //! the command's changes, stdio piped, null, inherited or given, a working
-//! directory, a process group, steps run between fork and exec, signals
+//! directory, a process group, an fd 3 of its own (`/dev/fd/3`: a script
+//! for its interpreter), steps run between fork and exec, signals
 //! reset (an empty mask, `SIGPIPE` back to its default), and an exec
 //! failure reported as the spawn's error (errno) by way of a close-on-exec
 //! pipe.
@@ -72,6 +73,8 @@ pub struct Command {
     env: Vec<(OsString, OsString)>,
     cwd: Option<OsString>,
     stdio: [Stdio; 3],
+    /// The child's fd 3.
+    fd3: Option<OwnedFd>,
     pgroup: Option<i32>,
     hooks: Vec<Hook>,
 }
@@ -86,6 +89,7 @@ impl Command {
             env: Vec::new(),
             cwd: None,
             stdio: [Stdio::inherit(), Stdio::inherit(), Stdio::inherit()],
+            fd3: None,
             pgroup: None,
             hooks: Vec::new(),
         }
@@ -152,6 +156,13 @@ impl Command {
         self
     }
 
+    /// Give the child `fd` as its fd 3 (inheritable there alone: the other
+    /// copies stay close-on-exec, as every fd spore opens is).
+    pub fn fd3<T: Into<OwnedFd>>(&mut self, fd: T) -> &mut Command {
+        self.fd3 = Some(fd.into());
+        self
+    }
+
     /// Put the child in process group `pgroup` (0: a new one, its own).
     pub fn process_group(&mut self, pgroup: i32) -> &mut Command {
         self.pgroup = Some(pgroup);
@@ -206,13 +217,20 @@ impl Command {
             }
         }
         let fds = theirs.each_ref().map(|t| t.as_ref().map_or(-1, |f| f.as_raw_fd()));
-        let (mut report_r, report_w) = crate::sys::pipe()?;
+        let (mut report_r, mut report_w) = crate::sys::pipe()?;
+        let fd3 = self.fd3.take();
+        if fd3.is_some() && report_w.as_raw_fd() == 3 {
+            // The child's fd 3 would replace it: it could no longer say
+            // that its exec failed.
+            report_w = File::from(crate::sys::dup_at_least(3, 4)?);
+        }
         let child = Prepared {
             program: &program,
             argv: &argv,
             envp: envp.as_deref(),
             cwd: cwd.as_deref(),
             fds,
+            fd3: fd3.as_ref().map(|f| f.as_raw_fd()),
             pgroup: self.pgroup,
             hooks: &mut self.hooks,
             report: report_w.as_raw_fd(),
@@ -222,7 +240,7 @@ impl Command {
             child.exec()
         }
         drop(report_w);
-        drop(theirs);
+        drop((theirs, fd3));
         // EOF: it exec'd. Four bytes: the errno it failed with.
         let mut errno = [0u8; 4];
         let mut got = 0;
@@ -282,6 +300,8 @@ struct Prepared<'a> {
     cwd: Option<&'a std::ffi::CStr>,
     /// Fds for 0, 1 and 2 (-1: inherited).
     fds: [RawFd; 3],
+    /// The fd for 3, if any (never the report pipe: see `spawn`).
+    fd3: Option<RawFd>,
     pgroup: Option<i32>,
     hooks: &'a mut [Hook],
     report: RawFd,
@@ -315,6 +335,14 @@ impl Prepared<'_> {
                 // dup2 leaves the new fd inheritable.
                 cvt(unsafe { libc::dup2(fd, target) })?;
             }
+        }
+        // After 0 to 2, which may have been copied from fd 3.
+        match self.fd3 {
+            Some(3) => crate::sys::keep_across_exec(3)?,
+            // SAFETY: dup2 is async-signal-safe; `fd` is open (the parent
+            // holds it); the new fd 3 is inheritable, the one copy that is.
+            Some(fd) => drop(cvt(unsafe { libc::dup2(fd, 3) })?),
+            None => {}
         }
         if let Some(cwd) = self.cwd {
             // SAFETY: chdir is async-signal-safe; `cwd` is NUL-terminated.
@@ -500,6 +528,39 @@ mod tests {
         let e = Command::new("/nonexistent/spore-test").spawn().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         let e = Command::new("sh").current_dir("/nonexistent/dir").spawn().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn fd_3_is_given_to_the_child_alone() {
+        // Whatever number it has here (a low one, a high one), it is 3
+        // there, and only there: the child's other fds above 2 are closed
+        // on exec.
+        for min in [3, 40] {
+            let (r, mut w) = crate::sys::pipe().unwrap();
+            w.write_all(b"on fd 3").unwrap();
+            drop(w);
+            let fd = crate::sys::dup_at_least(r.as_raw_fd(), min).unwrap();
+            drop(r);
+            let mut c = Command::new("sh");
+            c.args(["-c", "cat <&3; ls /proc/$$/fd; true"]).fd3(fd).stdout(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            let mut out = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            assert!(child.wait().unwrap().success());
+            // Less what this test process inherited by accident (from cargo).
+            let inherited = |fd: &str| {
+                let fd: i32 = fd.parse().unwrap();
+                // SAFETY: F_GETFD only reads an fd's flags.
+                fd > 3 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0
+            };
+            let (text, fds) = out.split_at(7);
+            let fds: Vec<&str> = fds.lines().filter(|fd| !inherited(fd)).collect();
+            assert_eq!((text, fds), ("on fd 3", vec!["0", "1", "2", "3"]), "fd at least {min}");
+        }
+        // An exec that fails is still reported when fd 3 is given.
+        let (r, _w) = crate::sys::pipe().unwrap();
+        let e = Command::new("/nonexistent/spore-test").fd3(r).spawn().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 

@@ -427,6 +427,22 @@ pub fn keep_across_exec(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
 }
 
+/// A new anonymous file in memory (`memfd_create`, Linux 3.17), close-on-exec,
+/// that can be sealed: ENOSYS on older kernels.
+pub fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
+    // SAFETY: `name` is NUL-terminated; memfd_create returns a new fd.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Seal a [`memfd`] for good: no write, no resize, no more seals.
+pub fn seal(file: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS only changes what may be done to the file.
+    cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
+}
+
 /// Read the start of a small file (a `/proc` entry) into `buf`: the bytes
 /// read, 0 on any error.
 pub fn read_start(path: &std::ffi::CStr, buf: &mut [u8]) -> usize {

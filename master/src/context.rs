@@ -9,7 +9,7 @@ use spore_agent::{Mailbox, RecvError};
 use spore_protocol::body::{
     self, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, MkdirArgs, PathArgs,
     ReadArgs, ReadLinkReply, ReadReply, RemoveArgs, StatArgs, StatReply, SymlinkArgs, WriteArgs, WriteReply,
-    CHUNK_SIZE,
+    CHUNK_SIZE, MAX_SCRIPT, SCRIPT_PATH,
 };
 use spore_protocol::MASTER_ID;
 use spore_protocol::{handle, Message};
@@ -160,11 +160,22 @@ pub struct Command {
     /// dropped, and [`Output::truncated`] is set. [`Context::exec_streaming`]
     /// keeps nothing and ignores it.
     pub output_limit: usize,
+    /// A script the command finds open as its fd 3 (`/dev/fd/3`), in an
+    /// anonymous file on the target: see [`Command::script`], which sets it
+    /// and the argv that reads it.
+    pub script: Option<String>,
 }
 
 impl Default for Command {
     fn default() -> Self {
-        Command { argv: Vec::new(), env: BTreeMap::new(), cwd: None, timeout: None, output_limit: DEFAULT_OUTPUT_LIMIT }
+        Command {
+            argv: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            timeout: None,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+            script: None,
+        }
     }
 }
 
@@ -172,6 +183,49 @@ impl Command {
     /// A command line.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Command {
         Command { argv: argv.into_iter().map(Into::into).collect(), ..Default::default() }
+    }
+
+    /// Run a local script on the target without leaving a file there:
+    /// `source` is the whole script, `args` its arguments.
+    ///
+    /// Its `#!` line names the interpreter, read as Linux reads it: a path
+    /// and at most one argument (the rest of the line, spaces and all), so
+    /// `#!/bin/bash -e`, `#!/usr/bin/perl` and `#!/usr/bin/env python3`
+    /// work; without one it is `/bin/sh`. The command is
+    /// `INTERPRETER [ARG] /dev/fd/3 ARGS...`: the agent puts the script in
+    /// an anonymous file (a sealed memfd; on kernels before 3.17 a file in
+    /// its private directory, unlinked as soon as it is made) that the
+    /// command gets as its fd 3, so nothing reaches the target's disk or
+    /// is left behind, and the command's stdin stays its own. So `$0` (in
+    /// sh; `sys.argv[0]` in Python) is `/dev/fd/3`, and what the script
+    /// starts inherits fd 3 unless it closes it (`exec 3<&-`). An
+    /// interpreter that can't be run makes the command end with 127 (126:
+    /// there but not executable), as in a shell, with a line on its stderr
+    /// naming the target and the interpreter.
+    ///
+    /// A [`Error::Usage`] when the script is not UTF-8 (it travels as JSON
+    /// text; the error says where), is over [`MAX_SCRIPT`] (4 MiB), or has
+    /// a `#!` line that names no interpreter or is longer than Linux reads
+    /// (255 bytes).
+    pub fn script<I: IntoIterator<Item = S>, S: Into<String>>(source: &[u8], args: I) -> Result<Command> {
+        if source.len() > MAX_SCRIPT {
+            return Err(Error::Usage(format!(
+                "the script is {} bytes: at most {MAX_SCRIPT} (4 MiB) travel in a call; copy a larger one with put",
+                source.len()
+            )));
+        }
+        let text = std::str::from_utf8(source).map_err(|e| {
+            let at = e.valid_up_to();
+            let line = source.get(..at).unwrap_or_default().iter().filter(|&&b| b == b'\n').count() + 1;
+            Error::Usage(format!(
+                "the script is not UTF-8 (line {line}, byte {}): spore sends scripts as text; convert it (iconv -t UTF-8)",
+                at + 1
+            ))
+        })?;
+        let (interpreter, arg) = interpreter(text).map_err(Error::Usage)?;
+        let argv = [interpreter].into_iter().chain(arg).chain([SCRIPT_PATH.to_string()]);
+        let argv = argv.chain(args.into_iter().map(Into::into)).collect();
+        Ok(Command { argv, script: Some(text.to_string()), ..Default::default() })
     }
 
     /// Set the timeout.
@@ -197,6 +251,41 @@ impl Command {
         self.cwd = Some(dir.to_string());
         self
     }
+}
+
+/// The longest `#!` line Linux reads (`BINPRM_BUF_SIZE`, 256 bytes, with
+/// its newline).
+const MAX_SHEBANG: usize = 255;
+
+/// A script's interpreter and its optional argument, from its `#!` line as
+/// Linux's `binfmt_script` reads it: after `#!` and any spaces or tabs, the
+/// interpreter runs to the next space, tab or NUL; the argument, if any, is
+/// the rest of the line after spaces and tabs, without trailing ones (up to
+/// a NUL). Nothing else is stripped: a DOS line end (`\r`) stays part of
+/// the name, which is then not found, as on the target itself. No `#!`:
+/// `/bin/sh`.
+fn interpreter(text: &str) -> std::result::Result<(String, Option<String>), String> {
+    let Some(rest) = text.strip_prefix("#!") else { return Ok(("/bin/sh".into(), None)) };
+    let line = rest.split('\n').next().unwrap_or_default();
+    if line.len() + 2 > MAX_SHEBANG {
+        return Err(format!("the script's #! line is over {MAX_SHEBANG} bytes, more than Linux reads"));
+    }
+    let blank: &[char] = &[' ', '\t'];
+    let line = line.trim_matches(blank);
+    let end = line.find([' ', '\t', '\0']).unwrap_or(line.len());
+    let (name, after) = line.split_at(end);
+    if name.is_empty() {
+        return Err("the script's #! line names no interpreter".into());
+    }
+    let arg = match after.strip_prefix(blank) {
+        Some(arg) => {
+            let arg = arg.trim_start_matches(blank);
+            Some(arg.split('\0').next().unwrap_or_default()).filter(|a| !a.is_empty())
+        }
+        // The name ended at a NUL (or the line did): no argument.
+        None => None,
+    };
+    Ok((name.to_string(), arg.map(str::to_string)))
 }
 
 /// How a command ended.
@@ -466,8 +555,19 @@ impl Context {
             timeout_ms: timeout.map(millis),
             stream,
             stderr_handle: err_handle,
+            script: cmd.script.clone(),
         };
-        self.send_call(&mb, body::to_json(&args));
+        let call = body::to_json(&args);
+        drop(args);
+        let max = self.router.options().max_message;
+        if call.len() > max as usize {
+            return Err(Error::Usage(format!(
+                "{}: the command's call is {} bytes, over the largest message ({max} bytes, Options::max_message)",
+                self.name,
+                call.len()
+            )));
+        }
+        self.send_call(&mb, call);
         let credit = Arc::new((Mutex::new(Credit::default()), Condvar::new()));
         let mut stdin = stdin;
         let mut consumed: u64 = 0;
@@ -699,4 +799,64 @@ struct OpOnly {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn parsed(text: &str) -> (String, Option<String>) {
+        interpreter(text).unwrap()
+    }
+
+    fn of(name: &str, arg: Option<&str>) -> (String, Option<String>) {
+        (name.to_string(), arg.map(str::to_string))
+    }
+
+    #[test]
+    fn the_interpreter_line_is_read_as_linux_reads_it() {
+        assert_eq!(parsed("echo hi\n"), of("/bin/sh", None));
+        assert_eq!(parsed(""), of("/bin/sh", None));
+        assert_eq!(parsed(" #!/bin/bash\n"), of("/bin/sh", None));
+        assert_eq!(parsed("#!/bin/sh\necho"), of("/bin/sh", None));
+        assert_eq!(parsed("#!/usr/bin/perl"), of("/usr/bin/perl", None));
+        assert_eq!(parsed("#!/bin/bash -e\n"), of("/bin/bash", Some("-e")));
+        assert_eq!(parsed("#! \t/usr/bin/env  python3 -u \t\nx"), of("/usr/bin/env", Some("python3 -u")));
+        assert_eq!(parsed("#!/usr/bin/env -S a  b\n"), of("/usr/bin/env", Some("-S a  b")));
+        assert_eq!(parsed("#!/bin/sh\r\n"), of("/bin/sh\r", None));
+        assert_eq!(parsed("#!/bin/sh \r\n"), of("/bin/sh", Some("\r")));
+        assert_eq!(parsed("#!/bin/sh\0 -x\n"), of("/bin/sh", None));
+        assert_eq!(parsed("#!/bin/sh -a\0b\n"), of("/bin/sh", Some("-a")));
+        assert_eq!(parsed("#!/bin/sh \0\n"), of("/bin/sh", None));
+        assert_eq!(parsed("#!perl\n"), of("perl", None));
+        for none in ["#!", "#!\n/bin/sh", "#!  \t \n", "#!\0/bin/sh\n"] {
+            assert_eq!(interpreter(none).unwrap_err(), "the script's #! line names no interpreter", "{none:?}");
+        }
+        let longest = format!("#!/{}\n", "x".repeat(252));
+        assert_eq!(parsed(&longest).0.len(), 253);
+        let over = format!("#!/{}\n", "x".repeat(253));
+        assert!(interpreter(&over).unwrap_err().contains("over 255 bytes"));
+        assert!(interpreter(&format!("#!/bin/sh {}", "y".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn a_script_command_reads_its_script_from_fd_3() {
+        let cmd = Command::script(b"#!/bin/bash -e\necho \"$@\"\n", ["a b", "c"]).unwrap();
+        assert_eq!(cmd.argv, ["/bin/bash", "-e", "/dev/fd/3", "a b", "c"]);
+        assert_eq!(cmd.script.as_deref(), Some("#!/bin/bash -e\necho \"$@\"\n"));
+        let cmd = Command::script(b"echo hi\n", Vec::<String>::new()).unwrap().timeout(Duration::from_secs(1));
+        assert_eq!(
+            (cmd.argv, cmd.timeout),
+            (vec!["/bin/sh".to_string(), "/dev/fd/3".to_string()], Some(Duration::from_secs(1)))
+        );
+        let err = Command::script(b"echo ok\necho caf\xe9\n", ["x"]).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8 (line 2, byte 17)"), "{err}");
+        let big = vec![b'#'; MAX_SCRIPT + 1];
+        let err = Command::script(&big, ["x"]).unwrap_err().to_string();
+        assert!(err.contains("4194305 bytes") && err.contains("4 MiB"), "{err}");
+        assert!(Command::script(&big[1..], ["x"]).is_ok());
+        assert!(matches!(Command::script(b"#!\n", ["x"]), Err(Error::Usage(_))));
+    }
 }

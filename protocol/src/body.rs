@@ -99,7 +99,25 @@ pub struct ExecArgs {
     pub stream: bool,
     /// Caller handle that receives stderr chunks (stdout goes to `reply_to`).
     pub stderr_handle: u32,
+    /// A script for the command to read: the callee puts it in an anonymous
+    /// file (nothing on disk, nothing left behind) that the command finds
+    /// open, read-only, as its fd 3 (`/dev/fd/3`, [`SCRIPT_PATH`]); argv
+    /// names its interpreter, e.g. `["/bin/sh", "/dev/fd/3", "arg"]`. At
+    /// most [`MAX_SCRIPT`] bytes. When the program can't be started the
+    /// reply is, as from a shell, status 127 (126: found but not
+    /// executable), with the reason on stderr.
+    pub script: Option<String>,
 }
+
+/// Where an `exec` with a [`ExecArgs::script`] finds it.
+pub const SCRIPT_PATH: &str = "/dev/fd/3";
+
+/// The largest [`ExecArgs::script`]: 4 MiB. Scripts are source code; the
+/// bound keeps one call's body (up to 6 bytes of JSON per byte of script,
+/// 24 MiB) far inside the default frame limit (128 MiB), and a run on many
+/// targets, which holds a copy of the call per target until it is sent,
+/// within reason.
+pub const MAX_SCRIPT: usize = 4 << 20;
 
 /// Result of `exec`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -467,7 +485,7 @@ json_struct! {
     CallOp { op }
     Empty {}
     InfoReply { name, context_id, hostname, arch, machine, kernel, uid, gid, pid, version }
-    ExecArgs { op, argv, env, cwd, stdin, timeout_ms, stream, stderr_handle }
+    ExecArgs { op, argv, env, cwd, stdin, timeout_ms, stream, stderr_handle, script }
     ExecReply { status, signal, timed_out, stdout_len, stderr_len }
     PathArgs { op, path }
     ReadReply { size, mode }
@@ -550,6 +568,17 @@ mod tests {
         assert_eq!(op.op, "exec");
         let back: ExecArgs = from_json(&body, "exec").unwrap();
         assert_eq!(back, exec);
+        // A script of any text, control characters and all, as both codecs
+        // write and read it; a body without the field (an older master's)
+        // has none.
+        let text: String = (0u8..128).map(char::from).chain("é\u{1F600}".chars()).collect();
+        let exec = ExecArgs { script: Some(format!("#!/bin/sh\n{text}")), ..exec };
+        let body = to_json(&exec);
+        assert_eq!(encode(&exec), body);
+        assert_eq!(decode::<ExecArgs>(&body, "exec").unwrap(), exec);
+        let old = br#"{"op":"exec","argv":["true"],"stdin":false,"stream":false,"stderr_handle":0}"#;
+        assert_eq!(decode::<ExecArgs>(old, "exec").unwrap().script, None);
+        assert_eq!(from_json::<ExecArgs>(old, "exec").unwrap().script, None);
         let probe: MaybeError = from_json(&to_json(&Empty {}), "reply").unwrap();
         assert_eq!(probe.error, None);
         let ctl: Control = from_json(&to_json(&Ack { ack: 7 }), "control").unwrap();
