@@ -54,6 +54,8 @@ pub fn shut_down_on_signal(router: Router, before_exit: impl FnOnce() + Send + '
         SIGNALLED.store(sig, Ordering::SeqCst);
         log::warn!("signal {sig}: shutting the tree down");
         router.shutdown();
+        // Downloads cut short leave no temporary files behind.
+        spore::tree::remove_temps();
         before_exit();
         std::process::exit(128 + sig);
     });

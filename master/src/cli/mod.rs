@@ -19,7 +19,7 @@ use spore::select::Target;
 use spore::{Command, Context, Error, Options, Router, Stream, Targets};
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -43,11 +43,30 @@ const OUT_FILES: [&str; 3] = ["stdout", "stderr", "status"];
 const THREAD_STACK: usize = 512 << 10;
 
 /// What each target does, its arguments checked and converted.
+#[derive(Clone)]
 enum Work {
-    Run { argv: Vec<String> },
+    /// `run`, and `script` (a command that reads the script from fd 3);
+    /// `what` names it in messages.
+    Run {
+        cmd: Command,
+        what: String,
+    },
     Info,
-    Put { local: PathBuf, remote: String, mode: Option<u32> },
-    Get { remote: String, local: PathBuf, many: bool },
+    /// Done for all targets at once, so that bytes for targets behind a
+    /// shared hop cross it once.
+    Put {
+        local: PathBuf,
+        remote: String,
+        mode: Option<u32>,
+        recursive: bool,
+    },
+    /// `many`: each target's copy under `local/TARGET/`.
+    Get {
+        remote: String,
+        local: PathBuf,
+        many: bool,
+        recursive: bool,
+    },
 }
 
 /// How a target's run ended, for the summary and `@failed`.
@@ -219,30 +238,52 @@ fn work_of(cmd: Cmd) -> Result<(Vec<String>, Work), String> {
                 .enumerate()
                 .map(|(i, a)| text_arg(&format!("argument {} of the command", i + 1), a))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((targets, Work::Run { argv }))
+            let what = argv.join(" ");
+            Ok((targets, Work::Run { cmd: Command::new(argv), what }))
         }
         Cmd::Info { targets } => Ok((targets, Work::Info)),
         Cmd::Put { recursive, mode, mut words } => {
-            if recursive {
-                return Err("put -r: not built yet".into());
+            if recursive && mode.is_some() {
+                return Err("put -r keeps each file's own mode: --mode is for a single file".into());
             }
             let remote = text_arg("the remote path", words.pop().unwrap_or_default())?;
             let local = PathBuf::from(words.pop().unwrap_or_default());
             let targets = words.into_iter().map(target_word).collect::<Result<_, _>>()?;
-            Ok((targets, Work::Put { local, remote, mode }))
+            Ok((targets, Work::Put { local, remote, mode, recursive }))
         }
         Cmd::Get { recursive, mut words } => {
-            if recursive {
-                return Err("get -r: not built yet".into());
-            }
             let local = PathBuf::from(words.pop().unwrap_or_default());
             let remote = text_arg("the remote path", words.pop().unwrap_or_default())?;
             let targets = words.into_iter().map(target_word).collect::<Result<_, _>>()?;
-            Ok((targets, Work::Get { remote, local, many: false }))
+            Ok((targets, Work::Get { remote, local, many: false, recursive }))
         }
-        Cmd::Script { .. } => Err("script: not built yet".into()),
+        Cmd::Script { mut words, args } => {
+            let file = PathBuf::from(words.pop().unwrap_or_default());
+            let targets = words.into_iter().map(target_word).collect::<Result<_, _>>()?;
+            let args = args
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| text_arg(&format!("argument {} of the script", i + 1), a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let source = read_script(&file)?;
+            let cmd = Command::script(&source, args.iter().cloned())
+                .map_err(|e| format!("script {}: {}", file.display(), shown(&e.to_string())))?;
+            let what = [file.display().to_string()].into_iter().chain(args).collect::<Vec<_>>().join(" ");
+            Ok((targets, Work::Run { cmd, what }))
+        }
         Cmd::Completions { .. } | Cmd::Manpage { .. } => Err("not a command with targets".into()),
     }
+}
+
+/// A local script, read whole: it travels in the call (4 MiB at most, so
+/// the read stops past that).
+fn read_script(file: &Path) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("script {}: {e}", file.display()))?;
+    let mut source = Vec::new();
+    f.take(spore_protocol::body::MAX_SCRIPT as u64 + 1)
+        .read_to_end(&mut source)
+        .map_err(|e| format!("script {}: {e}", file.display()))?;
+    Ok(source)
 }
 
 /// The targets the words (and `--targets-from`, and `-x`) select.
@@ -291,14 +332,15 @@ fn select(opts: &Opts, words: &[String]) -> Result<Vec<Target>, String> {
 fn run(opts: &Opts, work: &Work, targets: &[Target]) -> i32 {
     raise_fd_limit();
     let many = targets.len() > 1;
-    let work = &match work {
-        Work::Get { remote, local, .. } => Work::Get { remote: remote.clone(), local: local.clone(), many },
-        Work::Run { argv } => Work::Run { argv: argv.clone() },
-        Work::Info => Work::Info,
-        Work::Put { local, remote, mode } => Work::Put { local: local.clone(), remote: remote.clone(), mode: *mode },
-    };
+    let mut work = work.clone();
+    if let Work::Get { many: m, .. } = &mut work {
+        *m = many;
+    }
+    let work = &work;
     let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
     let clash = match work {
+        // A tree's copy may hold any name: no target may lie inside another's.
+        Work::Get { many: true, recursive: true, .. } => output::nested(&labels, None),
         Work::Get { many: true, remote, .. } => {
             let name = Path::new(remote).file_name().and_then(|n| n.to_str()).unwrap_or_default();
             output::nested(&labels, Some(&[name]))
@@ -384,7 +426,23 @@ fn run_all(run: &Run<'_>, targets: &[Target]) -> Vec<Outcome> {
     let deadline = run.opts.deadline.map(|d| Instant::now() + d);
     let mut outcomes: Vec<Option<Outcome>> = targets.iter().map(|_| None).collect();
     std::thread::scope(|s| {
+        if let Work::Put { local, remote, mode, recursive } = run.work {
+            // All targets at once, on a thread of its own, so the deadline
+            // below still holds.
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new().name("spore-put".into()).spawn_scoped(s, move || {
+                for (i, o) in put_all(run, targets, local, remote, *mode, *recursive).into_iter().enumerate() {
+                    let _ = tx.send((i, o));
+                }
+            });
+            if let Err(e) = spawned {
+                complain(&format!("spore: start a thread: {e}"));
+            }
+        }
         for (i, t) in targets.iter().enumerate() {
+            if matches!(run.work, Work::Put { .. }) {
+                break;
+            }
             let tx = tx.clone();
             let spawned = std::thread::Builder::new()
                 .name("spore-target".into())
@@ -437,38 +495,190 @@ fn one_target(run: &Run<'_>, t: &Target) -> Outcome {
     }
     let mut o = Outcome::new(t);
     let result = run.tree.open(&t.path).and_then(|ctx| match run.work {
-        Work::Run { argv } => cmd_run(run, &ctx, argv, &mut o),
+        Work::Run { cmd, what } => cmd_run(run, &ctx, cmd, what, &mut o),
         Work::Info => cmd_info(&ctx, &mut o),
-        Work::Put { local, remote, mode } => cmd_put(&ctx, local, remote, *mode, &mut o),
-        Work::Get { remote, local, many } => {
-            let local = if *many { output::target_dir(local, &t.label) } else { local.clone() };
-            if *many {
-                std::fs::create_dir_all(&local)
-                    .map_err(|e| Error::Local { what: format!("create {}", local.display()), source: e })?;
+        Work::Get { remote, local, many, recursive } => {
+            let local = if *many { spore::tree::per_target(local, &t.label)? } else { local.clone() };
+            if *recursive {
+                cmd_get_tree(&ctx, remote, &local, &mut o)
+            } else {
+                cmd_get(&ctx, remote, &local, *many, &mut o)
             }
-            cmd_get(&ctx, remote, &local, *many, &mut o)
         }
+        Work::Put { .. } => Err(Error::Usage("put runs for all targets at once".into())),
     });
     if let Err(e) = result {
         note_failure(run, &mut o, e);
     }
+    ended(run, &mut o);
+    o
+}
+
+/// A target is done: the deadline's verdict, the progress line, and its
+/// result line, at once.
+fn ended(run: &Run<'_>, o: &mut Outcome) {
     if o.fate != Fate::Ok && run.deadline_hit.load(Ordering::SeqCst) && o.error.is_some() {
         o.fate = Fate::TimedOut;
         o.code = EXIT_TIMED_OUT;
-        o.error = Some(format!("{}: cut off by the run's --deadline", t.label));
+        o.error = Some(format!("{}: cut off by the run's --deadline", o.target.label));
         if !run.opts.json {
             complain(&format!("spore: {}", shown(o.error.as_deref().unwrap_or_default())));
         }
     }
     if let Some(p) = run.progress {
-        p.end(&t.label, o.fate == Fate::Ok);
+        p.end(&o.target.label, o.fate == Fate::Ok);
     }
-    // The line for this target, as soon as it is done.
     let line = if run.opts.json { Some(o.json_line()) } else { o.text.clone() };
     if let Some(Err(e)) = line.map(|l| say(&l)) {
         output_gone(run, e);
     }
-    o
+}
+
+/// `put` (`-r` too) to every target at once: each connected (within the
+/// forks limit), then each file sent once down each link, the hops below
+/// fanning it out (`spore::fanout`).
+fn put_all(
+    run: &Run<'_>,
+    targets: &[Target],
+    local: &Path,
+    remote: &str,
+    mode: Option<u32>,
+    recursive: bool,
+) -> Vec<Outcome> {
+    let opened: Vec<spore::Result<Context>> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                std::thread::Builder::new().stack_size(THREAD_STACK).spawn_scoped(s, move || {
+                    if let Some(p) = run.progress {
+                        p.begin(&t.label);
+                    }
+                    run.tree.open(&t.path)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or(Err(Error::ShuttingDown)),
+                Err(e) => Err(Error::Local { what: "start a thread".into(), source: e }),
+            })
+            .collect()
+    });
+    let mut outcomes: Vec<Outcome> = targets.iter().map(Outcome::new).collect();
+    let mut up: Vec<(usize, Context)> = Vec::new();
+    for (i, r) in opened.into_iter().enumerate() {
+        match r {
+            Ok(ctx) => up.push((i, ctx)),
+            Err(e) => note_failure(run, &mut outcomes[i], e),
+        }
+    }
+    let contexts: Vec<Context> = up.iter().map(|(_, c)| c.clone()).collect();
+    if recursive {
+        let root = match remote_root(local, remote) {
+            Ok(root) => root,
+            Err(e) => {
+                for (i, _) in &up {
+                    note_failure(run, &mut outcomes[*i], Error::Usage(e.clone()));
+                }
+                up.clear();
+                String::new()
+            }
+        };
+        // REMOTE itself is made when missing (with its parents, like
+        // `mkdir -p`), as rsync makes its destination.
+        if !local.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            up.retain(|(i, ctx)| match ctx.mkdir(remote, 0o755, true) {
+                Ok(()) => true,
+                Err(e) => {
+                    note_failure(run, &mut outcomes[*i], e);
+                    false
+                }
+            });
+        }
+        let contexts: Vec<Context> = up.iter().map(|(_, c)| c.clone()).collect();
+        let fan_out = spore::tree::once(&spore::fanout::write_file_many);
+        let results = if up.is_empty() { Vec::new() } else { spore::tree::put_tree(&contexts, local, &root, &fan_out) };
+        for ((i, _), r) in up.iter().zip(results) {
+            let o = &mut outcomes[*i];
+            match r {
+                Ok(report) => tree_report(o, &report, "to", &root),
+                Err(e) => note_failure(run, o, e),
+            }
+        }
+    } else {
+        match open_local(local) {
+            Ok((mut file, local_mode)) => {
+                let results = spore::fanout::write_file_many(&contexts, remote, &mut file, mode.or(local_mode));
+                for ((i, _), r) in up.iter().zip(results) {
+                    let o = &mut outcomes[*i];
+                    match r {
+                        Ok(n) => {
+                            o.text = Some(format!("{}: wrote {n} bytes to {remote}", o.target.label));
+                            o.set("bytes", num(n));
+                            o.set("path", Value::String(remote.into()));
+                        }
+                        Err(e) => note_failure(run, o, e),
+                    }
+                }
+            }
+            Err(e) => {
+                for (i, _) in &up {
+                    let e = Error::Local {
+                        what: format!("open {}", local.display()),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    };
+                    note_failure(run, &mut outcomes[*i], e);
+                }
+            }
+        }
+    }
+    for o in &mut outcomes {
+        ended(run, o);
+    }
+    outcomes
+}
+
+/// Where `put -r` puts a tree, by rsync's rule, the same on every target
+/// whatever is there: `LOCAL/` copies the directory's contents into
+/// `remote`, `LOCAL` the directory itself into `remote/NAME`.
+fn remote_root(local: &Path, remote: &str) -> Result<String, String> {
+    if local.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Ok(remote.to_string());
+    }
+    let name = local
+        .file_name()
+        .ok_or_else(|| format!("put -r: {} has no name (end it with / for its contents)", local.display()))?;
+    let name = text_arg("the local directory's name", name.to_os_string())?;
+    Ok(format!("{}/{name}", remote.trim_end_matches('/')))
+}
+
+/// The local file for `put`, and its permission bits (which it keeps
+/// unless `--mode` says otherwise).
+fn open_local(local: &Path) -> std::io::Result<(std::fs::File, Option<u32>)> {
+    let file = std::fs::File::open(local)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "a directory (put -r copies trees)"));
+    }
+    Ok((file, Some(meta.permissions().mode() & 0o7777)))
+}
+
+/// A tree copied: the counts, for people and for `--json`.
+fn tree_report(o: &mut Outcome, r: &spore::tree::TreeReport, dir: &str, path: &str) {
+    let mut text = format!(
+        "{}: {} files, {} directories, {} symlinks, {} bytes {dir} {path}",
+        o.target.label, r.files, r.dirs, r.symlinks, r.bytes
+    );
+    if !r.skipped.is_empty() {
+        text.push_str(&format!("; skipped (not a file, directory or symlink): {}", r.skipped.join(", ")));
+    }
+    o.text = Some(shown(&text));
+    for (k, v) in [("files", r.files), ("dirs", r.dirs), ("symlinks", r.symlinks), ("bytes", r.bytes)] {
+        o.set(k, num(v));
+    }
+    o.set("path", Value::String(path.into()));
+    o.set("skipped", Value::Array(r.skipped.iter().map(|s| Value::String(s.clone())).collect()));
 }
 
 /// A target's failure: said at once (but for `--json`, which reports it in
@@ -508,8 +718,8 @@ fn output_gone(run: &Run<'_>, e: std::io::Error) {
     }
 }
 
-fn cmd_run(run: &Run<'_>, ctx: &Context, argv: &[String], o: &mut Outcome) -> spore::Result<()> {
-    let mut cmd = Command::new(argv.iter().cloned());
+fn cmd_run(run: &Run<'_>, ctx: &Context, cmd: &Command, what: &str, o: &mut Outcome) -> spore::Result<()> {
+    let mut cmd = cmd.clone();
     cmd.timeout = run.opts.timeout;
     let label = o.target.label.clone();
     let screen = if run.opts.json {
@@ -557,7 +767,7 @@ fn cmd_run(run: &Run<'_>, ctx: &Context, argv: &[String], o: &mut Outcome) -> sp
         o.fate = Fate::TimedOut;
         o.code = EXIT_TIMED_OUT;
         if !run.opts.json {
-            complain(&format!("spore: {}: {} timed out and was killed", o.target.label, shown(&argv.join(" "))));
+            complain(&format!("spore: {}: {} timed out and was killed", o.target.label, shown(what)));
         }
     } else if o.code != 0 {
         o.fate = Fate::Failed;
@@ -587,20 +797,9 @@ fn cmd_info(ctx: &Context, o: &mut Outcome) -> spore::Result<()> {
     Ok(())
 }
 
-fn cmd_put(ctx: &Context, local: &Path, remote: &str, mode: Option<u32>, o: &mut Outcome) -> spore::Result<()> {
-    let mut file = std::fs::File::open(local)
-        .map_err(|e| Error::Local { what: format!("open {}", local.display()), source: e })?;
-    // Without --mode, the file keeps the local file's permission bits.
-    let local_mode = file.metadata().map(|m| m.permissions().mode() & 0o7777).ok();
-    let n = ctx.write_file(remote, &mut file, mode.or(local_mode))?;
-    o.text = Some(format!("{}: wrote {n} bytes to {remote}", o.target.label));
-    o.set("bytes", num(n));
-    o.set("path", Value::String(remote.into()));
-    Ok(())
-}
-
+/// `get` of one file: into `local`, or into the directory `local` is (or
+/// must be, with several targets) under the remote file's name.
 fn cmd_get(ctx: &Context, remote: &str, local: &Path, into_dir: bool, o: &mut Outcome) -> spore::Result<()> {
-    // A directory as the destination gets the remote file's name.
     let mut dest = local.to_path_buf();
     if into_dir || local.as_os_str().as_encoded_bytes().ends_with(b"/") || dest.is_dir() {
         let name = Path::new(remote)
@@ -608,46 +807,31 @@ fn cmd_get(ctx: &Context, remote: &str, local: &Path, into_dir: bool, o: &mut Ou
             .ok_or_else(|| Error::Usage(format!("get: {remote:?} names no file to put in {}", local.display())))?;
         dest.push(name);
     }
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // Into a private temporary name beside the destination (created new,
-    // never through a symlink), renamed when complete: a failed transfer
-    // never leaves a half file under the real name.
-    let tmp = dir.join(format!(".{name}.spore-{}", std::process::id()));
-    let local_err = |what: String| move |e| Error::Local { what, source: e };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(local_err(format!("create {}", tmp.display())))?;
-    let mut fetch = || -> spore::Result<u64> {
-        let reply = {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-            // A failed write names the file it was for (a full disk, say).
-            let reply = ctx.download(remote, &mut w).map_err(|e| match e {
-                Error::Local { source, .. } => Error::Local { what: format!("write {}", dest.display()), source },
-                other => other,
-            })?;
-            std::io::Write::flush(&mut w).map_err(local_err(format!("write {}", dest.display())))?;
-            reply
-        };
-        file.set_permissions(std::fs::Permissions::from_mode(reply.mode & 0o7777))
-            .map_err(local_err(format!("chmod {}", dest.display())))?;
-        file.sync_all().map_err(local_err(format!("sync {}", dest.display())))?;
-        std::fs::rename(&tmp, &dest).map_err(local_err(format!("rename into {}", dest.display())))?;
-        Ok(reply.size)
-    };
-    let n = match fetch() {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
+    let n = spore::tree::get_file(ctx, remote, &dest)?;
     o.text = Some(format!("{}: read {n} bytes into {}", o.target.label, dest.display()));
     o.set("bytes", num(n));
     o.set("path", Value::String(dest.display().to_string()));
+    Ok(())
+}
+
+/// `get -r`, with rsync's rule, the same on every target whatever is
+/// there: `REMOTE/` copies the directory's contents into `local`, `REMOTE`
+/// the directory itself into `local/NAME`.
+fn cmd_get_tree(ctx: &Context, remote: &str, local: &Path, o: &mut Outcome) -> spore::Result<()> {
+    let dest = if remote.ends_with('/') {
+        local.to_path_buf()
+    } else {
+        let name = Path::new(remote).file_name().ok_or_else(|| {
+            Error::Usage(format!(
+                "get -r: {remote:?} has no name to copy under {} (end it with / for its contents)",
+                local.display()
+            ))
+        })?;
+        local.join(name)
+    };
+    let src = if remote.trim_end_matches('/').is_empty() { "/" } else { remote.trim_end_matches('/') };
+    let report = spore::tree::get_tree(ctx, src, &dest)?;
+    tree_report(o, &report, "into", &dest.display().to_string());
     Ok(())
 }
 
