@@ -17,7 +17,8 @@
 //! - [`bootstrap`] and [`handshake`]: starting an agent across a
 //!   connection (script, HAVE/NEED, upload, hello);
 //! - [`Agent`] and [`Call`]: the dispatcher and the operations it runs;
-//! - [`flow`]: flow control for bulk bytes.
+//! - [`flow`]: flow control for bulk bytes;
+//! - [`fanout`]: one file to many contexts, each byte once down each link.
 //!
 //! To ship extra operations, build your own agent binary:
 //!

@@ -6,7 +6,8 @@
 //! own broker thread), [`Context`] handles with blocking calls (and
 //! [`Context::call_async`] for the async form), typed [`Error`]s that name
 //! the context, [`Targets`] for paths like `local/local`, and the `spore`
-//! CLI.
+//! CLI. [`fanout::write_file_many`] writes one file to many contexts,
+//! sending each byte once over each link (a hop fans it out).
 //!
 //! ```no_run
 //! use spore::{Command, Router};

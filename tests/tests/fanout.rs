@@ -339,13 +339,25 @@ fn mixed_groups_give_one_result_per_context_in_order() {
     // h is a target itself (a plain write) and the hop for five more (one
     // fan-out): two copies on its link, not six.
     assert!((carried as f64) < 2.1 * len as f64, "h's link carried {carried} bytes for {len}");
+    // Every target refuses the path: the hop says so before any data
+    // flows, and none crosses its link.
+    let before = h.link_bytes_written();
+    let two = [hs[0].0.clone(), hs[1].0.clone()];
+    let results = write_file_many(&two, "no/such/dir", &mut PatternReader::new(64 * MIB, 1), None);
+    for (res, name) in results.iter().zip(["h/t0", "h/t1"]) {
+        let err = res.as_ref().unwrap_err();
+        assert_eq!(err.remote_kind(), Some("not_found"), "{err}");
+        assert!(err.to_string().starts_with(name), "{err}");
+    }
+    let carried = h.link_bytes_written() - before;
+    assert!(carried < 4096, "{carried} bytes crossed the link for targets that refused");
     // An empty file, and no contexts at all.
     let results = write_file_many(&[hs[0].0.clone(), hs[1].0.clone()], "empty", &mut std::io::empty(), None);
     assert!(results.iter().all(|r| r.as_ref().ok() == Some(&0)), "{results:?}");
     assert_eq!(std::fs::read(format!("{}/empty", hs[1].1)).unwrap(), b"");
     assert!(write_file_many(&[], "x", &mut std::io::empty(), None).is_empty());
     r.shutdown();
-    drop((d, h, hs, x0, x1, g, gs, list, r));
+    drop((d, h, hs, x0, x1, g, gs, list, two, r));
     guard.check();
 }
 

@@ -15,22 +15,26 @@ pub(crate) fn fanout_write(call: &Call) -> OpResult {
     let args: FanoutArgs = call.args("fanout_write arguments")?;
     check_targets(call, &args)?;
     let mut fan = Fanout::open(&call.broker, &args.targets, &args.path, args.mode, STALL);
-    let mb = call.open_stream()?;
-    let what = format!("fanout_write {}", args.path);
-    let mut received: u64 = 0;
-    // Once every target has failed the rest of the data is no use: the
-    // reply goes back at once (later chunks are dropped unanswered).
-    while fan.live() > 0 {
-        let msg = next_message(&mb, &what)?;
-        if !msg.is_binary() {
-            continue;
+    // When every target failed to open, the reply is all there is: the
+    // caller sees it before any stream, and sends nothing.
+    if fan.live() > 0 {
+        let mb = call.open_stream()?;
+        let what = format!("fanout_write {}", args.path);
+        let mut received: u64 = 0;
+        // Once every target has failed the rest of the data is no use: the
+        // reply goes back at once (later chunks are dropped unanswered).
+        while fan.live() > 0 {
+            let msg = next_message(&mb, &what)?;
+            if !msg.is_binary() {
+                continue;
+            }
+            fan.send(&msg.body);
+            received += msg.body.len() as u64;
+            if msg.is_end() {
+                break;
+            }
+            ack(&call.broker, call.caller(), call.request.header.reply_to, received);
         }
-        fan.send(&msg.body);
-        received += msg.body.len() as u64;
-        if msg.is_end() {
-            break;
-        }
-        ack(&call.broker, call.caller(), call.request.header.reply_to, received);
     }
     ok(&FanoutReply { results: fan.finish() })
 }
