@@ -407,9 +407,11 @@ pub fn read_list_from(reader: impl Read, origin: &str) -> Result<Vec<String>, Se
 }
 
 /// Where the last run's failed targets are kept:
-/// `$XDG_CACHE_HOME/spore/failed`, else `~/.cache/spore/failed`.
+/// `$XDG_CACHE_HOME/spore-cli/failed`, else `~/.cache/spore-cli/failed`:
+/// in the user's cache directory but not in `spore/`, the agents' cache,
+/// whose every entry the bootstrap checks as an agent.
 pub fn failed_path() -> Option<PathBuf> {
-    inventory::config_dir("XDG_CACHE_HOME", ".cache").map(|d| d.join("spore").join("failed"))
+    inventory::config_dir("XDG_CACHE_HOME", ".cache").map(|d| d.join("spore-cli").join("failed"))
 }
 
 /// The last run's failed target words, from [`failed_path`]; `None` when

@@ -88,16 +88,16 @@ fn default_paths_follow_xdg() {
     std::env::remove_var("XDG_CONFIG_HOME");
     std::env::remove_var("XDG_CACHE_HOME");
     assert_eq!(inventory::default_path().unwrap(), Path::new("/home/someone/.config/spore/inventory"));
-    assert_eq!(select::failed_path().unwrap(), Path::new("/home/someone/.cache/spore/failed"));
+    assert_eq!(select::failed_path().unwrap(), Path::new("/home/someone/.cache/spore-cli/failed"));
     std::env::set_var("XDG_CONFIG_HOME", "/x/config");
     std::env::set_var("XDG_CACHE_HOME", "/x/cache");
     assert_eq!(inventory::default_path().unwrap(), Path::new("/x/config/spore/inventory"));
-    assert_eq!(select::failed_path().unwrap(), Path::new("/x/cache/spore/failed"));
+    assert_eq!(select::failed_path().unwrap(), Path::new("/x/cache/spore-cli/failed"));
     // Relative XDG paths are ignored, as the spec says.
     std::env::set_var("XDG_CONFIG_HOME", "rel");
     std::env::set_var("XDG_CACHE_HOME", "");
     assert_eq!(inventory::default_path().unwrap(), Path::new("/home/someone/.config/spore/inventory"));
-    assert_eq!(select::failed_path().unwrap(), Path::new("/home/someone/.cache/spore/failed"));
+    assert_eq!(select::failed_path().unwrap(), Path::new("/home/someone/.cache/spore-cli/failed"));
     std::env::remove_var("HOME");
     assert_eq!(inventory::default_path(), None);
     assert_eq!(select::failed_path(), None);
