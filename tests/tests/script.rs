@@ -100,6 +100,8 @@ fn sh_bash_python_and_perl_scripts_get_their_arguments_and_stdin() {
             "#!/usr/bin/env python3\nimport sys\nprint('|'.join(sys.argv), sys.stdin.readline().strip(), sep='|in:')\n",
             "/dev/fd/3|a b|c|in:line 1\n",
         ),
+        // perl reads a script named /dev/fd/N from that fd itself (not a
+        // fresh open): the agent must leave the fd's offset at 0.
         (
             "#!/usr/bin/perl -w\nuse strict;\nmy $x = <STDIN>; chomp $x;\nprint join('|', $0, @ARGV), \"|in:$x\\n\";\n",
             "/dev/fd/3|a b|c|in:line 1\n",
@@ -160,6 +162,10 @@ fn a_missing_interpreter_ends_with_127_and_says_which_on_which_target() {
             )
         );
     }
+    // Collected, the same.
+    let out = ctx.exec(&script("#!/no/such/interpreter\n", &[])).unwrap();
+    assert_eq!(out.status.code, Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("spore: local: can't run the script's interpreter"));
     // A DOS line end is part of the name, shown escaped.
     let ran = run(&ctx, &script("#!/bin/sh\r\necho never\r\n", &[]), None);
     assert_eq!(ran.status.code, Some(127));
@@ -320,7 +326,7 @@ fn a_one_mib_script_runs_and_one_over_the_bound_is_refused() {
     };
     let reply = ctx.call_async(body::to_json(&args)).wait().unwrap();
     let err = ctx.decode::<ExecReply>(&reply).unwrap_err();
-    assert!(err.to_string().contains("the script is 4194305 bytes, over the limit of 4194304"), "{err}");
+    assert!(err.to_string().contains("exec: the script is over 4 MiB"), "{err}");
     assert_eq!(err.remote_kind(), Some("invalid"));
     // So is a call too big for the frame limit the router was given.
     let small = Router::with_options(spore::Options { max_message: 1 << 20, ..Default::default() }).unwrap();
