@@ -592,7 +592,9 @@ impl Context {
             cv.notify_all();
         }
         let reply = match result {
-            Err(Error::Remote { kind, message, .. }) if cmd.script.is_some() && kind.ends_with("_interpreter") => {
+            Err(Error::Remote { kind, message, .. })
+                if cmd.script.is_some() && matches!(kind.as_str(), "no_interpreter" | "bad_interpreter") =>
+            {
                 return self.interpreter_failed(cmd, &kind, &message, sink);
             }
             other => other?,
@@ -611,7 +613,8 @@ impl Context {
         sink: &mut dyn FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<ExitStatus> {
         let interpreter = cmd.argv.first().map_or("", String::as_str);
-        // The agent's message names the command line: this one does.
+        // The agent's message starts with the command line; this line
+        // names the interpreter instead.
         let why = why.strip_prefix(&format!("exec {}: ", cmd.argv.join(" "))).unwrap_or(why);
         let line = format!("spore: {}: can't run the script's interpreter {interpreter:?}: {why}\n", self.name);
         sink(Stream::Stderr, line.as_bytes())

@@ -242,11 +242,11 @@ pub(crate) fn exec(call: &Call) -> OpResult {
                 .and_then(|()| Runner::new(call, &args, &mut child)?.run(call, &args, &mut ctl))
                 .map_err(|e| OpError::new(e.kind, format!("{cmdline}: {}", e.message)))
         }
-        // The interpreter: the caller says so as a shell would (127, 126).
         Some((guardian::FAILED, _, errno)) => {
             let mut e = spawn_err(io::Error::from_raw_os_error(errno));
             if args.script.is_some() {
-                // The interpreter: the caller says so as a shell would.
+                // The interpreter: the caller says so as a shell would
+                // (127, 126), apart from the script's own failures.
                 e.kind = if errno == libc::ENOENT { "no_interpreter" } else { "bad_interpreter" };
             }
             Err(e)
