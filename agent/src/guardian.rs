@@ -3,7 +3,7 @@
 //!
 //! It is this agent's own binary, re-executed by `exec` as
 //! `/proc/self/exe --spore-guardian CTL LIFE SCRIPT ARGV...` with the
-//! command's environment, directory and stdio (`SCRIPT`: `-`, or the fd of
+//! command's environment, directory and stdio (`SCRIPT`: empty, or the fd of
 //! a script the command gets as its fd 3, and the guardian closes once the
 //! command has it). It becomes a child subreaper (so every
 //! descendant of the command stays in its subtree, however it forks or
@@ -83,16 +83,8 @@ fn fd_arg(arg: Option<String>) -> Option<File> {
 fn guard(mut args: impl Iterator<Item = String>) -> i32 {
     let (Some(ctl), Some(life)) = (fd_arg(args.next()), fd_arg(args.next())) else { return 2 };
     let mut ctl = UnixStream::from(std::os::fd::OwnedFd::from(ctl));
-    let script = match args.next() {
-        Some(dash) if dash == "-" => None,
-        fd => match fd_arg(fd) {
-            Some(f) => Some(f),
-            None => {
-                report(&mut ctl, FAILED, 0, libc::EBADF);
-                return 2;
-            }
-        },
-    };
+    // Empty (not an fd): no script.
+    let script = fd_arg(args.next());
     let argv: Vec<String> = args.collect();
     let Some((program, rest)) = argv.split_first() else {
         report(&mut ctl, FAILED, 0, libc::EINVAL);

@@ -193,15 +193,17 @@ impl Command {
     /// `#!/bin/bash -e`, `#!/usr/bin/perl` and `#!/usr/bin/env python3`
     /// work; without one it is `/bin/sh`. The command is
     /// `INTERPRETER [ARG] /dev/fd/3 ARGS...`: the agent puts the script in
-    /// an anonymous file (a sealed memfd; on kernels before 3.17 a file in
-    /// its private directory, unlinked as soon as it is made) that the
-    /// command gets as its fd 3, so nothing reaches the target's disk or
-    /// is left behind, and the command's stdin stays its own. So `$0` (in
+    /// an anonymous file (a sealed memfd; on kernels before 3.17 an
+    /// `O_TMPFILE` in `/dev/shm`, which never has a name) that the command
+    /// gets as its fd 3, so nothing is left on the target, even if the
+    /// agent is killed, and the command's stdin stays its own. So `$0` (in
     /// sh; `sys.argv[0]` in Python) is `/dev/fd/3`, and what the script
     /// starts inherits fd 3 unless it closes it (`exec 3<&-`). An
     /// interpreter that can't be run makes the command end with 127 (126:
     /// there but not executable), as in a shell, with a line on its stderr
-    /// naming the target and the interpreter.
+    /// naming the target and the interpreter (the agent answers an error of
+    /// kind `no_interpreter` or `bad_interpreter`; [`Context::exec`] and
+    /// [`Context::exec_streaming`] turn it into that).
     ///
     /// A [`Error::Usage`] when the script is not UTF-8 (it travels as JSON
     /// text; the error says where), is over [`MAX_SCRIPT`] (4 MiB), or has
@@ -617,8 +619,36 @@ impl Context {
             lock(m).stop = true;
             cv.notify_all();
         }
-        let reply = result?;
+        let reply = match result {
+            Err(Error::Remote { kind, message, .. })
+                if cmd.script.is_some() && matches!(kind.as_str(), "no_interpreter" | "bad_interpreter") =>
+            {
+                return self.interpreter_failed(cmd, &kind, &message, sink);
+            }
+            other => other?,
+        };
         Ok(ExitStatus { code: reply.status, signal: reply.signal, timed_out: reply.timed_out })
+    }
+
+    /// A script's interpreter could not be run: end as a shell does, 127
+    /// when it is not there (`no_interpreter`), else 126, with a line on
+    /// stderr naming this target and the interpreter.
+    fn interpreter_failed(
+        &self,
+        cmd: &Command,
+        kind: &str,
+        why: &str,
+        sink: &mut dyn FnMut(Stream, &[u8]) -> std::io::Result<()>,
+    ) -> Result<ExitStatus> {
+        let interpreter = cmd.argv.first().map_or("", String::as_str);
+        // The agent's message starts with the command line; this line
+        // names the interpreter instead.
+        let why = why.strip_prefix(&format!("exec {}: ", cmd.argv.join(" "))).unwrap_or(why);
+        let line = format!("spore: {}: can't run the script's interpreter {interpreter:?}: {why}\n", self.name);
+        sink(Stream::Stderr, line.as_bytes())
+            .map_err(|e| Error::Local { what: "write the command's output".into(), source: e })?;
+        let code = if kind == "no_interpreter" { 127 } else { 126 };
+        Ok(ExitStatus { code: Some(code), signal: None, timed_out: false })
     }
 
     /// Feed stdin from a thread of its own: reading the local source may

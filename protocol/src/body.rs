@@ -103,9 +103,11 @@ pub struct ExecArgs {
     /// file (nothing on disk, nothing left behind) that the command finds
     /// open, read-only, as its fd 3 (`/dev/fd/3`, [`SCRIPT_PATH`]); argv
     /// names its interpreter, e.g. `["/bin/sh", "/dev/fd/3", "arg"]`. At
-    /// most [`MAX_SCRIPT`] bytes. When the program can't be started the
-    /// reply is, as from a shell, status 127 (126: found but not
-    /// executable), with the reason on stderr.
+    /// most [`MAX_SCRIPT`] bytes. When the program (the interpreter) can't
+    /// be started the call fails with kind `no_interpreter` (not found) or
+    /// `bad_interpreter` (any other reason), its message as for any
+    /// `exec` (`exec ARGV: reason`), for the caller to tell apart from the script's own failures (and
+    /// end as a shell would: 127, 126).
     pub script: Option<String>,
 }
 
@@ -413,7 +415,8 @@ pub struct ErrorReply {
     /// Human-readable cause, naming the path or command.
     pub error: String,
     /// Short machine-readable class: `not_found`, `permission_denied`,
-    /// `invalid`, `io`, `unsupported`, `connect`, `shutting_down`.
+    /// `invalid`, `io`, `unsupported`, `connect`, `shutting_down`;
+    /// `no_interpreter`, `bad_interpreter` (see [`ExecArgs::script`]).
     pub kind: String,
 }
 

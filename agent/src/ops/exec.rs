@@ -10,15 +10,12 @@ use crate::guardian;
 use crate::spawn::{Child, Command, ExitStatus, Stdio};
 use crate::sys::{self, pollfd};
 use spore_protocol::body::{ExecArgs, ExecReply, CHUNK_SIZE, MAX_SCRIPT, WINDOW};
-use spore_protocol::FLAG_BINARY;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -192,14 +189,7 @@ pub(crate) fn exec(call: &Call) -> OpResult {
         return Err(OpError::new("invalid", "exec: empty command line"));
     }
     let spawn_err = |e: io::Error| OpError::io(format!("exec {cmdline}"), &e);
-    let script = match &args.script {
-        Some(text) if text.len() > MAX_SCRIPT => {
-            let why = format!("exec {cmdline}: the script is {} bytes, over the limit of {MAX_SCRIPT}", text.len());
-            return Err(OpError::new("invalid", why));
-        }
-        Some(text) => Some(script_file(text).map_err(|e| OpError::io(format!("exec {cmdline}: hold the script"), &e))?),
-        None => None,
-    };
+    let script = args.script.as_deref().map(script_file).transpose()?;
     let script_fd = script.as_ref().map(|f| f.as_raw_fd());
     // The guardian: this binary again, with the command's stdio,
     // environment and directory, in a process group of its own. It must
@@ -210,7 +200,7 @@ pub(crate) fn exec(call: &Call) -> OpResult {
     cmd.arg(guardian::MARKER)
         .arg(decimal(ctl_fd))
         .arg(decimal(life_fd))
-        .arg(script_fd.map_or_else(|| "-".into(), decimal))
+        .arg(script_fd.map_or_else(String::new, decimal))
         .args(&args.argv)
         .stdin(if args.stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -252,11 +242,15 @@ pub(crate) fn exec(call: &Call) -> OpResult {
                 .and_then(|()| Runner::new(call, &args, &mut child)?.run(call, &args, &mut ctl))
                 .map_err(|e| OpError::new(e.kind, format!("{cmdline}: {}", e.message)))
         }
-        Some((guardian::FAILED, _, errno)) if args.script.is_some() => {
-            ctl.done = true;
-            interpreter_failed(call, &args, errno)
+        Some((guardian::FAILED, _, errno)) => {
+            let mut e = spawn_err(io::Error::from_raw_os_error(errno));
+            if args.script.is_some() {
+                // The interpreter: the caller says so as a shell would
+                // (127, 126), apart from the script's own failures.
+                e.kind = if errno == libc::ENOENT { "no_interpreter" } else { "bad_interpreter" };
+            }
+            Err(e)
         }
-        Some((guardian::FAILED, _, errno)) => Err(spawn_err(io::Error::from_raw_os_error(errno))),
         _ => {
             let _ = child.kill();
             Err(OpError::new("io", format!("exec {cmdline}: its guardian did not start it")))
@@ -280,68 +274,40 @@ pub(crate) fn exec(call: &Call) -> OpResult {
     result
 }
 
-/// A script's interpreter could not be started: the answer a shell gives,
-/// 127 when it is not there, else 126, with the reason (naming this
-/// target) on the command's stderr.
-fn interpreter_failed(call: &Call, args: &ExecArgs, errno: i32) -> OpResult {
-    let program = crate::logs::quoted(args.argv.first().map_or("", String::as_str));
-    let e = io::Error::from_raw_os_error(errno);
-    let text = format!("spore: {}: can't run the script's interpreter {program}: {e}\n", call.broker.name());
-    call.send_to(args.stderr_handle, text.clone().into_bytes(), FLAG_BINARY);
-    let status = if errno == libc::ENOENT { 127 } else { 126 };
-    ok(&ExecReply {
-        status: Some(status),
-        signal: None,
-        timed_out: false,
-        stdout_len: 0,
-        stderr_len: text.len() as u64,
-    })
-}
-
 /// An anonymous file holding `text`, for a command to read as its fd 3:
 /// a sealed memfd (so nothing can change the script under its
-/// interpreter), or, where the kernel has none (before Linux 3.17), a
-/// file in the agent's own private directory, unlinked the moment it is
-/// made. Nothing of it is ever on a disk, or left when the agent is
-/// killed (but for the instant between making and unlinking the file).
-/// Close-on-exec: only the command's fd 3 is inherited.
-fn script_file(text: &str) -> io::Result<File> {
-    let mut file = match sys::memfd(c"spore-script") {
+/// interpreter), or, where the kernel has none (before Linux 3.17), an
+/// `O_TMPFILE` in `/dev/shm` (memory too): a file that never has a name,
+/// so no one can reach it without an fd for it (the directory only says
+/// which file system holds it). Nothing of it is on a disk or left behind,
+/// even if the agent is killed. Close-on-exec: only the command's fd 3 is
+/// inherited.
+#[inline(never)] // Cold, and out of `exec`'s way.
+fn script_file(text: &str) -> Result<File, OpError> {
+    if text.len() > MAX_SCRIPT {
+        return Err(OpError::new("invalid", "exec: the script is over 4 MiB"));
+    }
+    let hold = |e: io::Error| OpError::io("exec: hold the script", &e);
+    let file = match sys::memfd(c"spore-script") {
         Ok(f) => f,
-        Err(e) => {
-            log::debug!("memfd_create: {e}; the script goes in an unlinked file");
-            let exe = std::env::current_exe()?;
-            unlinked_file(exe.parent().unwrap_or(Path::new("/tmp")))?
-        }
+        Err(_) => unnamed_file("/dev/shm").map_err(hold)?,
     };
-    file.write_all(text.as_bytes())?;
-    // A memfd seals; an unlinked file has no name left to reach it by.
+    // One write: a file in memory takes it all, or fails. At offset 0 and
+    // leaving the file's offset there: perl reads `/dev/fd/3` from the fd
+    // itself, not a fresh open.
+    if file.write_at(text.as_bytes(), 0).map_err(hold)? < text.len() {
+        return Err(hold(io::ErrorKind::WriteZero.into()));
+    }
+    // A memfd seals; a file without a name has none to reach it by but ours.
     let _ = sys::seal(&file);
-    // Where `/dev/fd/N` duplicates the fd (not Linux, which reopens the
-    // file), the interpreter shares this offset.
-    file.rewind()?;
     Ok(file)
 }
 
-/// A new file in `dir`, read-only to anyone who reopens it, already
-/// unlinked.
-fn unlinked_file(dir: &Path) -> io::Result<File> {
-    static SERIAL: AtomicU32 = AtomicU32::new(0);
-    for tries in 1.. {
-        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".spore-script-{}-{n}", sys::getpid()));
-        // O_EXCL: never a file (or a link) someone else put there.
-        match OpenOptions::new().read(true).write(true).create_new(true).mode(0o400).open(&path) {
-            Ok(file) => {
-                std::fs::remove_file(&path)?;
-                return Ok(file);
-            }
-            // One left by a killed agent that had our pid: skip it.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 100 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::ErrorKind::AlreadyExists.into())
+/// A new file in `dir` that has no name there, read-only to anyone who
+/// reopens it (`/dev/fd/3`): Linux 3.11, and not every file system.
+#[inline(never)]
+fn unnamed_file<P: AsRef<std::path::Path>>(dir: P) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o400).open(dir)
 }
 
 struct Runner {
@@ -568,37 +534,40 @@ mod tests {
 
     use super::*;
 
+    /// Only the command's copy may survive an exec: a spawn on another
+    /// thread must not take this one along.
+    fn close_on_exec(f: &File) -> bool {
+        // SAFETY: F_GETFD only reads the flags of an fd we own.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) == libc::FD_CLOEXEC }
+    }
+
     #[test]
-    fn a_script_file_is_anonymous_sealed_and_rewound() {
+    fn a_script_file_is_anonymous_and_sealed() {
         let mut f = script_file("#!/bin/sh\necho hi\n").unwrap();
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+        let link = std::fs::read_link(&path).unwrap();
         assert_eq!(link.display().to_string(), "/memfd:spore-script (deleted)");
+        // As the interpreter opens `/dev/fd/3` (from its start), and as
+        // perl reads it (from the fd itself).
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "#!/bin/sh\necho hi\n");
         let mut text = String::new();
         f.read_to_string(&mut text).unwrap();
         assert_eq!(text, "#!/bin/sh\necho hi\n");
         assert_eq!(f.write(b"x").unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert!(close_on_exec(&f));
     }
 
     #[test]
-    fn the_fallback_file_is_gone_from_its_directory_at_once() {
+    fn the_fallback_file_has_no_name() {
         let dir = std::env::temp_dir().join(format!("spore-script-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // One left by a killed agent with our pid is stepped over, untouched.
-        let stale = dir.join(format!(".spore-script-{}-0", std::process::id()));
-        std::fs::write(&stale, "stale").unwrap();
-        let mut files = Vec::new();
-        for _ in 0..3 {
-            let mut f = unlinked_file(&dir).unwrap();
-            f.write_all(b"text").unwrap();
-            files.push(f);
-        }
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
-        assert_eq!(left, std::slice::from_ref(&stale));
-        assert_eq!(std::fs::read_to_string(&stale).unwrap(), "stale");
-        let f = &files[0];
+        let mut f = unnamed_file(&dir).unwrap();
+        f.write_all(b"text").unwrap();
+        assert!(close_on_exec(&f));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         let reopened = std::fs::read_to_string(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
         assert_eq!(reopened, "text");
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(unlinked_file(&dir).is_err());
+        assert!(unnamed_file(&dir).is_err());
     }
 }
