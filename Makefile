@@ -89,7 +89,7 @@ test: deps agent lint docker-check
 # Everything but the tests that need a Docker engine.
 test-local: deps agent lint
 	$(CARGO) build --locked -p spore
-	$(CARGO) nextest run --locked --workspace --no-fail-fast -E 'not (binary(fleet) | binary(containers) | binary(arch) | (binary(strays) & test(/^docker_/)))'
+	$(CARGO) nextest run --locked --workspace --no-fail-fast -E 'not (binary(fleet) | binary(containers) | binary(arch) | (binary(strays) & test(/^docker_/)) | (binary(fleet_scale) & test(/^docker_/)))'
 	$(CARGO) test --locked --workspace --doc
 
 docker-check:

@@ -664,7 +664,7 @@ fn docker_put_crosses_the_bastion_link_once_and_get_r_lands_per_target() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_bounded(child, Duration::from_secs(150))
+        wait_bounded(child, Duration::from_secs(100))
     };
     let big = scratch.path("big");
     let mut file = fs::File::create(&big).unwrap();
