@@ -10,8 +10,8 @@
 //! where the handshakes are not what is tested, the aliases share five
 //! ssh connection masters the test starts itself (`ControlPath`): each
 //! target is still its own ssh client, its own session on the real sshd,
-//! its own agent. The forks test, the failures, the trees and the Docker
-//! test take real handshakes.
+//! its own agent. The forks test, the trees, the Docker test and the 30
+//! odd aliases of the failures test take real handshakes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
@@ -603,7 +603,7 @@ fn assert_same_tree(want: &Path, got: &Path) {
     }
 }
 
-/// `put -r` of a tree (modes, symlinks, 300 files, 8 MiB file) to 20
+/// `put -r` of a tree (modes, symlinks, 300 files, a 4 MiB file) to 20
 /// aliases, then `get -r` of it from all 20 into DIR/<target>/: byte for
 /// byte, mode for mode. The aliases share one filesystem, so the put is 20
 /// writers of one destination at once; each writes every file atomically,
@@ -613,7 +613,7 @@ fn put_r_and_get_r_round_trip_a_tree_with_twenty_targets() {
     let guard = LeakGuard::new();
     let a = Aliases::start("scale-tree", 20, false, |_| Special::Plain);
     let src = a.scratch.0.join("src/tree");
-    make_tree(&src, 300, 8 << 20);
+    make_tree(&src, 300, 4 << 20);
     let remote = a.scratch.0.join("remote");
     fs::create_dir_all(&remote).unwrap();
     let chown = Command::new("chown").arg(format!("{USER_FLEET}:")).arg(&remote).status().unwrap();
@@ -651,6 +651,7 @@ fn docker_put_crosses_the_bastion_link_once_and_get_r_lands_per_target() {
     const LEN: u64 = 100 << 20;
     let guard = LeakGuard::new();
     let scratch = Scratch::new("scale-docker");
+    let since = Instant::now();
     let f = Fleet::start(8, FleetOptions::default());
     let cfg = f.config_str();
     let cli = |args: &[&str]| {
@@ -666,21 +667,15 @@ fn docker_put_crosses_the_bastion_link_once_and_get_r_lands_per_target() {
             .unwrap();
         wait_bounded(child, Duration::from_secs(100))
     };
+    // The big file and its sha256 by the system's tools: the test
+    // profile's own code would take seconds for them.
     let big = scratch.path("big");
-    let mut file = fs::File::create(&big).unwrap();
-    std::io::copy(&mut PatternReader::new(LEN, 5), &mut file).unwrap();
-    drop(file);
-    let mut h = spore_protocol::Sha256::new();
-    let mut r = PatternReader::new(LEN, 5);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut r, &mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let sum = spore_protocol::hex(&h.finish());
+    let dd = Command::new("dd").args(["if=/dev/urandom", &format!("of={big}"), "bs=1M", "count=100"]).output().unwrap();
+    assert!(dd.status.success(), "{}", text(&dd.stderr));
+    assert_eq!(fs::metadata(&big).unwrap().len(), LEN);
+    let sum = text(&Command::new("sha256sum").arg(&big).output().unwrap().stdout);
+    let sum = sum.split_whitespace().next().unwrap().to_string();
+    eprintln!("fleet up and the file made: {:.1}s", since.elapsed().as_secs_f64());
 
     // What enters the bastion is what the master sends plus what the
     // targets send it (acknowledgements, TCP ACKs); the targets' own
@@ -721,6 +716,7 @@ fn docker_put_crosses_the_bastion_link_once_and_get_r_lands_per_target() {
     assert!(link >= LEN, "{:.2} MiB: the counters missed the copy", mib(link));
 
     let out = cli(&["-b", "run", "bastion/target[1-8]", "--", "sha256sum", "/root/big"]);
+    eprintln!("checked: {:.1}s", since.elapsed().as_secs_f64());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert_eq!(heads(&stdout), ["bastion/target[1-8] (8)"], "{stdout}");
@@ -736,6 +732,7 @@ fn docker_put_crosses_the_bastion_link_once_and_get_r_lands_per_target() {
     for i in 1..=8 {
         assert_same_tree(&src, &back.join(format!("bastion/target{i}/tree")));
     }
+    eprintln!("trees: {:.1}s", since.elapsed().as_secs_f64());
     f.assert_clean(Duration::from_secs(5));
     drop(f);
     assert_eq!(fleet::leftovers(), Vec::<String>::new(), "containers or networks left");
