@@ -246,7 +246,9 @@ fn two_hundred_aliases_gathered_json_out_dir_and_prefixed() {
     let guard = LeakGuard::new();
     let a = Aliases::start("scale-output", N, true, |_| Special::Plain);
     let all = names(1..=N);
-    let me = "id=${XDG_RUNTIME_DIR##*/}";
+    // Who says it: the alias of its master (see `Aliases::via`), and a
+    // number of its own (a pid could come back in a busy run).
+    let me = "id=${XDG_RUNTIME_DIR##*/}-$(cat /proc/sys/kernel/random/uuid)";
 
     let out = a.spore(&["-b", "run", "h[001-200]", "--", "sh", "-c", "echo same; echo err >&2"]);
     let stdout = text(&out.stdout);
@@ -255,10 +257,9 @@ fn two_hundred_aliases_gathered_json_out_dir_and_prefixed() {
     let rule = "-".repeat("h[001-200] (200)".len());
     assert_eq!(stdout, format!("{rule}\nh[001-200] (200)\n{rule}\nsame\nerr\n"));
 
-    // Each session's output is its own: the alias of its master (see
-    // `Aliases::via`) and the pid of its shell, distinct for each target.
+    // Each session's output is its own, and said once.
     let dir = a.scratch.path("out");
-    let cmd = format!("{me}; echo $id-$$; echo err-$id-$$ >&2; exit 0");
+    let cmd = format!("{me}; echo $id; echo err-$id >&2; exit 0");
     let out = a.spore(&["--json", "--out-dir", &dir, "run", "h[001-200]", "--", "sh", "-c", &cmd]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{:?} {}", out.status, text(&out.stderr));
@@ -282,7 +283,7 @@ fn two_hundred_aliases_gathered_json_out_dir_and_prefixed() {
     }
     assert_eq!(fs::read_dir(&dir).unwrap().count(), N);
 
-    let cmd = format!("{me}; echo one-$id-$$; echo two-$id-$$");
+    let cmd = format!("{me}; echo one-$id; echo two-$id");
     let out = a.spore(&["run", "h[001-200]", "--", "sh", "-c", &cmd]);
     assert!(out.status.success(), "{:?} {}", out.status, text(&out.stderr));
     let got: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
