@@ -89,7 +89,7 @@ test: deps agent lint docker-check
 # Everything but the tests that need a Docker engine.
 test-local: deps agent lint
 	$(CARGO) build --locked -p spore
-	$(CARGO) nextest run --locked --workspace --no-fail-fast -E 'not (binary(fleet) | binary(containers) | binary(arch) | (binary(strays) & test(/^docker_/)))'
+	$(CARGO) nextest run --locked --workspace --no-fail-fast -E 'not (binary(fleet) | binary(containers) | binary(arch) | (binary(strays) & test(/^docker_/)) | (binary(fleet_scale) & test(/^docker_/)))'
 	$(CARGO) test --locked --workspace --doc
 
 docker-check:
@@ -97,11 +97,14 @@ docker-check:
 
 BENCH_VENV := target/bench-venv
 
-# spore against mitogen (from PyPI, in the bench's own virtualenv) and plain
-# ssh; writes bench/results/latest.{md,json}.
+# spore against mitogen and Ansible (both from PyPI, in the bench's own
+# virtualenv), parallel-ssh (Debian's pssh) and plain ssh; writes
+# bench/results/latest.{md,json}. SPORE_BENCH_ONLY=fleet (or a list of
+# workloads, see spore-bench.rs) runs a part.
 bench: master deps
 	@[ -x $(BENCH_VENV)/bin/python ] || python3 -m venv $(BENCH_VENV)
 	@$(BENCH_VENV)/bin/python -c 'import mitogen' 2>/dev/null || $(BENCH_VENV)/bin/pip install -q mitogen
+	@[ -x $(BENCH_VENV)/bin/ansible ] || $(BENCH_VENV)/bin/pip install -q ansible-core
 	$(CARGO) build --locked --release -p spore-tests --bin spore-bench
 	SPORE_BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python target/release/spore-bench
 

@@ -12,7 +12,8 @@
 #
 # everything: also openssh-server (the tests start their own sshd on
 # 127.0.0.1), sudo and doas (become methods), busybox-static (a minimal shell
-# for odd targets), qemu-user-static and binfmt-support (foreign agents), and
+# for odd targets), pssh (parallel-ssh, a peer in `make bench`), tmux (a
+# terminal for the progress-line tests), qemu-user-static and binfmt-support (foreign agents), and
 # the foreign and minimal busyboxes the Docker images are made of, unpacked
 # into target/cross/ too (and a newer qemu-user where the system's is too
 # old, see below). Services are never started by the install
@@ -129,6 +130,10 @@ command -v doas >/dev/null 2>&1 || need="$need opendoas"
 [ -x /bin/busybox ] || need="$need busybox-static"
 [ -x /usr/bin/qemu-aarch64-static ] || need="$need qemu-user-static"
 command -v update-binfmts >/dev/null 2>&1 || need="$need binfmt-support"
+# The fleet bench's peer (Debian's binary is parallel-ssh), and a real
+# terminal for the progress-line tests.
+command -v parallel-ssh >/dev/null 2>&1 || need="$need pssh"
+command -v tmux >/dev/null 2>&1 || need="$need tmux"
 if [ -n "$need" ]; then
     if ! is_root; then
         say "need$need, and only root can install them"

@@ -44,6 +44,11 @@ pub const USER_CACHE_B: &str = "spore-cache-b";
 pub const USER_IMAGE_A: &str = "spore-image-a";
 /// See [`USER_IMAGE_A`].
 pub const USER_IMAGE_B: &str = "spore-image-b";
+/// Whom the fleet aliases ([`Sshd::aliases`]) log in as: plain `/bin/sh`
+/// as the login shell, so a connection costs what ssh costs (root's shell
+/// on a developer's machine may run start-up files: a `pyenv init` in
+/// root's `.bashrc` here cost more CPU per connection than sshd itself).
+pub const USER_FLEET: &str = "spore-fleet";
 
 const SHELLS: &str = "/usr/local/lib/spore-test";
 
@@ -158,6 +163,7 @@ pub fn setup_machine() {
         (USER_CACHE_B, "/bin/sh"),
         (USER_IMAGE_A, "/bin/sh"),
         (USER_IMAGE_B, "/bin/sh"),
+        (USER_FLEET, "/bin/sh"),
     ] {
         let exists = Command::new("id").arg(user).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
         if !exists.success() {
@@ -224,6 +230,14 @@ fn write_exec(path: &str, text: &str) {
     write_mode(path, text, 0o755);
 }
 
+/// Unauthenticated connections the test sshd takes at once. OpenSSH's
+/// default (`10:30:100`) starts dropping them beyond 10, so a fleet of
+/// aliases connecting together would see random failures.
+pub const MAX_STARTUPS: usize = 1000;
+
+/// Host key alias every fleet alias checks the server's key under.
+const FLEET_KEY_ALIAS: &str = "spore-fleet";
+
 /// A running sshd and the client side to reach it.
 pub struct Sshd {
     /// Its port on 127.0.0.1.
@@ -266,7 +280,8 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
                      AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPermitRootLogin prohibit-password\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                     AcceptEnv XDG_RUNTIME_DIR\nPrintMotd no\nLogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n"
+                     AcceptEnv XDG_RUNTIME_DIR\nPrintMotd no\nLogLevel ERROR\n\
+                     MaxStartups {MAX_STARTUPS}\nMaxSessions 100\n"
                 ),
             )
             .unwrap();
@@ -362,6 +377,56 @@ impl Sshd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `n` ssh targets on this one server: a client config (for `ssh -F`,
+    /// `spore -F`) in which `h001` … `hNNN` (three digits or more) each
+    /// reach it, and their names. See [`Sshd::alias_config`].
+    pub fn aliases(&self, n: usize) -> (PathBuf, Vec<String>) {
+        let width = n.to_string().len().max(3);
+        let names: Vec<String> = (1..=n).map(|i| format!("h{i:0width$}")).collect();
+        (self.alias_config(&names), names)
+    }
+
+    /// A client config in which each of `names` is an ssh alias of this
+    /// server, so one sshd stands in for a fleet without touching
+    /// /etc/hosts. They log in as [`USER_FLEET`] (`root@h001` as root), share
+    /// one host key alias (one `known_hosts` line, checked strictly) and
+    /// one agent cache, `dir/fleet-xdg` (the script's `$XDG_RUNTIME_DIR`):
+    /// the first connect uploads the agent, the rest find it. Each call
+    /// writes a config file of its own. The sshd takes [`MAX_STARTUPS`]
+    /// handshakes at once. ssh's `%C` (in a ControlPath) is the same for
+    /// every alias: it hashes the HostName, not the alias.
+    pub fn alias_config<S: AsRef<str>>(&self, names: &[S]) -> PathBuf {
+        static CONFIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = self.dir.display();
+        // The fleet user's own: root's directories are skipped by others.
+        let xdg = self.dir.join("fleet-xdg");
+        fs::create_dir_all(&xdg).unwrap();
+        fs::set_permissions(&xdg, fs::Permissions::from_mode(0o700)).unwrap();
+        run(Command::new("chown").arg(format!("{USER_FLEET}:")).arg(&xdg));
+        let host_pub = fs::read_to_string(self.dir.join("host_key.pub")).unwrap();
+        let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        let known = self.dir.join("fleet_known_hosts");
+        fs::write(&known, format!("{FLEET_KEY_ALIAS} {}\n", key.join(" "))).unwrap();
+        let mut text = String::from("# ssh aliases of one test sshd (tests/src/sshd.rs, Sshd::alias_config)\n");
+        let options = format!(
+            "  HostName 127.0.0.1\n  Port {port}\n  User {USER_FLEET}\n  IdentityFile {d}/id\n  IdentitiesOnly yes\n  \
+             HostKeyAlias {FLEET_KEY_ALIAS}\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n  \
+             StrictHostKeyChecking yes\n  SetEnv XDG_RUNTIME_DIR={xdg}\n  LogLevel ERROR\n",
+            port = self.port,
+            known = known.display(),
+            xdg = xdg.display(),
+        );
+        // A block per 50 names keeps each `Host` line short.
+        for chunk in names.chunks(50) {
+            let list: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+            text.push_str(&format!("Host {}\n{options}", list.join(" ")));
+        }
+        let path = self.dir.join(format!("aliases-{k}"));
+        fs::write(&path, text).unwrap();
+        path
     }
 
     /// Remove the remote side's agent caches for `user`, so the next

@@ -3,7 +3,8 @@
 //! table and writes `bench/results/latest.{json,md}`.
 //!
 //! mitogen runs from a private virtualenv (`$SPORE_BENCH_PYTHON`, made by
-//! `make bench`) through `bench/mitogen_bench.py`.
+//! `make bench`) through `bench/mitogen_bench.py`; Ansible (`ansible-core`)
+//! from the same virtualenv, parallel-ssh from Debian's `pssh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark tool")]
 
@@ -211,7 +212,7 @@ fn main() {
     let mut report = Report::default();
     let started = Instant::now();
     eprintln!("spore bench: spore vs mitogen {} and plain ssh, {ROUNDS} alternating rounds", mitogen_version());
-    // SPORE_BENCH_ONLY=spawn,cli,wire,calls,read,ssh,fanout,agent,shutdown picks workloads.
+    // SPORE_BENCH_ONLY=spawn,cli,wire,calls,read,ssh,fanout,agent,shutdown,fleet picks workloads.
     let only = std::env::var("SPORE_BENCH_ONLY").ok();
     let run = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
 
@@ -435,6 +436,11 @@ fn main() {
         });
     }
 
+    // 8. A fleet of ssh targets, each tool a whole process.
+    if run("fleet") {
+        fleet_rows(&mut report);
+    }
+
     let md = report.markdown();
     println!("\n{md}");
     println!("bench took {:.0} s", started.elapsed().as_secs_f64());
@@ -626,6 +632,267 @@ fn ssh_workloads(report: &mut Report) {
     });
 }
 
+/// Targets in the fleet rows (`SPORE_BENCH_FLEET_HOSTS` changes it).
+const FLEET_HOSTS: usize = 64;
+/// Rounds of the fleet rows: each tool once per round, the order turning.
+const FLEET_ROUNDS: usize = 5;
+/// Every tool's connect timeout in the fleet rows, in seconds: far above
+/// any handshake on an idle machine, so it changes nothing there, but a
+/// busy one (64 handshakes at once on 2 cores shared with builds took up
+/// to 30 s) must not fail hosts: spore's default is 30 s, Ansible's 10 s.
+const LONG: &str = "300";
+
+/// The same `FLEET_HOSTS` ssh aliases of one loopback sshd, reached by each
+/// tool as a whole process running `true` everywhere: all at once, as
+/// forks allow. The floor is that many plain `ssh host true` started
+/// together (and again, each in a session of its own). spore runs with its agent cached on the target (its normal
+/// case: only a host's first connect uploads it). Ansible runs twice a
+/// round: cold, then warm, with the ControlPersist masters its cold run
+/// left (its default `-o ControlMaster=auto -o ControlPersist=60s`).
+fn fleet_rows(report: &mut Report) {
+    let n: usize = std::env::var("SPORE_BENCH_FLEET_HOSTS").ok().and_then(|v| v.parse().ok()).unwrap_or(FLEET_HOSTS);
+    let sshd = Sshd::start();
+    let (cfg, hosts) = sshd.aliases(n);
+    let cfg = cfg.display().to_string();
+    let dir = sshd.dir.join("fleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts_file = dir.join("hosts");
+    std::fs::write(&hosts_file, hosts.join("\n") + "\n").unwrap();
+    // ansible_ssh_common_args comes on top of its default ssh_args, so the
+    // ControlPersist defaults stay.
+    let inventory = dir.join("inventory.ini");
+    std::fs::write(
+        &inventory,
+        format!("[fleet]\n{}\n\n[fleet:vars]\nansible_ssh_common_args='-F {cfg}'\n", hosts.join("\n")),
+    )
+    .unwrap();
+    let ansible_home = dir.join("ansible-home");
+    let ansible_cfg = dir.join("ansible.cfg");
+    std::fs::create_dir_all(&ansible_home).unwrap();
+    std::fs::write(&ansible_cfg, "").unwrap();
+    let ansible = Path::new(&python()).with_file_name("ansible");
+    let ansible_cmd = |control_dir: &Path| {
+        let mut c = Command::new(&ansible);
+        c.args(["all", "-i"]).arg(&inventory).args(["-m", "raw", "-a", "true", "-T", LONG, "-f"]).arg(n.to_string());
+        c.env("ANSIBLE_CONFIG", &ansible_cfg)
+            .env("ANSIBLE_HOME", &ansible_home)
+            .env("ANSIBLE_LOCAL_TEMP", ansible_home.join("tmp"))
+            .env("ANSIBLE_SSH_CONTROL_PATH_DIR", control_dir)
+            .env("LC_ALL", "C.UTF-8");
+        c
+    };
+    let spore = spore_tests::target_dir().join("release/spore");
+    let spore_cmd = || {
+        let mut c = Command::new(&spore);
+        c.args(["-F", &cfg, "--connect-timeout", LONG, "run"]).args(&hosts).args(["--", "true"]);
+        c
+    };
+    let pssh_cmd = || {
+        let mut c = Command::new("parallel-ssh");
+        c.arg("-h").arg(&hosts_file).args(["-x", &format!("-F {cfg}"), "-p", &n.to_string(), "-t", LONG, "true"]);
+        c
+    };
+    let have = |cmd: &mut Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let have_pssh = have(Command::new("parallel-ssh").arg("--version"));
+    let have_ansible = have(Command::new(&ansible).arg("--version"));
+    // The first connect of each host uploads the agent; the rows time the
+    // cached case, so run once first.
+    timed(&mut spore_cmd());
+    let version = |cmd: &mut Command| {
+        let out = cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        out.lines().next().unwrap_or_default().trim().to_string()
+    };
+    eprintln!(
+        "  fleet: {n} aliases of one sshd; parallel-ssh {}; {}",
+        if have_pssh { version(Command::new("parallel-ssh").arg("--version")) } else { "missing".into() },
+        if have_ansible { version(Command::new(&ansible).arg("--version")) } else { "ansible missing".into() }
+    );
+    // Per tool: (wall seconds, CPU seconds) of each run.
+    let mut tools: [(&str, Vec<f64>, Vec<f64>); 6] = [
+        ("floor", Vec::new(), Vec::new()),
+        ("floor, setsid", Vec::new(), Vec::new()),
+        ("spore", Vec::new(), Vec::new()),
+        ("parallel-ssh", Vec::new(), Vec::new()),
+        ("ansible cold", Vec::new(), Vec::new()),
+        ("ansible warm", Vec::new(), Vec::new()),
+    ];
+    let sshd_pid = sshd.pid().unwrap();
+    let measure = |samples: &mut (&str, Vec<f64>, Vec<f64>), run: &mut dyn FnMut() -> Duration| {
+        let before = cpu_secs(sshd_pid);
+        let wall = run();
+        samples.1.push(secs(wall));
+        samples.2.push(cpu_secs(sshd_pid) - before);
+    };
+    for round in 0..FLEET_ROUNDS {
+        for turn in 0..5 {
+            match (round + turn) % 5 {
+                0 => measure(&mut tools[0], &mut || parallel_ssh_true(&cfg, &hosts, false)),
+                1 => measure(&mut tools[1], &mut || parallel_ssh_true(&cfg, &hosts, true)),
+                2 => measure(&mut tools[2], &mut || timed(&mut spore_cmd())),
+                3 if have_pssh => measure(&mut tools[3], &mut || timed(&mut pssh_cmd())),
+                4 if have_ansible => {
+                    let control = dir.join(format!("cp-{round}"));
+                    std::fs::create_dir_all(&control).unwrap();
+                    // Wall time only: the masters it leaves keep their
+                    // sshd sessions (and CPU) past the run, out of reach.
+                    tools[4].1.push(secs(timed(&mut ansible_cmd(&control))));
+                    tools[5].1.push(secs(timed(&mut ansible_cmd(&control))));
+                    stop_masters(&cfg, &control);
+                }
+                _ => {}
+            }
+        }
+        let last: Vec<String> = tools
+            .iter()
+            .map(|(name, wall, cpu)| match (wall.last(), cpu.last()) {
+                (Some(w), Some(c)) => format!("{name} {} (CPU {})", show(Unit::Secs, *w), show(Unit::Secs, *c)),
+                (Some(w), None) => format!("{name} {}", show(Unit::Secs, *w)),
+                _ => format!("{name} -"),
+            })
+            .collect();
+        eprintln!("  fleet round {}: {}", round + 1, last.join(", "));
+    }
+    let [(_, floor, floor_cpu), (_, own, own_cpu), (_, sp, sp_cpu), (_, ps, ps_cpu), (_, cold, cold_cpu), (_, warm, warm_cpu)] =
+        tools;
+    let (floor, floor_cpu, s, s_cpu) = (Stat::of(floor), Stat::of(floor_cpu), Stat::of(sp), Stat::of(sp_cpu));
+    report.add(Row {
+        workload: format!("{n} ssh targets, `true` on each, whole process (agent cached)"),
+        unit: Unit::Secs,
+        spore: s,
+        baseline: Some((format!("{n} parallel `ssh host true`"), floor)),
+        ratio: Some(floor.median / s.median),
+        target: "within 5 % of the floor".into(),
+        met: Some(s.median <= floor.median * 1.05),
+    });
+    report.add(Row {
+        workload: "  CPU of a run: the tool's processes + the sshd side".into(),
+        unit: Unit::Secs,
+        spore: s_cpu,
+        baseline: Some((format!("{n} parallel `ssh host true`"), floor_cpu)),
+        ratio: Some(floor_cpu.median / s_cpu.median),
+        target: String::new(),
+        met: None,
+    });
+    // parallel-ssh and Ansible start each ssh in a session of its own
+    // (setsid), spore and the floor in theirs. Where the kernel groups
+    // processes by session for CPU shares (CONFIG_SCHED_AUTOGROUP, on in
+    // most distributions' kernels) a busy machine gives each of those ssh
+    // a share of its own: this row shows what that alone is worth.
+    for (name, wall, cpu, target) in [
+        ("the floor with each ssh in a session of its own (`setsid`)", own, own_cpu, ""),
+        ("parallel-ssh", ps, ps_cpu, "faster"),
+        ("Ansible `-m raw`, warm (its ControlPersist masters up)", warm, warm_cpu, "faster (the peer's best case)"),
+        ("Ansible `-m raw`, cold", cold, cold_cpu, ""),
+    ] {
+        if wall.is_empty() {
+            eprintln!("  fleet: no {name} (not installed): row left out");
+            continue;
+        }
+        let b = Stat::of(wall);
+        report.add(Row {
+            workload: format!("  the same beside {name}, -f/-p {n}"),
+            unit: Unit::Secs,
+            spore: s,
+            baseline: Some((name.into(), b)),
+            ratio: Some(b.median / s.median),
+            target: target.into(),
+            met: (!target.is_empty()).then_some(s.median < b.median),
+        });
+        if cpu.is_empty() {
+            continue;
+        }
+        let b_cpu = Stat::of(cpu);
+        report.add(Row {
+            workload: format!("    CPU of a run, beside {name}"),
+            unit: Unit::Secs,
+            spore: s_cpu,
+            baseline: Some((name.into(), b_cpu)),
+            ratio: Some(b_cpu.median / s_cpu.median),
+            target: String::new(),
+            met: None,
+        });
+    }
+}
+
+/// CPU seconds (user + system) of this process's waited-for descendants
+/// (a tool and what it waited for) plus those of the sshd `sshd_pid`'s
+/// (every connection's processes, the remote commands included), once all
+/// of its connections have been reaped. Ansible's ControlPersist masters
+/// (daemons, reaped by init) are on neither side.
+fn cpu_secs(sshd_pid: i32) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let children = format!("/proc/{sshd_pid}/task/{sshd_pid}/children");
+    while Instant::now() < deadline && !std::fs::read_to_string(&children).unwrap_or_default().trim().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: sysconf and getrusage with a valid struct.
+    let (tick, own) = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        (libc::sysconf(libc::_SC_CLK_TCK) as f64, tv(ru.ru_utime) + tv(ru.ru_stime))
+    };
+    // Fields 16 and 17 of /proc/PID/stat (cutime, cstime), counted after
+    // the command name's closing parenthesis.
+    let stat = std::fs::read_to_string(format!("/proc/{sshd_pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let server: f64 = fields[13].parse::<f64>().unwrap() + fields[14].parse::<f64>().unwrap();
+    own + server / tick
+}
+
+/// The floor: `ssh host true` to every host, all started before any is
+/// waited for; the time until the last has ended. With `own_session`,
+/// each in a session of its own, as parallel-ssh starts them.
+fn parallel_ssh_true(cfg: &str, hosts: &[String], own_session: bool) -> Duration {
+    let t = Instant::now();
+    let children: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let mut cmd = Command::new("ssh");
+            cmd.args(["-F", cfg, h, "true"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            if own_session {
+                // SAFETY: setsid is async-signal-safe and touches only the
+                // child.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                        libc::setsid();
+                        Ok(())
+                    });
+                }
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for (h, mut c) in hosts.iter().zip(children) {
+        assert!(c.wait().unwrap().success(), "ssh {h} true failed");
+    }
+    t.elapsed()
+}
+
+/// End the ControlPersist masters Ansible left in `control`, so the next
+/// cold run starts without them and no tool shares the machine with them.
+fn stop_masters(cfg: &str, control: &Path) {
+    let stops: Vec<_> = std::fs::read_dir(control)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            Command::new("ssh")
+                .args(["-F", cfg, "-o"])
+                .arg(format!("ControlPath={}", e.path().display()))
+                .args(["-O", "exit", "h001"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .collect();
+    for mut stop in stops {
+        let _ = stop.wait();
+    }
+    let _ = std::fs::remove_dir_all(control);
+}
+
 fn spore_fanout(n: usize) -> (f64, u64) {
     let r = Router::with_options(Options { connect_timeout: Duration::from_secs(120), ..Options::default() }).unwrap();
     let t = Instant::now();
@@ -703,9 +970,10 @@ impl Write for Discard {
 
 fn timed(cmd: &mut Command) -> Duration {
     let t = Instant::now();
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
-    assert!(status.success(), "{cmd:?} failed");
-    t.elapsed()
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap();
+    let took = t.elapsed();
+    assert!(out.status.success(), "{cmd:?} failed: {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    took
 }
 
 fn make_file(path: &Path, len: u64) {
