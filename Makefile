@@ -149,7 +149,10 @@ stress: agent
 # The agent's size and its largest symbols (x86_64, built the same way with
 # its symbols kept), every architecture's size and gzip -9n size; fails if
 # any is above the budget.
-AGENT_BUDGET := 235000
+# 235,000 until the fleet CLI's operations came in: the tree ops (mkdir,
+# symlink, read_link, list_dir's modes and targets: +8 KB), the hop's
+# fan-out of a put (+11 KB), scripts from an anonymous file (+1.7 KB).
+AGENT_BUDGET := 256000
 size: agent
 	@if rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) build --locked -p spore-agent --profile agent-syms --target $(MUSL) $(STD_CONFIG); \
