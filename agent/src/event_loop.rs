@@ -101,6 +101,15 @@ impl Loop {
 
     pub(crate) fn run(mut self) {
         crate::shared::mark_broker_thread();
+        if self.shared.cfg.exit_process {
+            // An agent's process (never the master's: the user's program's
+            // other children are none of ours). What a killed or stopped
+            // guardian leaves comes to us, and dies at our end
+            // (`procs::kill_descendants`).
+            if let Err(e) = sys::set_child_subreaper() {
+                logs::blog!(log::Level::Debug, "not a child subreaper: {e}");
+            }
+        }
         if let Some(q) = &self.shared.log_queue {
             logs::use_queue(q.clone());
         }

@@ -20,18 +20,23 @@
 //! - the agent asks on the control socket `CTL`: [`TERM`] (a timeout:
 //!   SIGTERM now, SIGKILL after [`KILL_GRACE`]) or [`KILL`] (at once).
 //!
+//! Should it be too slow for the broker's SIGKILL at shutdown (a loaded
+//! machine), stopped or killed, its orphans go to the agent (a child
+//! subreaper too), which kills every process left below it at its end
+//! (`procs::kill_descendants`).
+//!
 //! On `CTL` it reports [`STARTED`] or [`FAILED`] (errno), then [`EXITED`]
 //! with the command's wait status once it ends. EOF on `CTL` only means the
 //! agent stopped listening. When the command has ended and no descendant is
 //! left, the guardian exits; descendants that remain keep it (a command may
 //! outlive its call, never its context).
 
+use crate::procs;
 use crate::spawn::Command;
 use crate::sys::{self, pollfd, Reaped};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -76,7 +81,7 @@ pub(crate) fn run_if_asked_by(args: &[std::ffi::OsString]) {
 }
 
 fn fd_arg(arg: Option<String>) -> Option<File> {
-    let fd = digits(arg?.as_bytes())?;
+    let fd = procs::digits(arg?.as_bytes())?;
     sys::adopt_fd(fd as RawFd).ok().map(File::from)
 }
 
@@ -295,62 +300,13 @@ impl Guardian {
         if !self.main_done {
             let _ = sys::killpg(self.main, sig);
         }
-        for pid in descendants(self.me) {
-            let _ = sys::kill(pid, sig);
-            if sig == libc::SIGTERM {
-                // A stopped process acts on SIGTERM only once continued.
-                let _ = sys::kill(pid, libc::SIGCONT);
-            }
-        }
+        // A stopped process acts on SIGTERM only once continued.
+        let sigs: &[i32] = if sig == libc::SIGTERM { &[libc::SIGTERM, libc::SIGCONT] } else { &[sig] };
+        procs::signal_descendants(self.me, sigs);
     }
 }
 
 fn ms_until(t: Instant) -> i32 {
     let ms = t.saturating_duration_since(Instant::now()).as_millis() + 1;
     ms.min(i32::MAX as u128) as i32
-}
-
-/// Every descendant of `root`, from the parent links in `/proc`.
-fn descendants(root: i32) -> Vec<i32> {
-    let mut links: Vec<(i32, i32)> = Vec::new();
-    // `pid (comm) S ppid`: comm is at most 15 bytes.
-    let mut stat = [0u8; 64];
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = digits(entry.file_name().as_bytes()) else { continue };
-            let mut path = b"/proc/".to_vec();
-            path.extend_from_slice(entry.file_name().as_bytes());
-            path.extend_from_slice(b"/stat\0");
-            let n = std::ffi::CStr::from_bytes_with_nul(&path).map_or(0, |p| sys::read_start(p, &mut stat));
-            if let Some(ppid) = stat.get(..n).and_then(ppid_of) {
-                links.push((pid, ppid));
-            }
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while let Some(&parent) = found.get(i) {
-        found.extend(links.iter().filter(|&&(_, pp)| pp == parent).map(|&(pid, _)| pid));
-        i += 1;
-    }
-    found.retain(|&p| p != root);
-    found
-}
-
-/// The ppid in `/proc/PID/stat`: `pid (comm) state ppid ...`, where comm
-/// may hold anything, so count from its last ')'.
-fn ppid_of(stat: &[u8]) -> Option<i32> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let ppid = stat.get(close + 4..)?;
-    digits(ppid.get(..ppid.iter().position(|&b| b == b' ')?)?)
-}
-
-fn digits(s: &[u8]) -> Option<i32> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0i32, |n, &b| {
-        let d = b.checked_sub(b'0').filter(|&d| d <= 9)?;
-        n.checked_mul(10)?.checked_add(d as i32)
-    })
 }

@@ -1,11 +1,13 @@
 //! Processes the broker is responsible for: connection processes (ssh,
 //! sudo, a local agent) and command guardians handed to it, reaped without
-//! ever blocking the broker thread; and the commands' process groups,
-//! signalled at shutdown.
+//! ever blocking the broker thread; the commands' process groups,
+//! signalled at shutdown; and, in an agent, every process left below it,
+//! killed at its very end ([`kill_descendants`]).
 
 use crate::logs::blog;
 use crate::spawn::Child;
 use crate::sys;
+use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 /// How often a process without a deadline is looked at.
@@ -162,5 +164,115 @@ impl Groups {
     pub(crate) fn any_alive(&mut self) -> bool {
         self.set.retain(|&g| sys::group_alive(g));
         !self.set.is_empty()
+    }
+}
+
+/// SIGKILL every process below this one, walk after walk of `/proc` (what
+/// one forked while we walked shows in the next), until none is left alive
+/// or `deadline` passes (one walk at least). An agent is a child subreaper
+/// (`event_loop`), so this reaches what a killed or stopped guardian left:
+/// its orphans are ours. Zombies count as gone (the kernel's init reaps
+/// them once we end); so does what we may not signal.
+pub(crate) fn kill_descendants(deadline: Instant) {
+    let me = sys::getpid() as i32;
+    while signal_descendants(me, &[libc::SIGKILL]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Send `sigs` to every live descendant of `root`; true if any took them.
+/// The tree is one walk of `/proc`; each process is signalled only after a
+/// second look at its own entry, just before, shows it still alive and the
+/// child of `root` or of one found below it. So a pid freed and reused by
+/// an unrelated process meanwhile is left alone (its parent is not ours).
+pub(crate) fn signal_descendants(root: i32, sigs: &[i32]) -> bool {
+    let mut links: Vec<(i32, i32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = digits(entry.file_name().as_bytes()) else { continue };
+            if let Some(ppid) = live_parent(pid) {
+                links.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while let Some(&parent) = found.get(i) {
+        found.extend(links.iter().filter(|&&(_, pp)| pp == parent).map(|&(pid, _)| pid));
+        i += 1;
+    }
+    let mut any = false;
+    for &pid in found.iter().skip(1) {
+        // Its parent may have died since: then it is ours (a subreaper's).
+        if live_parent(pid).is_some_and(|pp| found.contains(&pp)) {
+            for &sig in sigs {
+                any |= sys::kill(pid, sig).is_ok();
+            }
+        }
+    }
+    any
+}
+
+/// The parent of `pid`, if it is alive (not a zombie), from
+/// `/proc/PID/stat`: `pid (comm) state ppid ...`, where comm (at most 15
+/// bytes) may hold anything, so count from its last ')'.
+fn live_parent(pid: i32) -> Option<i32> {
+    let mut path = b"/proc/".to_vec();
+    let at = path.len();
+    let mut n = pid.unsigned_abs();
+    loop {
+        path.insert(at, b'0' + (n % 10) as u8);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    path.extend_from_slice(b"/stat\0");
+    let mut stat = [0u8; 64];
+    let n = std::ffi::CStr::from_bytes_with_nul(&path).map_or(0, |p| sys::read_start(p, &mut stat));
+    let stat = stat.get(..n)?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    if matches!(stat.get(close + 2), Some(b'Z' | b'X') | None) {
+        return None;
+    }
+    let ppid = stat.get(close + 4..)?;
+    digits(ppid.get(..ppid.iter().position(|&b| b == b' ')?)?)
+}
+
+/// A non-negative decimal number, all of `s`.
+pub(crate) fn digits(s: &[u8]) -> Option<i32> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0i32, |n, &b| {
+        let d = b.checked_sub(b'0').filter(|&d| d <= 9)?;
+        n.checked_mul(10)?.checked_add(d as i32)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use crate::spawn::Command;
+
+    #[test]
+    fn a_live_process_has_its_parent_and_a_zombie_none() {
+        assert_eq!(live_parent(sys::getpid() as i32), Some(sys::getppid()));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Not reaped: it stays a zombie, which counts as gone.
+        while live_parent(pid).is_some() {
+            assert!(Instant::now() < deadline, "{pid} never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert_eq!(live_parent(pid), None);
+        assert_eq!(
+            (digits(b"12345"), digits(b""), digits(b"12a"), digits(b"99999999999")),
+            (Some(12345), None, None, None)
+        );
     }
 }

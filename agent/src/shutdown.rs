@@ -5,8 +5,10 @@
 //! grace), force the rest; SIGKILL the commands still running
 //! [`COMMAND_TERM_GRACE`] after the start; half-close the captured
 //! stdout/stderr and drain it, flush the parent stream (at most
-//! [`FLUSH_LIMIT`]); then the last writes and the reaping of connection
-//! processes ([`FINAL_WRITE_LIMIT`], [`REAP_LIMIT`]), and the end.
+//! [`FLUSH_LIMIT`]); then the last writes, the reaping of connection
+//! processes and, in an agent, the SIGKILL of every process still below it
+//! (what a guardian too slow, stopped or killed left: [`FINAL_WRITE_LIMIT`],
+//! [`REAP_LIMIT`]), and the end: the parent stream closes last.
 //!
 //! The budget: a context ends within [`bound`]`(grace)`, and a child gets
 //! [`child_grace`] of its parent's grace, so its whole shutdown fits inside
@@ -20,7 +22,8 @@ pub const COMMAND_TERM_GRACE: Duration = Duration::from_millis(300);
 pub const FLUSH_LIMIT: Duration = Duration::from_millis(300);
 /// The broker's last writes to its parent.
 pub const FINAL_WRITE_LIMIT: Duration = Duration::from_millis(100);
-/// Waiting for connection processes to exit before SIGKILL.
+/// Waiting for connection processes to exit before SIGKILL, then (in an
+/// agent) killing whatever is left below it.
 pub const REAP_LIMIT: Duration = Duration::from_millis(300);
 /// A forced child's connection process gets SIGTERM, then SIGKILL this
 /// much later (within [`REAP_LIMIT`]).

@@ -142,6 +142,17 @@ impl Marks {
         }
     }
 
+    /// The guardians (`--spore-guardian`) of this test's commands at
+    /// `level` on this host: their command lines carry the marks too.
+    pub fn guardians_here(&self, level: usize) -> Vec<i32> {
+        let tag = self.level_tag(level);
+        self.here()
+            .into_iter()
+            .filter(|(_, c)| c.contains("--spore-guardian") && c.contains(&tag))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
     /// Every sleep of `level` still runs here.
     pub fn assert_running_here(&self, level: usize, why: &str) {
         let here = self.here();

@@ -53,10 +53,15 @@ local_and_ssh!(
     a_stopped_agent_forced_at_shutdown,
     a_timeout_kills_the_whole_tree,
     shutdown_kills_what_a_finished_command_left,
+    a_stopped_guardian_at_shutdown,
+    a_killed_guardian_at_shutdown,
 );
 
+/// The routers' shutdown grace.
+const GRACE: Duration = Duration::from_secs(2);
+
 fn router() -> Router {
-    Router::with_options(Options { shutdown_grace: Duration::from_secs(2), ..Options::default() }).unwrap()
+    Router::with_options(Options { shutdown_grace: GRACE, ..Options::default() }).unwrap()
 }
 
 fn finish(mut site: Site, marks: Marks, guard: LeakGuard) {
@@ -171,6 +176,74 @@ fn shutdown_kills_what_a_finished_command_left(site: Site) {
     eprintln!("shutdown with leftovers ({}): {took:?}", site.label());
     assert!(took < Duration::from_secs(2), "took {took:?}");
     marks.wait_gone_here(&[2], Duration::from_secs(2), "the router's shutdown");
+    drop((chain, r));
+    finish(site, marks, guard);
+}
+
+/// The leftovers of a finished command at depth 2, whose guardian is
+/// stopped (as if never scheduled under load) before the router's
+/// shutdown: it can't act on its SIGTERM, and the broker's SIGKILL leaves
+/// the `setsid` sleeps without it. Its agent ends them itself.
+fn a_stopped_guardian_at_shutdown(site: Site) {
+    guardian_out_of_the_way_at_shutdown(site, libc::SIGSTOP)
+}
+
+/// The same with the guardian SIGKILLed (the OOM killer) before the
+/// shutdown: its orphans go to its agent, which ends them at its shutdown.
+fn a_killed_guardian_at_shutdown(site: Site) {
+    guardian_out_of_the_way_at_shutdown(site, libc::SIGKILL)
+}
+
+fn guardian_out_of_the_way_at_shutdown(site: Site, sig: i32) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let chain = site.chain(&r, 2);
+    let out = chain[1].exec(&marks.leaver(2)).unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let left: Vec<String> = marks.sleeps(2).into_iter().take(4).collect();
+    marks.wait_running_here(&left);
+    let guardians = marks.guardians_here(2);
+    assert_eq!(guardians.len(), 1, "one guardian of the leftovers: {:?}", marks.here());
+    signal(guardians[0] as u32, sig);
+    if sig == libc::SIGKILL {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while marks.here().iter().any(|&(p, _)| p == guardians[0]) {
+            assert!(Instant::now() < deadline, "the SIGKILLed guardian still runs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    chain[1].ping().unwrap();
+    // Nothing is left within the shutdown's bound, counted from its start.
+    let bound = spore_agent::shutdown::bound(GRACE);
+    let start = Instant::now();
+    r.shutdown();
+    let took = start.elapsed();
+    eprintln!("shutdown with the guardian out of the way by signal {sig} ({}): {took:?}", site.label());
+    assert!(took < bound, "took {took:?}");
+    marks.wait_gone_here(&[2], bound - took, "the router's shutdown, within its bound");
+    drop((chain, r));
+    finish(site, marks, guard);
+}
+
+/// Only agents kill what is left below them: the master (here, the test
+/// process) leaves its program's other children alone at shutdown.
+#[test]
+fn the_masters_own_children_outlive_its_shutdown() {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let mut own = std::process::Command::new("sleep").arg(marks.arg(9, 1)).spawn().unwrap();
+    let r = router();
+    let site = Site::local();
+    let chain = site.chain(&r, 1);
+    let out = chain[0].exec(&marks.leaver(1)).unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    r.shutdown();
+    marks.wait_gone_here(&[1], Duration::from_secs(3), "the router's shutdown");
+    let alive = marks.here().iter().any(|&(pid, _)| pid == own.id() as i32);
+    assert!(alive, "the program's own child was killed at the router's shutdown");
+    own.kill().unwrap();
+    own.wait().unwrap();
     drop((chain, r));
     finish(site, marks, guard);
 }

@@ -1,9 +1,11 @@
 //! The broker's last steps, after the shutdown sequence (or a death):
-//! late commands, the last writes, the connection processes reaped, the
-//! temporary files removed, every waiter told.
+//! late commands, the last writes, the connection processes reaped, in an
+//! agent every process left below it killed, the temporary files removed,
+//! the parent stream closed, every waiter told.
 
 use super::{Loop, BUSY_TICK};
 use crate::locks::{lock, write};
+use crate::procs;
 use crate::routes::Origin;
 use crate::shared::Cmd;
 use crate::shutdown;
@@ -49,6 +51,10 @@ impl Loop {
         // finished broker drops.
         write(&self.shared.outs).clear();
         let now = Instant::now();
+        // The parent stream stays open until every process below us is
+        // gone: our parent waits for its end (within our bound), so no one
+        // kills us halfway, and what it sees end is the whole tree.
+        let mut parent = Vec::new();
         for (_, mut s) in self.streams.drain() {
             let _ = self.shared.poller.delete(s.input.as_fd());
             s.out.unwatch(&self.shared.poller);
@@ -57,13 +63,21 @@ impl Loop {
             }
             if let Some(child) = s.child.take() {
                 let _ = sys::kill(child.id() as i32, libc::SIGTERM);
-                self.reaper.add(child, s.name, Some(now + shutdown::FORCED_KILL_DELAY));
+                self.reaper.add(child, s.name.clone(), Some(now + shutdown::FORCED_KILL_DELAY));
+            }
+            if s.is_parent {
+                parent.push(s);
             }
         }
         self.reaper.finish(shutdown::REAP_LIMIT);
+        if self.shared.cfg.exit_process {
+            // Whatever a guardian too slow, stopped or killed left.
+            procs::kill_descendants(now + shutdown::REAP_LIMIT);
+        }
         for path in self.shared.temps() {
             let _ = std::fs::remove_file(path);
         }
+        drop(parent);
         if let Some(q) = &self.shared.log_queue {
             q.close(Duration::from_secs(1));
         }
