@@ -358,7 +358,11 @@ pub fn method_command(how: &ConnectArgs, images: &Images, args: &AgentArgs) -> R
             if let Some(u) = user {
                 cmd.arg("-l").arg(u);
             }
-            cmd.arg("--").arg(host).arg(format!("sh -c {}", sh_quote(&script)));
+            // `exec`: a login shell that does not exec its last command
+            // itself (dash, Debian's /bin/sh and useradd's default) would
+            // stay as the agent's parent, a process per host, and print
+            // "Terminated" on stderr when the agent ends itself.
+            cmd.arg("--").arg(host).arg(format!("exec sh -c {}", sh_quote(&script)));
             cmd
         }
         "sudo" => {

@@ -165,6 +165,15 @@ pub fn take_terminal() -> io::Result<()> {
     Ok(())
 }
 
+/// Between fork and exec: start a session (and process group) of its own,
+/// without a controlling terminal.
+pub fn new_session() -> io::Result<()> {
+    // SAFETY: setsid is async-signal-safe and touches only this (child)
+    // process.
+    cvt(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
 /// Write `text` to fd 2 (whatever it is now), ignoring errors: the last
 /// word of an agent that can't start, without `std`'s stderr machinery.
 pub fn write_stderr(text: &str) {

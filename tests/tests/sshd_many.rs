@@ -102,6 +102,64 @@ fn the_cli_runs_on_two_hundred_aliases_at_once() {
     let want: BTreeSet<String> = hosts.iter().map(|h| format!("{h}: up")).collect();
     assert_eq!(stdout.lines().count(), N, "{stdout}");
     assert_eq!(stdout.lines().map(String::from).collect::<BTreeSet<_>>(), want);
+    // The aliases' login shell is dash: left as the agent's parent it
+    // said "Terminated" for each host as the agent ended itself.
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(sshd);
+    guard.check();
+}
+
+#[test]
+fn each_ssh_runs_in_a_session_of_its_own() {
+    let guard = LeakGuard::new();
+    let sshd = Sshd::start();
+    let (cfg, hosts) = sshd.aliases(3);
+    let cfg = cfg.display().to_string();
+    let mut args = vec!["-F", cfg.as_str(), "run"];
+    args.extend(hosts.iter().map(String::as_str));
+    args.extend(["--", "sleep", "30"]);
+    let mut spore = Command::new(spore_bin())
+        .args(&args)
+        .env_remove("SPORE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Fields after the command's closing parenthesis: state, ppid, pgrp,
+    // session.
+    let ids = |pid: i32| -> Option<(i32, i32, i32)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<i32> =
+            stat[stat.rfind(')')? + 2..].split(' ').skip(1).take(3).filter_map(|x| x.parse().ok()).collect();
+        (f.len() == 3).then(|| (f[0], f[1], f[2]))
+    };
+    let spore_pid = spore.id() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ssh = loop {
+        let ssh: Vec<i32> = spore_tests::descendants()
+            .into_iter()
+            .filter(|&p| ids(p).is_some_and(|(ppid, _, _)| ppid == spore_pid))
+            .filter(|&p| spore_tests::cmdline(p).starts_with("ssh "))
+            .collect();
+        if ssh.len() == 3 && spore_tests::wait_for_command("sleep 30", 3, Duration::from_millis(10)) {
+            break ssh;
+        }
+        assert!(std::time::Instant::now() < deadline, "3 ssh with `sleep 30` behind them");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (_, _, spore_session) = ids(spore_pid).unwrap();
+    for pid in ssh {
+        let (_, pgrp, session) = ids(pid).unwrap();
+        // Its own session (where the kernel shares CPU by session, each
+        // ssh gets a share), and so its own process group: a Ctrl-C on the
+        // terminal reaches the master alone.
+        assert_eq!((pgrp, session), (pid, pid), "ssh {pid}");
+        assert_ne!(session, spore_session);
+    }
+    // SAFETY: kill has no memory effects; it is our own child.
+    unsafe { libc::kill(spore_pid, libc::SIGTERM) };
+    assert!(spore_tests::exit_within(&mut spore, Duration::from_secs(20)).is_some(), "spore ends on SIGTERM");
     drop(sshd);
     guard.check();
 }
