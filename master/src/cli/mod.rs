@@ -18,7 +18,7 @@ use progress::Progress;
 use spore::select::Target;
 use spore::{Command, Context, Error, Options, Router, Stream, Targets};
 use std::ffi::OsString;
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,7 +292,10 @@ fn select(opts: &Opts, words: &[String]) -> Result<Vec<Target>, String> {
     let mut words = words.to_vec();
     if let Some(file) = &opts.targets_from {
         let listed = if file.as_os_str() == "-" {
-            select::read_list_from(std::io::stdin().lock(), "stdin")
+            match output::current().and_then(|c| c.stdin()) {
+                Some(input) => select::read_list_from(input, "stdin"),
+                None => Ok(Vec::new()),
+            }
         } else {
             let f = std::fs::File::open(file).map_err(|e| format!("--targets-from {}: {e}", file.display()))?;
             select::read_list_from(f, &file.display().to_string())
@@ -430,7 +433,9 @@ fn run_all(run: &Run<'_>, targets: &[Target]) -> Vec<Outcome> {
             // All targets at once, on a thread of its own, so the deadline
             // below still holds.
             let tx = tx.clone();
+            let console = output::current();
             let spawned = std::thread::Builder::new().name("spore-put".into()).spawn_scoped(s, move || {
+                output::adopt(console);
                 for (i, o) in put_all(run, targets, local, remote, *mode, *recursive).into_iter().enumerate() {
                     let _ = tx.send((i, o));
                 }
@@ -444,10 +449,12 @@ fn run_all(run: &Run<'_>, targets: &[Target]) -> Vec<Outcome> {
                 break;
             }
             let tx = tx.clone();
+            let console = output::current();
             let spawned = std::thread::Builder::new()
                 .name("spore-target".into())
                 .stack_size(THREAD_STACK)
                 .spawn_scoped(s, move || {
+                    output::adopt(console);
                     let _ = tx.send((i, one_target(run, t)));
                 });
             if let Err(e) = spawned {
@@ -549,7 +556,9 @@ fn put_all(
         let handles: Vec<_> = targets
             .iter()
             .map(|t| {
+                let console = output::current();
                 std::thread::Builder::new().stack_size(THREAD_STACK).spawn_scoped(s, move || {
+                    output::adopt(console);
                     if let Some(p) = run.progress {
                         p.begin(&t.label);
                     }
@@ -742,12 +751,16 @@ fn cmd_run(run: &Run<'_>, ctx: &Context, cmd: &Command, what: &str, o: &mut Outc
     let mut out = TargetOutput { screen, gathered, files };
     // Like ssh: stdin goes to the command unless it is a terminal (or it
     // gave us the password), and only with one target.
-    let stdin: Option<Box<dyn Read + Send>> =
-        if run.many || std::io::stdin().is_terminal() || run.opts.ask_become_pass || run.opts.targets_from_stdin() {
-            None
-        } else {
-            Some(Box::new(std::io::stdin()))
-        };
+    let console = output::current();
+    let stdin: Option<Box<dyn Read + Send>> = if run.many
+        || console.as_ref().is_none_or(|c| c.in_tty)
+        || run.opts.ask_become_pass
+        || run.opts.targets_from_stdin()
+    {
+        None
+    } else {
+        console.and_then(|c| c.stdin()).map(|f| Box::new(f) as Box<dyn Read + Send>)
+    };
     // A closed stdout (`| head`) ends the run, as it would end ssh: the call
     // is abandoned and the remote kills the command.
     let status = ctx.exec_streaming(&cmd, stdin, &mut |which, data| out.write(which, data)).and_then(|status| {

@@ -1,14 +1,18 @@
 //! Everything the CLI writes: per-target output (passed through, prefixed,
 //! JSON chunks, gathered, or into files), lines of its own, and the logger.
-//! Every write goes through [`SCREEN`], so the progress line
+//! All of it goes to a run's [`Console`]: the process's own stdin, stdout
+//! and stderr, or (in a session) the client's, passed over its socket.
+//! Every write takes the console's screen lock, so the progress line
 //! ([`crate::cli::progress`]) is erased before and never cuts a line.
 
 use spore::Stream;
 use spore_agent::logs::safe_lines;
+use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// What is on the terminal besides output: the progress line, if drawn.
 #[derive(Default)]
@@ -18,27 +22,93 @@ pub struct Screen {
     pub progress_drawn: bool,
 }
 
-pub static SCREEN: Mutex<Screen> = Mutex::new(Screen { progress_drawn: false });
+/// A run's stdin, stdout and stderr, and what is drawn on them.
+pub struct Console {
+    input: Option<File>,
+    out: File,
+    err: File,
+    /// Whether each is a terminal, asked once.
+    pub in_tty: bool,
+    pub err_tty: bool,
+    screen: Mutex<Screen>,
+}
 
-/// The screen, the progress line erased.
-pub fn screen() -> MutexGuard<'static, Screen> {
-    let mut s = SCREEN.lock().unwrap_or_else(PoisonError::into_inner);
-    if s.progress_drawn {
-        let _ = io::stderr().write_all(b"\r\x1b[K");
-        s.progress_drawn = false;
+impl Console {
+    /// This process's own (copies of fds 0, 1 and 2).
+    pub fn process() -> io::Result<Console> {
+        let input = io::stdin().as_fd().try_clone_to_owned().ok();
+        let out = io::stdout().as_fd().try_clone_to_owned()?;
+        let err = io::stderr().as_fd().try_clone_to_owned()?;
+        Ok(Console::new(input, out, err))
     }
-    s
+
+    /// Another's: a session's client passes its three.
+    pub fn new(input: Option<OwnedFd>, out: OwnedFd, err: OwnedFd) -> Console {
+        let (input, out, err) = (input.map(File::from), File::from(out), File::from(err));
+        Console {
+            in_tty: input.as_ref().is_some_and(IsTerminal::is_terminal),
+            err_tty: err.is_terminal(),
+            input,
+            out,
+            err,
+            screen: Mutex::new(Screen::default()),
+        }
+    }
+
+    /// The screen, the progress line erased.
+    pub fn screen(&self) -> MutexGuard<'_, Screen> {
+        let mut s = self.screen.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.progress_drawn {
+            let _ = (&self.err).write_all(b"\r\x1b[K");
+            s.progress_drawn = false;
+        }
+        s
+    }
+
+    /// The screen as it is (to draw the progress line on it).
+    pub fn screen_as_is(&self) -> MutexGuard<'_, Screen> {
+        self.screen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// stderr, for the progress line (under [`Console::screen_as_is`]).
+    pub fn err(&self) -> &File {
+        &self.err
+    }
+
+    /// A reader of stdin (a copy of it), if there is one.
+    pub fn stdin(&self) -> Option<File> {
+        self.input.as_ref().and_then(|f| f.try_clone().ok())
+    }
+}
+
+thread_local! {
+    /// The console of the run this thread works for.
+    static CURRENT: RefCell<Option<Arc<Console>>> = const { RefCell::new(None) };
+}
+
+/// The process's console, for threads of no run (the logger's callers).
+static PROCESS: std::sync::OnceLock<Option<Arc<Console>>> = std::sync::OnceLock::new();
+
+/// This thread's console: its run's, else the process's.
+pub fn current() -> Option<Arc<Console>> {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .or_else(|| PROCESS.get_or_init(|| Console::process().ok().map(Arc::new)).clone())
+}
+
+/// From now on this thread writes to `console` (a run's threads each
+/// adopt the run's).
+pub fn adopt(console: Option<Arc<Console>>) {
+    CURRENT.with(|c| *c.borrow_mut() = console);
 }
 
 /// Bytes for stdout or stderr, written whole and flushed.
 pub fn emit(which: Stream, data: &[u8]) -> io::Result<()> {
-    let _screen = screen();
+    let Some(c) = current() else { return Err(io::Error::other("no console")) };
+    let _screen = c.screen();
     match which {
-        Stream::Stdout => {
-            let mut out = io::stdout().lock();
-            out.write_all(data).and_then(|()| out.flush())
-        }
-        Stream::Stderr => io::stderr().write_all(data),
+        Stream::Stdout => (&c.out).write_all(data).and_then(|()| (&c.out).flush()),
+        Stream::Stderr => (&c.err).write_all(data),
     }
 }
 
@@ -54,8 +124,10 @@ pub fn say(text: &str) -> io::Result<()> {
 /// A line for stderr. When stderr itself is gone there is nowhere left to
 /// say anything: it is let be, never a panic.
 pub fn complain(text: &str) {
-    let _screen = screen();
-    let _ = writeln!(io::stderr().lock(), "{text}");
+    let mut line = Vec::with_capacity(text.len() + 1);
+    line.extend_from_slice(text.as_bytes());
+    line.push(b'\n');
+    let _ = emit(Stream::Stderr, &line);
 }
 
 /// The exit status for output that could not be written, said once.

@@ -2,8 +2,8 @@
 //! few times a second and erased at the end (and before any other output,
 //! see [`crate::cli::output::screen`]). Never written to a pipe or a file.
 
-use super::output::{self, SCREEN};
-use std::io::{IsTerminal, Write};
+use super::output::{self, Console};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// Where the targets of a run are.
 pub struct Progress {
+    console: Arc<Console>,
     state: Mutex<State>,
     started: Instant,
     total: usize,
@@ -30,10 +31,9 @@ impl Progress {
     /// A progress line for `total` targets, with its drawing thread: only
     /// when stderr is a terminal.
     pub fn start(total: usize) -> Option<Arc<Progress>> {
-        if !std::io::stderr().is_terminal() {
-            return None;
-        }
+        let console = output::current().filter(|c| c.err_tty)?;
         let p = Arc::new(Progress {
+            console,
             state: Mutex::new(State { done: 0, failed: 0, running: Vec::new() }),
             started: Instant::now(),
             total,
@@ -60,7 +60,7 @@ impl Progress {
     /// Erase the line for good (the drawing thread stops within a tick).
     pub fn finish(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        drop(output::screen());
+        drop(self.console.screen());
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -71,13 +71,13 @@ impl Progress {
         loop {
             std::thread::sleep(TICK);
             let line = self.line();
-            let mut screen = SCREEN.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut screen = self.console.screen_as_is();
             // Checked under the screen's lock: `finish` erases under it too,
             // so nothing is drawn after it.
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
-            let mut err = std::io::stderr().lock();
+            let mut err = self.console.err();
             if err.write_all(line.as_bytes()).and_then(|()| err.flush()).is_err() {
                 return;
             }

@@ -1,11 +1,11 @@
 //! The end of a run: gathered output (`--gather`), the summary, and the
 //! record of the failed targets that `@failed` reads next time.
 
-use super::output::{emit, shown};
+use super::output::{self, emit, shown};
 use super::{Fate, Outcome};
 use spore::range::fold;
 use spore::Stream;
-use std::io::{self, IsTerminal};
+use std::io;
 use std::time::Duration;
 
 /// Print what is printed at the end, and keep the failed targets.
@@ -14,7 +14,8 @@ pub(super) fn finish(opts: &super::Opts, outcomes: &[Outcome], took: Duration) -
         gathered(outcomes)?;
     }
     let many = outcomes.len() > 1;
-    if opts.summary || (many && !opts.json && io::stderr().is_terminal()) {
+    let err_tty = output::current().is_some_and(|c| c.err_tty);
+    if opts.summary || (many && !opts.json && err_tty) {
         emit(Stream::Stderr, summary(outcomes, took).as_bytes())?;
     }
     // Labels, as Ansible's retry files keep host names: `@failed` reads
