@@ -16,7 +16,7 @@ use spore_protocol::{handle, Message};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,42 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 64 << 20;
 /// to report it killed (SIGTERM, 2 s, SIGKILL, then the reply's trip back).
 const EXEC_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
+/// How often a call under a [`Cancel`] looks at it while it waits: the
+/// most a cancel waits to be seen.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
+
+/// How long a cancelled command's call waits for the remote to name the
+/// command's stream (which it does as soon as the command started), so
+/// that it can tell the remote to kill it: the agent's own bound on a
+/// start is 10 s.
+const CANCEL_START_WAIT: Duration = Duration::from_secs(12);
+
+/// A cancel token: [`Cancel::cancel`] makes the calls run under it (see
+/// [`Command::cancel`]) give up at once with [`Error::Cancelled`], and the
+/// remote kill what they started. Cheap to clone; every clone is the same
+/// token. Calls on the same context under another token (or none) are
+/// not touched.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A token not cancelled yet.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancel every call under this token, now and later (it can't be
+    /// reset: make a new token for the next run).
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Has [`Cancel::cancel`] been called (on any clone)?
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Contexts are started from the router (those from other contexts, by
 /// [`Context::connect`]).
 impl Router {
@@ -45,12 +81,19 @@ impl Router {
     /// Start an agent at the end of `hop` from this machine: a local child,
     /// ssh, sudo, a container. `name` is its path in the tree.
     pub fn connect(&self, hop: &Hop, name: &str) -> Result<Context> {
+        self.connect_with(hop, name, self.inner.opts.become_password.as_deref())
+    }
+
+    /// [`Router::connect`] with this become password (for a `sudo`, `su`
+    /// or `doas` hop) instead of [`Options::become_password`](crate::Options):
+    /// for a caller that holds a password for one connect only.
+    pub fn connect_with(&self, hop: &Hop, name: &str, become_password: Option<&str>) -> Result<Context> {
         if self.inner.shut.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
         let id = self.allocate_child_id(MASTER_ID, name)?;
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
-        let mut how = hop.connect_args(self.inner.opts.become_password.as_deref());
+        let mut how = hop.connect_args(become_password);
         how.connect_timeout_ms = millis(self.inner.opts.connect_timeout);
         how.images = self.images_for_connect(false);
         let images = &self.inner.images;
@@ -164,6 +207,9 @@ pub struct Command {
     /// anonymous file on the target: see [`Command::script`], which sets it
     /// and the argv that reads it.
     pub script: Option<String>,
+    /// Give up on the call once this token is cancelled: see
+    /// [`Command::cancel`].
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for Command {
@@ -175,6 +221,7 @@ impl Default for Command {
             timeout: None,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             script: None,
+            cancel: None,
         }
     }
 }
@@ -251,6 +298,17 @@ impl Command {
     /// Set the working directory.
     pub fn cwd(mut self, dir: &str) -> Command {
         self.cwd = Some(dir.to_string());
+        self
+    }
+
+    /// Run under `token`: once it is cancelled, [`Context::exec`] and
+    /// [`Context::exec_streaming`] return [`Error::Cancelled`] within
+    /// [`CANCEL_POLL`] or so (the command printing or not), and the remote
+    /// kills the command's whole process tree, as when the caller stops
+    /// reading its output. A command cancelled before it started is still
+    /// killed: the call waits (bounded) for the remote to start it.
+    pub fn cancel(mut self, token: &Cancel) -> Command {
+        self.cancel = Some(token.clone());
         self
     }
 }
@@ -381,6 +439,26 @@ impl Context {
         self.router.broker().bytes_written_toward(self.id).unwrap_or(0)
     }
 
+    /// Is the context still there, as far as this master knows, without a
+    /// round trip: false once the router shut down, or the master's route
+    /// to it is gone: its stream (or a stream on the way to it) closed, its
+    /// parent reported it gone, or keepalive declared it dead. True is no
+    /// promise that the next call succeeds (the host may have died a
+    /// moment ago, unnoticed until keepalive's next verdict).
+    pub fn is_connected(&self) -> bool {
+        !self.router.is_shut_down() && self.router.broker().child_toward(self.id).is_some()
+    }
+
+    /// Tell the agent to shut down (its subtree with it) if the master
+    /// started it itself: only its parent may, and the master is no other
+    /// context's parent.
+    pub(crate) fn shutdown_if_first_hop(&self) {
+        if self.router.broker().child_toward(self.id) == Some(self.id) {
+            log::debug!("{}: shutting it down", self.name);
+            self.router.send(Message::new(self.id, handle::SHUTDOWN, Vec::new()));
+        }
+    }
+
     /// The router this context belongs to.
     pub fn router(&self) -> &Router {
         &self.router
@@ -472,9 +550,15 @@ impl Context {
 
     /// Start a child context through a parsed hop, named `name`.
     pub fn connect_hop(&self, hop: &Hop, name: &str) -> Result<Context> {
+        self.connect_hop_with(hop, name, self.router.options().become_password.as_deref())
+    }
+
+    /// [`Context::connect_hop`] with this become password instead of
+    /// [`Options::become_password`](crate::Options).
+    pub fn connect_hop_with(&self, hop: &Hop, name: &str, become_password: Option<&str>) -> Result<Context> {
         let id = self.router.allocate_child_id(self.id, name)?;
         let timeout = self.router.options().connect_timeout;
-        let mut args = hop.connect_args(self.router.options().become_password.as_deref());
+        let mut args = hop.connect_args(become_password);
         args.context_id = id;
         args.name = name.to_string();
         args.connect_timeout_ms = millis(timeout);
@@ -578,8 +662,14 @@ impl Context {
         // is stuck (a paused host), we stop waiting a little after it.
         let deadline = deadline_after(timeout.map_or(FOREVER, |t| t.saturating_add(EXEC_TIMEOUT_SLACK)));
         let result = loop {
-            let msg = match recv(&mb, &self.name, deadline, "the command") {
+            if cmd.cancel.as_ref().is_some_and(Cancel::is_cancelled) {
+                break Err(self.cancelled(&mb, peer_stream, "the command"));
+            }
+            // Under a token, wake up often enough to see it cancelled.
+            let until = if cmd.cancel.is_some() { deadline.min(deadline_after(CANCEL_POLL)) } else { deadline };
+            let msg = match recv(&mb, &self.name, until, "the command") {
                 Ok(m) => m,
+                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
                 Err(e) => break Err(e),
             };
             if msg.is_binary() {
@@ -770,6 +860,38 @@ impl Context {
             self.abandon(peer, &format!("upload abandoned: {e}"));
         }
         result
+    }
+
+    /// Give up on a call that was cancelled: tell the remote side of its
+    /// stream (the path a failing sink takes, so the remote kills what the
+    /// call started); if the remote has not named it yet, wait for it
+    /// (bounded: it does as soon as the work started), or for the call's
+    /// end. `mb` is the call's mailbox.
+    fn cancelled(&self, mb: &Mailbox, peer_stream: Option<u32>, what: &str) -> Error {
+        let why = "the call was cancelled";
+        let stream = peer_stream.or_else(|| {
+            let deadline = deadline_after(CANCEL_START_WAIT);
+            loop {
+                match recv(mb, &self.name, deadline, what) {
+                    Ok(msg) if msg.is_end() => return None,
+                    Ok(msg) if msg.is_binary() => {}
+                    Ok(msg) => {
+                        if let Ok(Control { stream: Some(s), .. }) = body::from_json(&msg.body, "control") {
+                            return Some(s);
+                        }
+                    }
+                    Err(e) => {
+                        log::debug!("{}: cancelled before it started, and then: {e}", self.name);
+                        return None;
+                    }
+                }
+            }
+        });
+        if let Some(s) = stream {
+            self.abandon(s, why);
+        }
+        log::debug!("{}: {what}: cancelled", self.name);
+        Error::Cancelled { context: self.name.to_string(), what: what.to_string() }
     }
 
     /// Tell the remote side of a stream that we have given up on it.

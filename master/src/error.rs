@@ -46,6 +46,14 @@ pub enum Error {
     },
     /// The router is shutting down or gone.
     ShuttingDown,
+    /// The call's [`crate::Cancel`] token was cancelled: the call was
+    /// abandoned, and the remote told to kill what it started.
+    Cancelled {
+        /// The context.
+        context: String,
+        /// What the call was waiting for, e.g. `the command`.
+        what: String,
+    },
     /// The peer broke the protocol.
     Protocol {
         /// The context.
@@ -83,6 +91,7 @@ impl fmt::Display for Error {
             Error::Remote { context, message, .. } => write!(f, "{context}: {message}"),
             Error::Timeout { context, what } => write!(f, "{context}: timed out waiting for {what}"),
             Error::ShuttingDown => f.write_str("spore is shutting down"),
+            Error::Cancelled { context, what } => write!(f, "{context}: cancelled while waiting for {what}"),
             Error::Protocol { context, message } => write!(f, "{context}: protocol error: {message}"),
             Error::Local { what, source } => write!(f, "{what}: {source}"),
             Error::Usage(m) => f.write_str(m),

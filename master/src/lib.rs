@@ -36,7 +36,7 @@ pub mod select;
 pub mod target;
 pub mod tree;
 
-pub use context::{Command, Context, ExitStatus, Output, Pending, Stream};
+pub use context::{Cancel, Command, Context, ExitStatus, Output, Pending, Stream};
 pub use error::{Error, Result};
 pub use hop::{Hop, SshHop};
 pub use image::default_image;

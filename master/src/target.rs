@@ -7,27 +7,87 @@ use crate::error::{Error, Result};
 use crate::hop::{self, Hop};
 use crate::router::Router;
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
-/// A prefix's connection, or (the hop that failed, why).
-type Opened = std::result::Result<Context, (String, String)>;
+/// A prefix's connection and when it was made, or (the hop that failed,
+/// why).
+type Outcome = std::result::Result<(Context, Instant), (String, String)>;
 
 /// The default limit on connections being set up at once (like Ansible's
 /// forks, but only the setup counts: a connected target runs at once).
 pub const DEFAULT_FORKS: usize = 64;
 
+/// A live context [`Targets`] holds, for a listing.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// Its target path (a prefix of what was opened, or all of it).
+    pub path: String,
+    /// The context.
+    pub context: Context,
+    /// When its connect succeeded.
+    pub connected_since: Instant,
+    /// When [`Targets::open`] last handed it out (itself or below it).
+    pub last_used: Instant,
+}
+
+/// One prefix asked for: filled once, by the first thread to need it; the
+/// others wait for that one.
+struct Cell {
+    outcome: OnceLock<Outcome>,
+    last_used: Mutex<Instant>,
+}
+
+impl Cell {
+    fn new() -> Arc<Cell> {
+        Arc::new(Cell { outcome: OnceLock::new(), last_used: Mutex::new(Instant::now()) })
+    }
+
+    /// Holds a context that is gone (not one still being connected, nor a
+    /// failure: those stay until [`Targets::forget_failures`]).
+    fn is_lost(&self) -> bool {
+        matches!(self.outcome.get(), Some(Ok((ctx, _))) if !ctx.is_connected())
+    }
+}
+
+/// A password held for the connects of one run, its bytes overwritten
+/// when the last holder drops it (a connect in flight keeps it until it is
+/// done). What it can't wipe: the copies made on the way to the agent
+/// (the connect call's arguments and their JSON, the message and pipe
+/// buffers, the agent's and sudo's own memory), the caller's copies made
+/// before handing it over (what read it from a terminal), and bytes left
+/// behind by a `String` that grew before it was handed over.
+struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        for b in bytes.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference into a
+            // live buffer; a volatile write is one the optimizer must keep,
+            // though the buffer is freed right after.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The contexts opened for a set of targets, each prefix opened once.
-/// Shared by the threads that open them (`&self` everywhere).
+/// Shared by the threads that open them (`&self` everywhere). Fit for a
+/// long life (a session): a context that is gone is connected again on
+/// the next [`Targets::open`], failures can be forgotten, contexts listed
+/// and dropped.
 pub struct Targets {
     router: Router,
     /// `ssh -F` for first hops.
     pub first_hop_config: Option<String>,
     /// `ssh -o` options for first hops.
     pub first_hop_options: Vec<String>,
-    /// Each prefix asked for: filled once, by the first thread to need it;
-    /// the others wait for that one.
-    open: Mutex<HashMap<String, Arc<OnceLock<Opened>>>>,
+    /// Each prefix asked for, by path.
+    open: Mutex<HashMap<String, Arc<Cell>>>,
+    /// For become hops, instead of the router's: see
+    /// [`Targets::set_become_password`].
+    become_password: Mutex<Option<Arc<Secret>>>,
     slots: Slots,
 }
 
@@ -39,6 +99,7 @@ impl Targets {
             first_hop_config: None,
             first_hop_options: Vec::new(),
             open: Mutex::new(HashMap::new()),
+            become_password: Mutex::new(None),
             slots: Slots::new(DEFAULT_FORKS),
         }
     }
@@ -59,38 +120,132 @@ impl Targets {
         self.slots.state.lock().unwrap_or_else(PoisonError::into_inner).peak
     }
 
+    /// The password for the `sudo`, `su` and `doas` hops the next connects
+    /// of these targets make, instead of the router's
+    /// [`Options::become_password`](crate::Options) (which they use while
+    /// none is set here). For one run: [`Targets::clear_become_password`]
+    /// when it is over. Contexts already connected are not touched.
+    pub fn set_become_password(&self, password: Option<String>) {
+        *lock(&self.become_password) = password.map(|p| Arc::new(Secret(p)));
+    }
+
+    /// Forget the password [`Targets::set_become_password`] gave, its bytes
+    /// overwritten (once a connect still using it is done) before they are
+    /// freed. Best effort: the copies listed at [`Secret`] (the connect
+    /// call's arguments, pipes, the remote's memory, the caller's own
+    /// copies) are not reached. Contexts it opened stay connected.
+    pub fn clear_become_password(&self) {
+        let secret = lock(&self.become_password).take();
+        drop(secret);
+    }
+
     /// Open one target: each hop of its path in turn, each prefix shared
     /// with every other target that has it. Safe to call from many threads
-    /// at once; each handshake holds one of the forks slots.
+    /// at once; each handshake holds one of the forks slots. A cached
+    /// context that is no longer connected ([`Context::is_connected`]) is
+    /// replaced by a fresh connect, and every cached path below it
+    /// forgotten; a failed connect is remembered (and returned again) until
+    /// [`Targets::forget_failures`].
     pub fn open(&self, target: &str) -> Result<Context> {
         let hops = hop::parse(target)?;
         let parts: Vec<&str> = target.split('/').collect();
         let mut parent: Option<Context> = None;
         for (level, hop) in hops.iter().enumerate() {
             let path = parts[..=level].join("/");
-            let cell = {
-                let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-                Arc::clone(open.entry(path.clone()).or_default())
-            };
-            let opened = cell.get_or_init(|| self.connect(parent.as_ref(), hop, level, &path));
+            let cell = self.cell(&path);
+            let opened = cell
+                .outcome
+                .get_or_init(|| self.connect(parent.as_ref(), hop, level, &path).map(|ctx| (ctx, Instant::now())));
             match opened {
-                Ok(ctx) => parent = Some(ctx.clone()),
+                Ok((ctx, _)) => {
+                    *lock(&cell.last_used) = Instant::now();
+                    parent = Some(ctx.clone());
+                }
                 Err((hop, cause)) => return Err(Error::Connect { target: hop.clone(), cause: cause.clone() }),
             }
         }
         parent.ok_or_else(|| Error::Usage(format!("target {target:?} has no hops")))
     }
 
-    fn connect(&self, parent: Option<&Context>, hop: &Hop, level: usize, path: &str) -> Opened {
+    /// The cell for `path`: the cached one, or a new one if there was none
+    /// or its context is gone (then every path below it goes too: they
+    /// were reached through it).
+    fn cell(&self, path: &str) -> Arc<Cell> {
+        let mut open = lock(&self.open);
+        if open.get(path).is_some_and(|c| c.is_lost()) {
+            log::debug!("{path}: its context is gone; connecting again");
+            remove_below(&mut open, path);
+        }
+        Arc::clone(open.entry(path.to_string()).or_insert_with(Cell::new))
+    }
+
+    /// Forget every failed connect, so that the next [`Targets::open`] of
+    /// it tries again. Connects under way are left alone.
+    pub fn forget_failures(&self) {
+        lock(&self.open).retain(|_, c| !matches!(c.outcome.get(), Some(Err(_))));
+    }
+
+    /// The connected contexts held, sorted by path.
+    pub fn contexts(&self) -> Vec<Opened> {
+        let open = lock(&self.open);
+        let mut list: Vec<Opened> = open
+            .iter()
+            .filter_map(|(path, cell)| match cell.outcome.get() {
+                Some(Ok((ctx, since))) if ctx.is_connected() => Some(Opened {
+                    path: path.clone(),
+                    context: ctx.clone(),
+                    connected_since: *since,
+                    last_used: *lock(&cell.last_used),
+                }),
+                _ => None,
+            })
+            .collect();
+        list.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        list
+    }
+
+    /// Forget the context at `path` and every one below it (the next open
+    /// connects them again). The agents themselves stay until the router
+    /// shuts down, except one the master started itself (a first hop),
+    /// which is told to shut down (with its subtree): calls still running
+    /// on any of them then fail. False if nothing was held at `path`.
+    pub fn drop_context(&self, path: &str) -> bool {
+        let cell = {
+            let mut open = lock(&self.open);
+            let cell = open.get(path).cloned();
+            remove_below(&mut open, path);
+            cell
+        };
+        let Some(cell) = cell else { return false };
+        if let Some(Ok((ctx, _))) = cell.outcome.get() {
+            ctx.shutdown_if_first_hop();
+        }
+        true
+    }
+
+    fn connect(
+        &self,
+        parent: Option<&Context>,
+        hop: &Hop,
+        level: usize,
+        path: &str,
+    ) -> std::result::Result<Context, (String, String)> {
         let mut hop = hop.clone();
         if let (0, Hop::Ssh(ssh)) = (level, &mut hop) {
             // -F and -o on the command line are for the first hop.
             ssh.config = self.first_hop_config.clone();
             ssh.options = self.first_hop_options.clone();
         }
+        // Held (not copied) for this connect: a clear meanwhile wipes it
+        // once we are done.
+        let secret = lock(&self.become_password).clone();
+        let password = match &secret {
+            Some(s) => Some(s.0.as_str()),
+            None => self.router.options().become_password.as_deref(),
+        };
         let r = self.slots.acquire(&self.router).and_then(|_slot| match parent {
-            None => self.router.connect(&hop, path),
-            Some(ctx) => ctx.connect_hop(&hop, path),
+            None => self.router.connect_with(&hop, path, password),
+            Some(ctx) => ctx.connect_hop_with(&hop, path, password),
         });
         r.map_err(|e| match e {
             Error::Connect { target, cause } => (target, out_of_fds(cause)),
@@ -106,6 +261,16 @@ impl Targets {
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::ShuttingDown))).collect()
         })
     }
+}
+
+/// Forget `path` and every path below it.
+fn remove_below(open: &mut HashMap<String, Arc<Cell>>, path: &str) {
+    let below = format!("{path}/");
+    open.retain(|p, _| p != path && !p.starts_with(&below));
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A failure for want of file descriptors (here, or in an agent, whose

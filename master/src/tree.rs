@@ -950,6 +950,7 @@ fn copy_error(e: &Error) -> Error {
         }
         Error::Timeout { context, what } => Error::Timeout { context: context.clone(), what: what.clone() },
         Error::ShuttingDown => Error::ShuttingDown,
+        Error::Cancelled { context, what } => Error::Cancelled { context: context.clone(), what: what.clone() },
         Error::Protocol { context, message } => Error::Protocol { context: context.clone(), message: message.clone() },
         Error::Local { what, source } => {
             Error::Local { what: what.clone(), source: io::Error::new(source.kind(), source.to_string()) }

@@ -1,0 +1,329 @@
+//! What a persistent session needs from the library: a run's calls
+//! cancelled (the command's whole tree killed, another run's calls on the
+//! same context untouched), liveness without a round trip, `Targets` that
+//! reconnect what died, forget failures, list and drop contexts, and a
+//! become password held for one run's connects only. With local agents
+//! and over a loopback sshd; nothing is left behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use spore::target::Opened;
+use spore::{Cancel, Command, Context, Error, Options, Router, Stream, Targets};
+use spore_tests::site::Site;
+use spore_tests::sshd::{PASSWORD, USER_PW};
+use spore_tests::strays::{signal, Marks};
+use spore_tests::LeakGuard;
+use std::time::{Duration, Instant};
+
+macro_rules! local_and_ssh {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn local() {
+                    super::$name(super::Site::local());
+                }
+                #[test]
+                fn ssh() {
+                    super::$name(super::Site::ssh());
+                }
+            }
+        )*
+    };
+}
+
+local_and_ssh!(
+    cancel_kills_the_command_tree_and_spares_the_other_run,
+    a_call_cancelled_before_its_command_started_kills_it_too,
+    liveness_is_known_without_a_round_trip,
+    targets_reconnect_a_killed_agent_and_what_was_below_it,
+    targets_list_and_drop_contexts,
+);
+
+fn router() -> Router {
+    Router::with_options(Options { shutdown_grace: Duration::from_secs(2), ..Options::default() }).unwrap()
+}
+
+/// Targets for `site`: its first hops go to the test's sshd (as root, with
+/// the test's agent cache), or are local.
+fn targets(site: &Site, r: &Router) -> Targets {
+    let mut t = Targets::new(r.clone());
+    if site.is_ssh() {
+        t.first_hop_config = Some(site.sshd().config_str());
+        t.first_hop_options = vec![format!("SetEnv=XDG_RUNTIME_DIR={}", site.xdg)];
+    }
+    t
+}
+
+fn finish(mut site: Site, marks: Option<Marks>, guard: LeakGuard) {
+    drop(marks);
+    site.stop();
+    drop(site);
+    guard.check();
+}
+
+fn stdout(ctx: &Context, line: &str) -> String {
+    let out = ctx.exec(&Command::new(["sh", "-c", line])).unwrap();
+    assert!(out.status.success(), "{line}: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Wait (bounded) for `what` to hold.
+fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Gone, or a zombie its parent has yet to reap.
+    !stat.is_empty() && stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)) != Some("Z")
+}
+
+/// A streamed command under `token` on its own thread: what it printed,
+/// and how it ended.
+type Run = std::thread::JoinHandle<(Vec<u8>, spore::Result<spore::ExitStatus>)>;
+
+fn start(ctx: &Context, cmd: Command) -> Run {
+    let ctx = ctx.clone();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let r = ctx.exec_streaming(&cmd, None, &mut |which, data| {
+            if which == Stream::Stdout {
+                out.extend_from_slice(data);
+            }
+            Ok(())
+        });
+        (out, r)
+    })
+}
+
+/// The escapist (SIGTERM ignored, `setsid` and double-forked sleeps, the
+/// last one in the foreground, nothing printed) cancelled: the call
+/// returns at once, nothing of the command is left, and a call of
+/// another run on the same context, started before and ending after,
+/// completes with all its output; the context takes new calls.
+fn cancel_kills_the_command_tree_and_spares_the_other_run(site: Site) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let ctx = site.chain(&r, 1).remove(0);
+    let ours = Cancel::new();
+    let theirs = Cancel::new();
+    let other = start(&ctx, Command::new(["sh", "-c", "echo begun; sleep 2; echo done"]).cancel(&theirs));
+    let collected = {
+        // The same under `exec` (collecting), on the same token.
+        let (ctx, cmd) = (ctx.clone(), marks.escapist(2).cancel(&ours));
+        std::thread::spawn(move || ctx.exec(&cmd))
+    };
+    let call = start(&ctx, marks.escapist(1).cancel(&ours));
+    let all: Vec<String> = [1, 2].iter().flat_map(|&l| marks.sleeps(l)).collect();
+    marks.wait_running_here(&all);
+    let cancelled = Instant::now();
+    ours.cancel();
+    assert!(ours.is_cancelled() && ours.clone().is_cancelled() && !theirs.is_cancelled());
+    let (printed, result) = call.join().unwrap();
+    let took = cancelled.elapsed();
+    eprintln!("cancelled ({}): returned after {took:?}", site.label());
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(printed.is_empty());
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
+    assert_eq!(err.to_string(), format!("{}: cancelled while waiting for the command", ctx.name()));
+    let err = collected.join().unwrap().unwrap_err();
+    assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
+    assert!(cancelled.elapsed() < Duration::from_secs(1), "took {:?}", cancelled.elapsed());
+    // SIGTERM is ignored: the guardian's SIGKILL after its grace.
+    marks.wait_gone_here(&[1, 2], Duration::from_secs(5), "the cancel");
+    let (printed, result) = other.join().unwrap();
+    assert!(result.unwrap().success());
+    assert_eq!(printed, b"begun\ndone\n");
+    assert_eq!(stdout(&ctx, "echo after"), "after");
+    // A token stays cancelled: a new call under it gives up too.
+    let err = ctx.exec(&marks.escapist(3).cancel(&ours)).unwrap_err();
+    assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
+    marks.wait_gone_here(&[3], Duration::from_secs(5), "a call under a cancelled token");
+    assert!(ctx.is_connected());
+    r.shutdown();
+    drop((ctx, r));
+    finish(site, Some(marks), guard);
+}
+
+/// A token cancelled while the call is on its way: the remote names the
+/// command's stream only once the command started, and the call waits for
+/// that to tell it to kill the command. Two levels down, for the route.
+fn a_call_cancelled_before_its_command_started_kills_it_too(site: Site) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let chain = site.chain(&r, 2);
+    for round in 0..5 {
+        let token = Cancel::new();
+        let call = start(&chain[1], marks.escapist(2).cancel(&token));
+        // From at once to a little after the command began.
+        std::thread::sleep(Duration::from_millis(round * 3));
+        token.cancel();
+        let (_, result) = call.join().unwrap();
+        match result {
+            Err(Error::Cancelled { .. }) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        marks.wait_gone_here(&[2], Duration::from_secs(5), &format!("a cancel after {} ms", round * 3));
+    }
+    assert_eq!(stdout(&chain[1], "echo fine"), "fine");
+    r.shutdown();
+    drop((chain, r));
+    finish(site, Some(marks), guard);
+}
+
+/// `is_connected` follows the master's routes: a killed agent (and what
+/// was below it) is seen gone without a call; a shut-down router has none.
+fn liveness_is_known_without_a_round_trip(site: Site) {
+    let guard = LeakGuard::new();
+    let r = router();
+    let chain = site.chain(&r, 3);
+    assert!(chain.iter().all(Context::is_connected));
+    let pid = chain[1].info().unwrap().pid;
+    signal(pid, libc::SIGKILL);
+    wait_until("the killed agent and the one below it seen gone", Duration::from_secs(5), || {
+        !chain[1].is_connected() && !chain[2].is_connected()
+    });
+    assert!(chain[0].is_connected());
+    chain[0].ping().unwrap();
+    r.shutdown();
+    assert!(!chain[0].is_connected());
+    drop((chain, r));
+    finish(site, None, guard);
+}
+
+/// The agent of a target's first hop SIGKILLed between two opens: the
+/// second open connects it (and the hop below it) again, and the new
+/// contexts work. Then the second hop alone: only it is replaced.
+fn targets_reconnect_a_killed_agent_and_what_was_below_it(site: Site) {
+    let guard = LeakGuard::new();
+    let r = router();
+    let t = targets(&site, &r);
+    let first = site.label().to_string();
+    let target = format!("{first}/local");
+    let before = t.open(&target).unwrap();
+    let top = t.open(&first).unwrap();
+    let (top_pid, pid) = (top.info().unwrap().pid, before.info().unwrap().pid);
+    assert_eq!(t.open(&target).unwrap().id(), before.id(), "cached");
+    signal(top_pid, libc::SIGKILL);
+    wait_until("the killed agent seen gone", Duration::from_secs(5), || !top.is_connected());
+    let after = t.open(&target).unwrap();
+    assert_ne!(after.id(), before.id());
+    let info = after.info().unwrap();
+    assert_ne!(info.pid, pid);
+    assert_eq!(stdout(&after, "echo again"), "again");
+    let new_top = t.open(&first).unwrap();
+    assert_ne!(new_top.id(), top.id());
+    assert_ne!(new_top.info().unwrap().pid, top_pid);
+    // The lower hop alone: its parent stays.
+    signal(info.pid, libc::SIGKILL);
+    wait_until("the lower agent seen gone", Duration::from_secs(5), || !after.is_connected());
+    let third = t.open(&target).unwrap();
+    assert_ne!(third.id(), after.id());
+    assert_eq!(t.open(&first).unwrap().id(), new_top.id());
+    assert_eq!(stdout(&third, "echo third"), "third");
+    let paths: Vec<String> = t.contexts().into_iter().map(|o| o.path).collect();
+    assert_eq!(paths, [first.clone(), target.clone()]);
+    r.shutdown();
+    drop((before, top, after, new_top, third, t, r));
+    finish(site, None, guard);
+}
+
+/// `contexts` lists what is live, with when it connected and was last
+/// used; `drop_context` forgets a path and what is below it, and shuts
+/// down an agent the master started itself.
+fn targets_list_and_drop_contexts(site: Site) {
+    let guard = LeakGuard::new();
+    let r = router();
+    let t = targets(&site, &r);
+    let first = site.label().to_string();
+    let (a, b) = (format!("{first}/local"), format!("{first}/local/local"));
+    let began = Instant::now();
+    t.open(&b).unwrap();
+    let listed = t.contexts();
+    let paths: Vec<&str> = listed.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(paths, [first.as_str(), a.as_str(), b.as_str()]);
+    for Opened { connected_since, last_used, context, .. } in &listed {
+        assert!(began <= *connected_since && connected_since <= last_used, "{context:?}");
+        assert!(context.is_connected());
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let used = Instant::now();
+    t.open(&a).unwrap();
+    let now = t.contexts();
+    assert!(now[0].last_used >= used && now[1].last_used >= used, "a and its prefix were used");
+    assert!(now[2].last_used < used, "b was not");
+    assert_eq!(now[0].connected_since, listed[0].connected_since);
+    // Dropping the middle: it and b go; the first hop stays.
+    assert!(t.drop_context(&a));
+    assert!(!t.drop_context(&a));
+    let paths: Vec<String> = t.contexts().into_iter().map(|o| o.path).collect();
+    assert_eq!(paths, [first.as_str()]);
+    let again = t.open(&b).unwrap();
+    assert_ne!(again.id(), listed[2].context.id());
+    assert_eq!(stdout(&again, "echo here"), "here");
+    // Dropping the first hop shuts its agent down, and the tree below it.
+    let top_pid = listed[0].context.info().unwrap().pid;
+    assert!(t.drop_context(&first));
+    assert!(t.contexts().is_empty());
+    wait_until("the dropped first hop gone", Duration::from_secs(5), || !pid_alive(top_pid) && !again.is_connected());
+    let fresh = t.open(&b).unwrap();
+    assert_eq!(stdout(&fresh, "echo fresh"), "fresh");
+    r.shutdown();
+    drop((listed, now, again, fresh, t, r));
+    finish(site, None, guard);
+}
+
+/// A password for one run's connects: with it, `sudo` as the user who
+/// needs one; cleared, a new `sudo` elsewhere fails as without one, and
+/// the context it opened stays live and usable. A failed connect is
+/// remembered until `forget_failures`.
+#[test]
+fn a_become_password_serves_one_run_and_failures_are_retried_when_forgotten() {
+    let guard = LeakGuard::new();
+    let site = Site::ssh();
+    let r = router();
+    let t = targets(&site, &r);
+    let root = format!("{USER_PW}@spore-test/sudo");
+    let nobody = format!("{USER_PW}@spore-test/sudo:nobody");
+    // No password yet: sudo refuses, and the failure is cached.
+    let err = t.open(&root).unwrap_err().to_string();
+    assert!(err.contains("sudo needs a password"), "{err}");
+    t.set_become_password(Some(PASSWORD.to_string()));
+    let err = t.open(&root).unwrap_err().to_string();
+    assert!(err.contains("sudo needs a password"), "cached: {err}");
+    t.forget_failures();
+    let ctx = t.open(&root).unwrap();
+    assert_eq!(stdout(&ctx, "id -u"), "0");
+    // The run is over.
+    t.clear_become_password();
+    let start = Instant::now();
+    let err = t.open(&nobody).unwrap_err().to_string();
+    assert!(err.contains("sudo needs a password"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert!(!err.contains(PASSWORD), "the password leaked into an error: {err}");
+    // The next run: the live sudo context needs no password.
+    let again = t.open(&root).unwrap();
+    assert_eq!(again.id(), ctx.id());
+    assert_eq!(stdout(&again, "id -u"), "0");
+    // Forgetting failures retries them, without a password still.
+    t.forget_failures();
+    let err = t.open(&nobody).unwrap_err().to_string();
+    assert!(err.contains("sudo needs a password"), "{err}");
+    // Another run with the password: its connects use it.
+    t.forget_failures();
+    t.set_become_password(Some(PASSWORD.to_string()));
+    let other = t.open(&nobody).unwrap();
+    t.clear_become_password();
+    assert_eq!(stdout(&other, "id -un"), "nobody");
+    r.shutdown();
+    drop((ctx, again, other, t, r));
+    finish(site, None, guard);
+}
