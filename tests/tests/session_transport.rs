@@ -177,6 +177,66 @@ fn the_socket_file_is_checked() {
     guard.check();
 }
 
+/// A socket bound (not listening) at `path`, inheritable.
+fn bound_socket(path: &Path) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain data, zeroed; then filled within its bounds.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: socket creates a descriptor, which we own at once.
+    let fd = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: a valid sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    fd
+}
+
+#[test]
+fn a_socket_served_by_another_user_is_not_trusted() {
+    need_root();
+    let guard = LeakGuard::new();
+    let scratch = Scratch::new("sess-server");
+    chmod(&scratch.0, 0o755);
+    let dir = session_dir(&scratch);
+    // Our socket file in our directory, but nobody listens on it: every
+    // check on the file passes, only SO_PEERCRED tells.
+    let sock = bound_socket(&session::socket_path(&dir));
+    let serve = scratch.0.join("spore-session-helper");
+    std::fs::copy(helper(), &serve).unwrap();
+    chmod(&serve, 0o755);
+    let (uid, gid) = nobody();
+    let mut server = Command::new("setpriv")
+        .args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"])
+        .arg(&serve)
+        .args(["listen-fd", &sock.as_raw_fd().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    drop(sock);
+    let mut line = [0u8; 6];
+    server.stdout.take().unwrap().read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"ready\n");
+
+    let e = session::connect(&dir).expect_err("a session of another user was trusted").to_string();
+    assert!(e.contains(&format!("is served by uid {uid} (pid {})", server.id())), "{e}");
+    let e = session::connect_or_start(&dir, &mut || Ok(()), Duration::from_secs(1))
+        .expect_err("a session of another user was trusted")
+        .to_string();
+    assert!(e.contains("is served by uid"), "{e}");
+
+    drop(server.stdin.take());
+    assert!(exit_within(&mut server, Duration::from_secs(5)).unwrap().success());
+    drop(scratch);
+    guard.check();
+}
+
 #[test]
 fn a_stale_socket_reads_as_no_session_and_is_replaced() {
     need_root();

@@ -6,6 +6,9 @@
 //! - `spore-session-helper serve DIR IDLE_MS`: bind (print `lost` and exit
 //!   when another holds the lock), answer each client with our pid, and
 //!   exit after IDLE_MS without a client.
+//! - `spore-session-helper listen-fd FD`: `listen` on the bound socket FD
+//!   (inherited), print `ready`, and hold it until stdin closes: run as
+//!   another user, it serves a socket file that is ours.
 //! - `spore-session-helper knock PATH`: connect to PATH directly (as an
 //!   intruder would, without the directory checks) and print what came
 //!   back: `eof`, `data`, `error ...` or `connect-error ...`.
@@ -53,6 +56,17 @@ fn serve(dir: &str, idle_ms: &str) {
     }
 }
 
+fn listen_fd(fd: &str) {
+    let Ok(fd) = fd.parse::<i32>() else { return say("bad fd") };
+    // SAFETY: listen on an inherited descriptor touches no memory.
+    if unsafe { libc::listen(fd, 8) } != 0 {
+        say(&format!("listen-error {}", std::io::Error::last_os_error()));
+        std::process::exit(1);
+    }
+    say("ready");
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+}
+
 fn knock(path: &str) {
     let mut s = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
@@ -73,9 +87,10 @@ fn main() {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["listen", dir] => listen(dir),
         ["serve", dir, idle] => serve(dir, idle),
+        ["listen-fd", fd] => listen_fd(fd),
         ["knock", path] => knock(path),
         _ => {
-            say("usage: spore-session-helper listen DIR | serve DIR IDLE_MS | knock PATH");
+            say("usage: spore-session-helper listen DIR | serve DIR IDLE_MS | listen-fd FD | knock PATH");
             std::process::exit(2);
         }
     }
