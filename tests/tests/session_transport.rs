@@ -644,3 +644,46 @@ fn racing_clients_meet_on_one_session() {
     drop(scratch);
     guard.check();
 }
+
+#[test]
+fn a_round_trip_costs_microseconds() {
+    need_root();
+    let guard = LeakGuard::new();
+    let scratch = Scratch::new("sess-rtt");
+    let dir = session_dir(&scratch);
+    let listener = Listener::bind(&dir).unwrap().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut served = 0;
+        while let Some(mut conn) = listener.accept(Instant::now() + Duration::from_secs(2)).unwrap() {
+            served += 1;
+            while let Recv::Message(body, _) = conn.recv(Some(Instant::now() + Duration::from_secs(5))).unwrap() {
+                conn.send(&body, &[]).unwrap();
+            }
+        }
+        served
+    });
+    let soon = || Some(Instant::now() + Duration::from_secs(5));
+
+    const N: u32 = 200;
+    let t = Instant::now();
+    for _ in 0..N {
+        let mut c = session::connect(&dir).unwrap().unwrap();
+        c.send(b"ping", &[]).unwrap();
+        assert_eq!(message(c.recv(soon()).unwrap()).0, b"ping");
+    }
+    let connect_rtt = t.elapsed() / N;
+    let mut c = session::connect(&dir).unwrap().unwrap();
+    let t = Instant::now();
+    for _ in 0..N * 10 {
+        c.send(b"ping", &[]).unwrap();
+        assert_eq!(message(c.recv(soon()).unwrap()).0, b"ping");
+    }
+    let rtt = t.elapsed() / (N * 10);
+    drop(c);
+    eprintln!("connect + round trip: {connect_rtt:?}; round trip: {rtt:?}");
+    assert!(connect_rtt < Duration::from_millis(5) && rtt < Duration::from_millis(2), "{connect_rtt:?} {rtt:?}");
+    assert_eq!(echo.join().unwrap(), N + 1);
+
+    drop(scratch);
+    guard.check();
+}
