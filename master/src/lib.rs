@@ -33,6 +33,7 @@ mod local_cache;
 pub mod range;
 pub mod router;
 pub mod select;
+pub mod session;
 pub mod target;
 pub mod tree;
 
