@@ -63,3 +63,22 @@ pub fn shut_down_on_signal(router: Router, before_exit: impl FnOnce() + Send + '
         log::warn!("can't watch for Ctrl-C: {e}");
     }
 }
+
+/// Start the thread that, on a signal, records it and calls `then` (a
+/// session's client: it asks the session to cancel its run, and exits
+/// when the session answers).
+pub fn on_signal(then: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new().name("spore-signals".into()).spawn(move || {
+        let set = signal_set();
+        let mut sig: libc::c_int = 0;
+        // SAFETY: a valid set and a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        SIGNALLED.store(sig, Ordering::SeqCst);
+        then();
+    });
+    if let Err(e) = spawned {
+        log::warn!("can't watch for Ctrl-C: {e}");
+    }
+}

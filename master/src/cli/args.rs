@@ -85,6 +85,10 @@ pub struct Opts {
     /// Ask once for the become (sudo) password, from the terminal or a line of stdin
     #[arg(short = 'K', long = "ask-become-pass", global = true)]
     pub ask_become_pass: bool,
+    /// Run in the background session, which keeps its connections for the next run; it ends after
+    /// DURATION (90s, 10m, 2h) without a client
+    #[arg(long, global = true, value_name = "DURATION", env = "SPORE_PERSIST", value_parser = super::session::duration)]
+    pub persist: Option<std::time::Duration>,
     /// Show debug logs of the master and every agent (-vv: trace)
     #[arg(short = 'v', long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -171,6 +175,16 @@ Examples:
         #[arg(value_name = "TARGET... REMOTE LOCAL", required = true, num_args = 2..)]
         words: Vec<OsString>,
     },
+    /// The background session of --persist: what it holds, or end it
+    #[command(after_help = "\
+Examples:
+  spore --persist 10m run @web -- uptime    # starts the session, or uses the one running
+  spore session status                      # its contexts: since when, idle for, agent RSS
+  spore session stop                        # the bounded shutdown of its tree")]
+    Session {
+        #[command(subcommand)]
+        action: SessionCmd,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Example:\n  spore completions bash > /etc/bash_completion.d/spore")]
     Completions {
@@ -185,6 +199,21 @@ Examples:
     Manpage {
         /// A command's page (spore-COMMAND(1)) instead of spore(1)
         command: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCmd {
+    /// List the session's live contexts
+    Status,
+    /// End the session and its tree (bounded)
+    Stop,
+    /// Be the session (started by --persist; not for people)
+    #[command(hide = true)]
+    Serve {
+        /// End after this long without a client
+        #[arg(long, value_parser = super::session::duration, default_value = "600")]
+        idle: std::time::Duration,
     },
 }
 

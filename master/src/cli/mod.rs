@@ -9,8 +9,9 @@ mod args;
 mod output;
 mod progress;
 mod report;
+mod session;
 
-use args::{Cli, Cmd, Opts};
+use args::{Cli, Cmd, Opts, SessionCmd};
 use clap::Parser;
 use miniserde::json::{Number, Object, Value};
 use output::{complain, emit, say, shown, write_failed, Gathered, OutFiles, Prefixed, ScreenForm, TargetOutput};
@@ -159,6 +160,11 @@ struct Run<'a> {
     deadline_hit: &'a AtomicBool,
     /// Our own stdout or stderr failed: the run is ending.
     output_failed: &'a std::sync::Mutex<Option<std::io::Error>>,
+    /// A session's run: cancelled to end it early.
+    cancel: Option<&'a spore::Cancel>,
+    /// The working directory of the command line (in a session, the
+    /// client's): commands on this host run there.
+    cwd: &'a Path,
 }
 
 pub fn main() -> i32 {
@@ -173,6 +179,13 @@ pub fn main() -> i32 {
             args::completions(*shell, &mut text);
             return emit(Stream::Stdout, &text).map_or_else(|e| write_failed(&e), |()| 0);
         }
+        Cmd::Session { action } => {
+            return match action {
+                SessionCmd::Status => session::control("status"),
+                SessionCmd::Stop => session::control("stop"),
+                SessionCmd::Serve { idle } => session::serve(*idle),
+            };
+        }
         Cmd::Manpage { command } => {
             let mut text = Vec::new();
             return match args::manpage(command.as_deref(), &mut text) {
@@ -184,6 +197,11 @@ pub fn main() -> i32 {
             };
         }
         _ => {}
+    }
+    if let Some(idle) = cli.opts.persist {
+        // The whole command line goes to the session, which runs it.
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        return session::run_in_session(&argv, idle);
     }
     let (words, work) = match work_of(cli.cmd) {
         Ok(w) => w,
@@ -271,7 +289,7 @@ fn work_of(cmd: Cmd) -> Result<(Vec<String>, Work), String> {
             let what = [file.display().to_string()].into_iter().chain(args).collect::<Vec<_>>().join(" ");
             Ok((targets, Work::Run { cmd, what }))
         }
-        Cmd::Completions { .. } | Cmd::Manpage { .. } => Err("not a command with targets".into()),
+        Cmd::Completions { .. } | Cmd::Manpage { .. } | Cmd::Session { .. } => Err("not a command with targets".into()),
     }
 }
 
@@ -334,27 +352,6 @@ fn select(opts: &Opts, words: &[String]) -> Result<Vec<Target>, String> {
 
 fn run(opts: &Opts, work: &Work, targets: &[Target]) -> i32 {
     raise_fd_limit();
-    let many = targets.len() > 1;
-    let mut work = work.clone();
-    if let Work::Get { many: m, .. } = &mut work {
-        *m = many;
-    }
-    let work = &work;
-    let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
-    let clash = match work {
-        // A tree's copy may hold any name: no target may lie inside another's.
-        Work::Get { many: true, recursive: true, .. } => output::nested(&labels, None),
-        Work::Get { many: true, remote, .. } => {
-            let name = Path::new(remote).file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            output::nested(&labels, Some(&[name]))
-        }
-        _ => None,
-    };
-    let clash = clash.or_else(|| opts.out_dir.as_ref().and_then(|_| output::nested(&labels, Some(&OUT_FILES))));
-    if let Some((a, b)) = clash {
-        complain(&format!("spore: {a} and {b} are both targets: {b}'s files would land on {a}'s; run them apart"));
-        return EXIT_USAGE;
-    }
     let mut ropts = Options::default();
     if let Some(t) = opts.connect_timeout {
         ropts.connect_timeout = t;
@@ -378,37 +375,81 @@ fn run(opts: &Opts, work: &Work, targets: &[Target]) -> i32 {
             return EXIT_SPORE;
         }
     };
-    let progress = if many && !opts.json { Progress::start(targets.len()) } else { None };
-    let on_signal = progress.clone();
-    crate::signals::shut_down_on_signal(router.clone(), move || {
-        if let Some(p) = &on_signal {
-            p.finish();
-        }
-    });
     let mut tree = Targets::new(router.clone());
     tree.first_hop_config = opts.ssh_config.clone();
     tree.first_hop_options = opts.ssh_options.clone();
     tree.set_forks(usize::try_from(opts.forks).unwrap_or(usize::MAX));
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let code = run_with(opts, work, targets, &router, &tree, None, &cwd);
+    log::debug!("at most {} connections were being set up at once", tree.peak_handshakes());
+    code
+}
+
+/// A run on a router and its targets: this process's own (`cancel` is
+/// None: the run ends with the router's shutdown), or a session's (the run
+/// ends by cancelling its calls; the contexts stay).
+fn run_with(
+    opts: &Opts,
+    work: &Work,
+    targets: &[Target],
+    router: &Router,
+    tree: &Targets,
+    cancel: Option<&spore::Cancel>,
+    cwd: &Path,
+) -> i32 {
+    let many = targets.len() > 1;
+    let mut work = work.clone();
+    if let Work::Get { many: m, .. } = &mut work {
+        *m = many;
+    }
+    let work = &work;
+    let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+    let clash = match work {
+        // A tree's copy may hold any name: no target may lie inside another's.
+        Work::Get { many: true, recursive: true, .. } => output::nested(&labels, None),
+        Work::Get { many: true, remote, .. } => {
+            let name = Path::new(remote).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            output::nested(&labels, Some(&[name]))
+        }
+        _ => None,
+    };
+    let clash = clash.or_else(|| opts.out_dir.as_ref().and_then(|_| output::nested(&labels, Some(&OUT_FILES))));
+    if let Some((a, b)) = clash {
+        complain(&format!("spore: {a} and {b} are both targets: {b}'s files would land on {a}'s; run them apart"));
+        return EXIT_USAGE;
+    }
+    let progress = if many && !opts.json { Progress::start(targets.len()) } else { None };
+    if cancel.is_none() {
+        let on_signal = progress.clone();
+        crate::signals::shut_down_on_signal(router.clone(), move || {
+            if let Some(p) = &on_signal {
+                p.finish();
+            }
+        });
+    }
     let started = Instant::now();
     let deadline_hit = AtomicBool::new(false);
     let output_failed = std::sync::Mutex::new(None);
     let ctx = Run {
         opts,
         work,
-        tree: &tree,
-        router: &router,
+        tree,
+        router,
         progress: progress.as_deref(),
         many,
-        gather_limit: (GATHER_TOTAL / targets.len()).max(GATHER_MIN),
+        gather_limit: (GATHER_TOTAL / targets.len().max(1)).max(GATHER_MIN),
         deadline_hit: &deadline_hit,
         output_failed: &output_failed,
+        cancel,
+        cwd,
     };
     let outcomes = run_all(&ctx, targets);
-    router.shutdown();
+    if cancel.is_none() {
+        router.shutdown();
+    }
     if let Some(p) = &progress {
         p.finish();
     }
-    log::debug!("at most {} connections were being set up at once", tree.peak_handshakes());
     let failed = output_failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     if let Some(e) = failed {
         return write_failed(&e);
@@ -420,6 +461,28 @@ fn run(opts: &Opts, work: &Work, targets: &[Target]) -> i32 {
     // Interrupted: the shell's status for the signal, however the calls
     // ended (they fail because of the shutdown the signal began).
     crate::signals::signalled().map_or(code, |sig| 128 + sig)
+}
+
+/// The run's end, early: a session's run cancels its own calls, a
+/// process's own shuts its tree down.
+fn end_early(run: &Run<'_>) {
+    match run.cancel {
+        Some(c) => c.cancel(),
+        None => run.router.shutdown(),
+    }
+}
+
+/// A session's command: relative local paths are the client's.
+fn in_dir(work: &mut Work, cwd: &Path) {
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = cwd.join(&*p);
+        }
+    };
+    match work {
+        Work::Put { local, .. } | Work::Get { local, .. } => fix(local),
+        Work::Run { .. } | Work::Info => {}
+    }
 }
 
 /// Every target on a thread of its own: connect (within the forks
@@ -475,8 +538,8 @@ fn run_all(run: &Run<'_>, targets: &[Target]) -> Vec<Outcome> {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Whatever is still running ends now, and counts as timed out.
                     if !run.deadline_hit.swap(true, Ordering::SeqCst) {
-                        log::debug!("--deadline reached: shutting the tree down");
-                        run.router.shutdown();
+                        log::debug!("--deadline reached: ending the run");
+                        end_early(run);
                     }
                 }
             }
@@ -723,12 +786,21 @@ fn output_gone(run: &Run<'_>, e: std::io::Error) {
     if failed.is_none() {
         *failed = Some(e);
         drop(failed);
-        run.router.shutdown();
+        end_early(run);
     }
 }
 
 fn cmd_run(run: &Run<'_>, ctx: &Context, cmd: &Command, what: &str, o: &mut Outcome) -> spore::Result<()> {
     let mut cmd = cmd.clone();
+    if let Some(c) = run.cancel {
+        cmd = cmd.cancel(c);
+        // A session's agents on this host started in the session's
+        // directory: the command runs in the client's, as it would
+        // without the session.
+        if cmd.cwd.is_none() && o.target.path.split('/').all(|h| h == "local") {
+            cmd.cwd = run.cwd.to_str().map(String::from);
+        }
+    }
     cmd.timeout = run.opts.timeout;
     let label = o.target.label.clone();
     let screen = if run.opts.json {
