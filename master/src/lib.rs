@@ -30,6 +30,7 @@ pub mod hop;
 pub mod image;
 pub mod inventory;
 mod local_cache;
+pub mod persist;
 pub mod range;
 pub mod router;
 pub mod select;

@@ -201,7 +201,7 @@ pub fn main() -> i32 {
     if let Some(idle) = cli.opts.persist {
         // The whole command line goes to the session, which runs it.
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        return session::run_in_session(&argv, idle);
+        return session::run_in_session(&argv, idle, cli.opts.ask_become_pass);
     }
     let (words, work) = match work_of(cli.cmd) {
         Ok(w) => w,

@@ -9,7 +9,7 @@
 //! are cancelled on every target, the session and its contexts stay.
 
 use super::output::{self, complain, Console};
-use miniserde::{Deserialize, Serialize};
+use spore::persist::{self, hex, unhex, Reply, Request, CANCEL, TAKEN};
 use spore::select::Target;
 use spore::session::{self, Conn, Listener, Recv};
 use spore::{Cancel, Options, Router, Targets};
@@ -21,44 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How long a client waits for a session it started to listen.
-const START_WAIT: Duration = Duration::from_secs(10);
 /// How long the session waits for a client's request once connected.
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
-
-/// What a client asks.
-#[derive(Serialize, Deserialize, Debug, Default)]
-struct Request {
-    /// `run` (a command line), `status` or `stop`.
-    kind: String,
-    /// The command line, each argument in hex (arguments are bytes).
-    argv: Vec<String>,
-    /// The client's working directory, in hex.
-    cwd: String,
-    /// `-K`: the become password the client asked for, for this run's
-    /// connects only (the socket is private to the user).
-    password: Option<String>,
-}
-
-/// The session's answer at the end.
-#[derive(Serialize, Deserialize, Debug, Default)]
-struct Reply {
-    status: i32,
-}
-
-/// What a client sends while its run goes on.
-const CANCEL: &[u8] = b"cancel";
-/// What the session says first: the request was taken (without it, a
-/// client whose session was just ending connects again).
-const TAKEN: &[u8] = b"taken";
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
-}
 
 /// `10s`, `5m`, `2h`, `1d`, or plain seconds.
 pub fn duration(v: &str) -> Result<Duration, String> {
@@ -82,8 +46,8 @@ pub fn duration(v: &str) -> Result<Duration, String> {
 
 /// Run this command line in the session (started, idle for at most
 /// `idle`, when none runs); the session's exit status.
-pub fn run_in_session(argv: &[OsString], idle: Duration) -> i32 {
-    match client(argv, idle) {
+pub fn run_in_session(argv: &[OsString], idle: Duration, ask_pass: bool) -> i32 {
+    match client(argv, idle, ask_pass) {
         Ok(code) => code,
         Err(e) => {
             complain(&format!("spore: --persist: {e}"));
@@ -92,76 +56,34 @@ pub fn run_in_session(argv: &[OsString], idle: Duration) -> i32 {
     }
 }
 
-fn client(argv: &[OsString], idle: Duration) -> std::io::Result<i32> {
+fn client(argv: &[OsString], idle: Duration, ask_pass: bool) -> std::io::Result<i32> {
     let dir = session::runtime_dir()?;
     let cwd = std::env::current_dir()?;
     // -K: asked here, on the client's terminal.
-    let password = if argv.iter().any(|a| a == "-K" || a == "--ask-become-pass") {
-        Some(crate::tty::ask_password("become password: ")?)
-    } else {
-        None
-    };
+    let password = if ask_pass { Some(crate::tty::ask_password("become password: ")?) } else { None };
     let request = Request {
         kind: "run".into(),
         argv: argv.iter().map(|a| hex(a.as_bytes())).collect(),
         cwd: hex(cwd.as_os_str().as_bytes()),
         password,
     };
-    let body = miniserde::json::to_string(&request);
-    drop(request);
+    // From here a signal is the session's to act on (see below).
+    crate::signals::block();
     let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    // A session ending just as we connect never takes the request: then
-    // once more, with a new one.
-    let mut conn = None;
-    for _ in 0..2 {
-        let mut c = session::connect_or_start(&dir, &mut || start(idle), START_WAIT)?;
-        c.send(body.as_bytes(), &[i.as_fd(), o.as_fd(), e.as_fd()])?;
-        if let Recv::Message(m, _) = c.recv(Some(Instant::now() + START_WAIT))? {
-            if m == TAKEN {
-                conn = Some(c);
-                break;
-            }
-        }
-    }
-    let Some(mut conn) = conn else { return Err(std::io::Error::other("the session did not take the run")) };
+    let spore = std::env::current_exe()?;
+    let mut conn = persist::hand_over(&dir, &request, [i.as_fd(), o.as_fd(), e.as_fd()], &mut || {
+        persist::start_session(&spore, &dir, idle)
+    })?;
+    drop(request);
     // Ctrl-C or SIGTERM: the session cancels this run (only), then
     // answers; we exit as the signal says.
-    crate::signals::block();
     let canceller = conn.try_clone()?;
     crate::signals::on_signal(move || {
         let mut c = canceller;
         let _ = c.send(CANCEL, &[]);
     });
-    let reply = loop {
-        match conn.recv(None)? {
-            Recv::Message(body, _) => break body,
-            Recv::TimedOut => {}
-            Recv::Eof => return Err(std::io::Error::other("the session ended before the run did")),
-        }
-    };
-    let reply: Reply = miniserde::json::from_str(&String::from_utf8_lossy(&reply))
-        .map_err(|_| std::io::Error::other("the session's answer is not understood"))?;
+    let reply = persist::wait_reply(&mut conn)?;
     Ok(crate::signals::signalled().map_or(reply.status, |sig| 128 + sig))
-}
-
-/// Start `spore session serve` in the background: a session of its own,
-/// its output to a log beside the socket.
-fn start(idle: Duration) -> std::io::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let dir = session::runtime_dir()?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("session.log"))?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(["session", "serve", "--idle", &format!("{}", idle.as_secs_f64())])
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid between fork and exec touches only the child, and is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-    }
-    // Not waited for: it outlives us. Its exit is reaped by init.
-    cmd.spawn().map(drop)
 }
 
 /// `spore session status` / `stop`: the session prints the one and does the
