@@ -95,14 +95,12 @@ pub fn control(kind: &str) -> i32 {
         let request = Request { kind: kind.into(), ..<Request as Default>::default() };
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
         conn.send(miniserde::json::to_string(&request).as_bytes(), &[i.as_fd(), o.as_fd(), e.as_fd()])?;
-        match conn.recv(Some(Instant::now() + Duration::from_secs(30)))? {
-            Recv::Message(body, _) => {
-                let reply: Reply =
-                    miniserde::json::from_str(&String::from_utf8_lossy(&body)).unwrap_or(Reply { status: 255 });
-                Ok(Some(reply.status))
-            }
-            _ => Ok(Some(0)),
+        match conn.recv(Some(Instant::now() + persist::START_WAIT))? {
+            Recv::Message(m, _) if m == TAKEN => {}
+            // Ending as we came: as good as none.
+            _ => return Ok(None),
         }
+        Ok(Some(persist::wait_reply(&mut conn)?.status))
     };
     match run() {
         Ok(Some(code)) => code,
