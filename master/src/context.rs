@@ -662,14 +662,9 @@ impl Context {
         // is stuck (a paused host), we stop waiting a little after it.
         let deadline = deadline_after(timeout.map_or(FOREVER, |t| t.saturating_add(EXEC_TIMEOUT_SLACK)));
         let result = loop {
-            if cmd.cancel.as_ref().is_some_and(Cancel::is_cancelled) {
-                break Err(self.cancelled(&mb, peer_stream, "the command"));
-            }
-            // Under a token, wake up often enough to see it cancelled.
-            let until = if cmd.cancel.is_some() { deadline.min(deadline_after(CANCEL_POLL)) } else { deadline };
-            let msg = match recv(&mb, &self.name, until, "the command") {
-                Ok(m) => m,
-                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
+            let msg = match self.recv_or_cancel(&mb, deadline, "the command", cmd.cancel.as_ref()) {
+                Ok(Some(m)) => m,
+                Ok(None) => break Err(self.cancelled(&mb, peer_stream, "the command")),
                 Err(e) => break Err(e),
             };
             if msg.is_binary() {
@@ -795,22 +790,37 @@ impl Context {
 
     /// Stream a remote file into `sink`; returns its size and mode.
     pub fn download(&self, path: &str, sink: &mut dyn Write) -> Result<ReadReply> {
-        self.download_with(path, None, sink)
+        self.download_with(path, None, sink, None)
+    }
+
+    /// [`Context::download`] under `cancel`: once it is cancelled the call
+    /// returns [`Error::Cancelled`] (what `sink` got stays there) and the
+    /// remote stops reading.
+    pub fn download_cancellable(&self, path: &str, sink: &mut dyn Write, cancel: &Cancel) -> Result<ReadReply> {
+        self.download_with(path, None, sink, Some(cancel))
     }
 
     /// [`Context::download`], but a symlink (never followed) or anything
     /// other than a regular file is an error: for tree copies.
     pub fn download_nofollow(&self, path: &str, sink: &mut dyn Write) -> Result<ReadReply> {
-        self.download_with(path, Some(true), sink)
+        self.download_with(path, Some(true), sink, None)
     }
 
-    fn download_with(&self, path: &str, nofollow: Option<bool>, sink: &mut dyn Write) -> Result<ReadReply> {
+    fn download_with(
+        &self,
+        path: &str,
+        nofollow: Option<bool>,
+        sink: &mut dyn Write,
+        cancel: Option<&Cancel>,
+    ) -> Result<ReadReply> {
         let mb = self.router.broker().mailbox(Some(self.id));
         self.send_call(&mb, body::to_json(&ReadArgs { op: "read_file".into(), path: path.into(), nofollow }));
         let mut peer_stream = None;
         let mut consumed = 0u64;
         loop {
-            let msg = recv(&mb, &self.name, deadline_after(FOREVER), "file data")?;
+            let Some(msg) = self.recv_or_cancel(&mb, deadline_after(FOREVER), "file data", cancel)? else {
+                return Err(self.cancelled(&mb, peer_stream, "file data"));
+            };
             if msg.is_binary() {
                 if let Err(e) = sink.write_all(&msg.body) {
                     if let Some(s) = peer_stream {
@@ -840,11 +850,38 @@ impl Context {
     /// Stream `source` into a remote file (written to a temporary name,
     /// then renamed into place); returns the bytes written.
     pub fn write_file(&self, path: &str, source: &mut dyn Read, mode: Option<u32>) -> Result<u64> {
+        self.write_file_with(path, source, mode, None)
+    }
+
+    /// [`Context::write_file`] under `cancel`: once it is cancelled the
+    /// call returns [`Error::Cancelled`] and the remote removes its
+    /// temporary file (a file already renamed into place stays). A read
+    /// of `source` that blocks is waited for: the token is looked at
+    /// between reads.
+    pub fn write_file_cancellable(
+        &self,
+        path: &str,
+        source: &mut dyn Read,
+        mode: Option<u32>,
+        cancel: &Cancel,
+    ) -> Result<u64> {
+        self.write_file_with(path, source, mode, Some(cancel))
+    }
+
+    fn write_file_with(
+        &self,
+        path: &str,
+        source: &mut dyn Read,
+        mode: Option<u32>,
+        cancel: Option<&Cancel>,
+    ) -> Result<u64> {
         let mb = self.router.broker().mailbox(Some(self.id));
         self.send_call(&mb, body::to_json(&WriteArgs { op: "write_file".into(), path: path.into(), mode }));
         // The remote opens the temporary file first, then names its stream.
         let peer = loop {
-            let msg = recv(&mb, &self.name, deadline_after(FOREVER), "the remote file")?;
+            let Some(msg) = self.recv_or_cancel(&mb, deadline_after(FOREVER), "the remote file", cancel)? else {
+                return Err(self.cancelled(&mb, None, "the remote file"));
+            };
             if msg.is_end() {
                 let _: WriteReply = self.result(&msg)?;
                 return Err(Error::Protocol { context: self.name.to_string(), message: "write ended early".into() });
@@ -853,13 +890,34 @@ impl Context {
                 break s;
             }
         };
-        let result = self.upload(&mb, peer, source);
+        let result = self.upload(&mb, peer, source, cancel);
         if let Err(e) = &result {
             // The remote removes its temporary file rather than wait for
             // bytes that will never come.
             self.abandon(peer, &format!("upload abandoned: {e}"));
         }
         result
+    }
+
+    /// The call's next message, waiting until `deadline`; under `cancel`,
+    /// looking at it every [`CANCEL_POLL`]: `None` once it is cancelled.
+    fn recv_or_cancel(
+        &self,
+        mb: &Mailbox,
+        deadline: Instant,
+        what: &str,
+        cancel: Option<&Cancel>,
+    ) -> Result<Option<Message>> {
+        loop {
+            if cancel.is_some_and(Cancel::is_cancelled) {
+                return Ok(None);
+            }
+            let until = if cancel.is_some() { deadline.min(deadline_after(CANCEL_POLL)) } else { deadline };
+            match recv(mb, &self.name, until, what) {
+                Err(Error::Timeout { .. }) if Instant::now() < deadline => {}
+                other => return other.map(Some),
+            }
+        }
     }
 
     /// Give up on a call that was cancelled: tell the remote side of its
@@ -901,10 +959,14 @@ impl Context {
         self.router.send(msg);
     }
 
-    fn upload(&self, mb: &Mailbox, peer: u32, source: &mut dyn Read) -> Result<u64> {
+    fn upload(&self, mb: &Mailbox, peer: u32, source: &mut dyn Read, cancel: Option<&Cancel>) -> Result<u64> {
         let mut out = Outflow::new(self.router.broker().clone(), self.id, peer);
         let mut buf = vec![0u8; CHUNK_SIZE];
+        let cancelled = || Error::Cancelled { context: self.name.to_string(), what: "the remote file".into() };
         loop {
+            if cancel.is_some_and(Cancel::is_cancelled) {
+                return Err(cancelled());
+            }
             let n = loop {
                 match source.read(&mut buf) {
                     Ok(n) => break n,
@@ -913,7 +975,9 @@ impl Context {
                 }
             };
             while !out.has_credit() {
-                let msg = recv(mb, &self.name, deadline_after(FOREVER), "the remote file")?;
+                let msg = self
+                    .recv_or_cancel(mb, deadline_after(FOREVER), "the remote file", cancel)?
+                    .ok_or_else(cancelled)?;
                 if msg.is_end() {
                     // An early end is a failure (disk full, permission).
                     let _: WriteReply = self.result(&msg)?;
@@ -928,7 +992,8 @@ impl Context {
             }
         }
         loop {
-            let msg = recv(mb, &self.name, deadline_after(FOREVER), "the remote file")?;
+            let msg =
+                self.recv_or_cancel(mb, deadline_after(FOREVER), "the remote file", cancel)?.ok_or_else(cancelled)?;
             if msg.is_end() {
                 let reply: WriteReply = self.result(&msg)?;
                 return Ok(reply.size);
