@@ -166,8 +166,10 @@ fn a_call_cancelled_before_its_command_started_kills_it_too(site: Site) {
         let call = start(&chain[1], marks.escapist(2).cancel(&token));
         // From at once to a little after the command began.
         std::thread::sleep(Duration::from_millis(round * 3));
+        let cancelled = Instant::now();
         token.cancel();
         let (_, result) = call.join().unwrap();
+        assert!(cancelled.elapsed() < Duration::from_secs(1), "round {round}: took {:?}", cancelled.elapsed());
         match result {
             Err(Error::Cancelled { .. }) => {}
             other => panic!("round {round}: {other:?}"),
@@ -197,6 +199,28 @@ fn liveness_is_known_without_a_round_trip(site: Site) {
     r.shutdown();
     assert!(!chain[0].is_connected());
     drop((chain, r));
+    // A stopped agent: its stream stays open, and keepalive declares it
+    // dead.
+    let opts = Options {
+        keepalive: Duration::from_millis(200),
+        keepalive_misses: 2,
+        shutdown_grace: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let r = Router::with_options(opts).unwrap();
+    let ctx = site.chain(&r, 1).remove(0);
+    let pid = ctx.info().unwrap().pid;
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(ctx.is_connected(), "a live agent answers keepalive");
+    signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    wait_until("the stopped agent declared dead", Duration::from_secs(5), || !ctx.is_connected());
+    eprintln!("stopped agent seen gone after {:?}", stopped.elapsed());
+    if pid_alive(pid) {
+        signal(pid, libc::SIGCONT);
+    }
+    r.shutdown();
+    drop((ctx, r));
     finish(site, None, guard);
 }
 
@@ -232,8 +256,16 @@ fn targets_reconnect_a_killed_agent_and_what_was_below_it(site: Site) {
     assert_eq!(stdout(&third, "echo third"), "third");
     let paths: Vec<String> = t.contexts().into_iter().map(|o| o.path).collect();
     assert_eq!(paths, [first.clone(), target.clone()]);
+    // Many opens at once of a target whose agent died: one reconnect.
+    let pid = third.info().unwrap().pid;
+    signal(new_top.info().unwrap().pid, libc::SIGKILL);
+    wait_until("the agents seen gone", Duration::from_secs(5), || !third.is_connected());
+    let many = t.open_all(&vec![target.clone(); 8]);
+    let ids: Vec<u32> = many.iter().map(|c| c.as_ref().unwrap().id()).collect();
+    assert!(ids.iter().all(|&i| i == ids[0] && i != third.id()), "{ids:?}");
+    assert_ne!(many[0].as_ref().unwrap().info().unwrap().pid, pid);
     r.shutdown();
-    drop((before, top, after, new_top, third, t, r));
+    drop((before, top, after, new_top, third, many, t, r));
     finish(site, None, guard);
 }
 
