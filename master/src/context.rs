@@ -72,7 +72,8 @@ impl Cancel {
 
     /// Cancel every call under this token, now and later (it can't be
     /// reset: make a new token for the next run). The calls waiting are
-    /// woken at once.
+    /// woken at once. Takes a lock: call it from a thread (as the CLI's
+    /// signal thread does), never from inside a signal handler.
     pub fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::SeqCst);
         for (broker, handle) in std::mem::take(&mut *lock(&self.0.waiting)) {
