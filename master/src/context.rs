@@ -5,7 +5,7 @@ use crate::hop::Hop;
 use crate::router::{deadline_after, millis, Router, MAX_WAIT};
 use miniserde::{Deserialize, Serialize};
 use spore_agent::flow::{ack, acked, Outflow};
-use spore_agent::{Mailbox, RecvError};
+use spore_agent::{Broker, Mailbox, RecvError};
 use spore_protocol::body::{
     self, ConnectReply, Control, Empty, ExecArgs, ExecReply, InfoReply, ListReply, MaybeError, MkdirArgs, PathArgs,
     ReadArgs, ReadLinkReply, ReadReply, RemoveArgs, StatArgs, StatReply, SymlinkArgs, WriteArgs, WriteReply,
@@ -33,23 +33,36 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 64 << 20;
 /// to report it killed (SIGTERM, 2 s, SIGKILL, then the reply's trip back).
 const EXEC_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
-/// How often a call under a [`Cancel`] looks at it while it waits: the
-/// most a cancel waits to be seen.
-const CANCEL_POLL: Duration = Duration::from_millis(10);
-
-/// How long a cancelled command's call waits for the remote to name the
-/// command's stream (which it does as soon as the command started), so
-/// that it can tell the remote to kill it: the agent's own bound on a
-/// start is 10 s.
+/// How long, after a call was cancelled before the remote named its
+/// stream, a thread of its own waits for it (the remote names it as soon as
+/// the work started) to tell the remote to stop: the agent's own bound on
+/// a command's start is 10 s.
 const CANCEL_START_WAIT: Duration = Duration::from_secs(12);
+
+/// Why a cancelled call's stream is abandoned (the remote logs it).
+const CANCELLED: &str = "the call was cancelled";
 
 /// A cancel token: [`Cancel::cancel`] makes the calls run under it (see
 /// [`Command::cancel`]) give up at once with [`Error::Cancelled`], and the
 /// remote kill what they started. Cheap to clone; every clone is the same
 /// token. Calls on the same context under another token (or none) are
 /// not touched.
-#[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<CancelState>);
+
+#[derive(Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    /// The mailboxes of the calls waiting under the token, to wake when it
+    /// is cancelled: (their broker, their handle).
+    waiting: Mutex<Vec<(Broker, u32)>>,
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancel").field("cancelled", &self.is_cancelled()).finish()
+    }
+}
 
 impl Cancel {
     /// A token not cancelled yet.
@@ -58,14 +71,43 @@ impl Cancel {
     }
 
     /// Cancel every call under this token, now and later (it can't be
-    /// reset: make a new token for the next run).
+    /// reset: make a new token for the next run). The calls waiting are
+    /// woken at once. Takes a lock: call it from a thread (as the CLI's
+    /// signal thread does), never from inside a signal handler.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        for (broker, handle) in std::mem::take(&mut *lock(&self.0.waiting)) {
+            // An empty control message to the call's own mailbox, from the
+            // master to itself: the call wakes, ignores it and sees the
+            // token. One for a call that just ended finds no mailbox and is
+            // dropped.
+            broker.send(Message::new(broker.id(), handle, b"{}".to_vec()));
+        }
     }
 
     /// Has [`Cancel::cancel`] been called (on any clone)?
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Wake the mailbox `handle` when cancelled, until the guard drops.
+    /// Registered before the call first looks at the token, so a cancel
+    /// either finds it here or is seen by that look.
+    fn watch(&self, broker: &Broker, handle: u32) -> Watch {
+        lock(&self.0.waiting).push((broker.clone(), handle));
+        Watch { cancel: self.clone(), handle }
+    }
+}
+
+/// A mailbox [`Cancel::watch`] wakes; unregistered when dropped.
+struct Watch {
+    cancel: Cancel,
+    handle: u32,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        lock(&self.cancel.0.waiting).retain(|(_, h)| *h != self.handle);
     }
 }
 
@@ -302,11 +344,12 @@ impl Command {
     }
 
     /// Run under `token`: once it is cancelled, [`Context::exec`] and
-    /// [`Context::exec_streaming`] return [`Error::Cancelled`] within
-    /// [`CANCEL_POLL`] or so (the command printing or not), and the remote
-    /// kills the command's whole process tree, as when the caller stops
-    /// reading its output. A command cancelled before it started is still
-    /// killed: the call waits (bounded) for the remote to start it.
+    /// [`Context::exec_streaming`] return [`Error::Cancelled`] at once
+    /// (the command printing or not), and the remote kills the command's
+    /// whole process tree, as when the caller stops reading its output. A
+    /// command cancelled before the remote started it is killed too: a
+    /// thread waits (bounded) for the remote to start it, and then tells
+    /// it.
     pub fn cancel(mut self, token: &Cancel) -> Command {
         self.cancel = Some(token.clone());
         self
@@ -653,6 +696,7 @@ impl Context {
                 call.len()
             )));
         }
+        let _watch = cmd.cancel.as_ref().map(|c| c.watch(self.router.broker(), mb.handle));
         self.send_call(&mb, call);
         let credit = Arc::new((Mutex::new(Credit::default()), Condvar::new()));
         let mut stdin = stdin;
@@ -662,14 +706,9 @@ impl Context {
         // is stuck (a paused host), we stop waiting a little after it.
         let deadline = deadline_after(timeout.map_or(FOREVER, |t| t.saturating_add(EXEC_TIMEOUT_SLACK)));
         let result = loop {
-            if cmd.cancel.as_ref().is_some_and(Cancel::is_cancelled) {
-                break Err(self.cancelled(&mb, peer_stream, "the command"));
-            }
-            // Under a token, wake up often enough to see it cancelled.
-            let until = if cmd.cancel.is_some() { deadline.min(deadline_after(CANCEL_POLL)) } else { deadline };
-            let msg = match recv(&mb, &self.name, until, "the command") {
-                Ok(m) => m,
-                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
+            let msg = match self.recv_or_cancel(&mb, deadline, "the command", cmd.cancel.as_ref()) {
+                Ok(Some(m)) => m,
+                Ok(None) => break Err(self.cancelled(mb, peer_stream, "the command")),
                 Err(e) => break Err(e),
             };
             if msg.is_binary() {
@@ -795,22 +834,38 @@ impl Context {
 
     /// Stream a remote file into `sink`; returns its size and mode.
     pub fn download(&self, path: &str, sink: &mut dyn Write) -> Result<ReadReply> {
-        self.download_with(path, None, sink)
+        self.download_with(path, None, sink, None)
+    }
+
+    /// [`Context::download`] under `cancel`: once it is cancelled the call
+    /// returns [`Error::Cancelled`] (what `sink` got stays there) and the
+    /// remote stops reading.
+    pub fn download_cancellable(&self, path: &str, sink: &mut dyn Write, cancel: &Cancel) -> Result<ReadReply> {
+        self.download_with(path, None, sink, Some(cancel))
     }
 
     /// [`Context::download`], but a symlink (never followed) or anything
     /// other than a regular file is an error: for tree copies.
     pub fn download_nofollow(&self, path: &str, sink: &mut dyn Write) -> Result<ReadReply> {
-        self.download_with(path, Some(true), sink)
+        self.download_with(path, Some(true), sink, None)
     }
 
-    fn download_with(&self, path: &str, nofollow: Option<bool>, sink: &mut dyn Write) -> Result<ReadReply> {
+    fn download_with(
+        &self,
+        path: &str,
+        nofollow: Option<bool>,
+        sink: &mut dyn Write,
+        cancel: Option<&Cancel>,
+    ) -> Result<ReadReply> {
         let mb = self.router.broker().mailbox(Some(self.id));
+        let _watch = cancel.map(|c| c.watch(self.router.broker(), mb.handle));
         self.send_call(&mb, body::to_json(&ReadArgs { op: "read_file".into(), path: path.into(), nofollow }));
         let mut peer_stream = None;
         let mut consumed = 0u64;
         loop {
-            let msg = recv(&mb, &self.name, deadline_after(FOREVER), "file data")?;
+            let Some(msg) = self.recv_or_cancel(&mb, deadline_after(FOREVER), "file data", cancel)? else {
+                return Err(self.cancelled(mb, peer_stream, "file data"));
+            };
             if msg.is_binary() {
                 if let Err(e) = sink.write_all(&msg.body) {
                     if let Some(s) = peer_stream {
@@ -840,11 +895,39 @@ impl Context {
     /// Stream `source` into a remote file (written to a temporary name,
     /// then renamed into place); returns the bytes written.
     pub fn write_file(&self, path: &str, source: &mut dyn Read, mode: Option<u32>) -> Result<u64> {
+        self.write_file_with(path, source, mode, None)
+    }
+
+    /// [`Context::write_file`] under `cancel`: once it is cancelled the
+    /// call returns [`Error::Cancelled`] and the remote removes its
+    /// temporary file (a file already renamed into place stays). A read
+    /// of `source` that blocks is waited for: the token is looked at
+    /// between reads.
+    pub fn write_file_cancellable(
+        &self,
+        path: &str,
+        source: &mut dyn Read,
+        mode: Option<u32>,
+        cancel: &Cancel,
+    ) -> Result<u64> {
+        self.write_file_with(path, source, mode, Some(cancel))
+    }
+
+    fn write_file_with(
+        &self,
+        path: &str,
+        source: &mut dyn Read,
+        mode: Option<u32>,
+        cancel: Option<&Cancel>,
+    ) -> Result<u64> {
         let mb = self.router.broker().mailbox(Some(self.id));
+        let _watch = cancel.map(|c| c.watch(self.router.broker(), mb.handle));
         self.send_call(&mb, body::to_json(&WriteArgs { op: "write_file".into(), path: path.into(), mode }));
         // The remote opens the temporary file first, then names its stream.
         let peer = loop {
-            let msg = recv(&mb, &self.name, deadline_after(FOREVER), "the remote file")?;
+            let Some(msg) = self.recv_or_cancel(&mb, deadline_after(FOREVER), "the remote file", cancel)? else {
+                return Err(self.cancelled(mb, None, "the remote file"));
+            };
             if msg.is_end() {
                 let _: WriteReply = self.result(&msg)?;
                 return Err(Error::Protocol { context: self.name.to_string(), message: "write ended early".into() });
@@ -853,7 +936,7 @@ impl Context {
                 break s;
             }
         };
-        let result = self.upload(&mb, peer, source);
+        let result = self.upload(&mb, peer, source, cancel);
         if let Err(e) = &result {
             // The remote removes its temporary file rather than wait for
             // bytes that will never come.
@@ -862,36 +945,67 @@ impl Context {
         result
     }
 
+    /// The call's next message, waiting until `deadline`; `None` once
+    /// `cancel` is cancelled (whose [`Cancel::watch`] on `mb` wakes the
+    /// wait).
+    fn recv_or_cancel(
+        &self,
+        mb: &Mailbox,
+        deadline: Instant,
+        what: &str,
+        cancel: Option<&Cancel>,
+    ) -> Result<Option<Message>> {
+        if cancel.is_some_and(Cancel::is_cancelled) {
+            return Ok(None);
+        }
+        recv(mb, &self.name, deadline, what).map(Some)
+    }
+
     /// Give up on a call that was cancelled: tell the remote side of its
     /// stream (the path a failing sink takes, so the remote kills what the
-    /// call started); if the remote has not named it yet, wait for it
-    /// (bounded: it does as soon as the work started), or for the call's
-    /// end. `mb` is the call's mailbox.
-    fn cancelled(&self, mb: &Mailbox, peer_stream: Option<u32>, what: &str) -> Error {
-        let why = "the call was cancelled";
-        let stream = peer_stream.or_else(|| {
-            let deadline = deadline_after(CANCEL_START_WAIT);
-            loop {
-                match recv(mb, &self.name, deadline, what) {
-                    Ok(msg) if msg.is_end() => return None,
-                    Ok(msg) if msg.is_binary() => {}
-                    Ok(msg) => {
-                        if let Ok(Control { stream: Some(s), .. }) = body::from_json(&msg.body, "control") {
-                            return Some(s);
-                        }
-                    }
-                    Err(e) => {
-                        log::debug!("{}: cancelled before it started, and then: {e}", self.name);
-                        return None;
-                    }
-                }
+    /// call started). If the remote has not named it yet, a thread waits
+    /// for it (bounded: the remote names it as soon as the work started)
+    /// or for the call's end, with the call's mailbox `mb`; the caller has
+    /// its answer now.
+    fn cancelled(&self, mb: Mailbox, peer_stream: Option<u32>, what: &str) -> Error {
+        log::debug!("{}: {what}: cancelled", self.name);
+        let err = Error::Cancelled { context: self.name.to_string(), what: what.to_string() };
+        if let Some(s) = peer_stream {
+            self.abandon(s, CANCELLED);
+            return err;
+        }
+        let slot = Arc::new(Mutex::new(Some(mb)));
+        let (ctx, theirs) = (self.clone(), Arc::clone(&slot));
+        let spawned = std::thread::Builder::new().name("spore-cancel".into()).spawn(move || {
+            if let Some(mb) = lock(&theirs).take() {
+                ctx.abandon_when_named(&mb);
             }
         });
-        if let Some(s) = stream {
-            self.abandon(s, why);
+        if let Err(e) = spawned {
+            log::warn!("{}: no thread to finish a cancel ({e}): waiting here", self.name);
+            if let Some(mb) = lock(&slot).take() {
+                self.abandon_when_named(&mb);
+            }
         }
-        log::debug!("{}: {what}: cancelled", self.name);
-        Error::Cancelled { context: self.name.to_string(), what: what.to_string() }
+        err
+    }
+
+    /// Wait (bounded) for the remote to name the stream of the call whose
+    /// mailbox is `mb`, and abandon it; nothing if the call ends first.
+    fn abandon_when_named(&self, mb: &Mailbox) {
+        let deadline = deadline_after(CANCEL_START_WAIT);
+        loop {
+            match recv(mb, &self.name, deadline, "the cancelled call's stream") {
+                Ok(msg) if msg.is_end() => return,
+                Ok(msg) if msg.is_binary() => {}
+                Ok(msg) => {
+                    if let Ok(Control { stream: Some(s), .. }) = body::from_json(&msg.body, "control") {
+                        return self.abandon(s, CANCELLED);
+                    }
+                }
+                Err(e) => return log::debug!("{}: cancelled before it started, and then: {e}", self.name),
+            }
+        }
     }
 
     /// Tell the remote side of a stream that we have given up on it.
@@ -901,10 +1015,14 @@ impl Context {
         self.router.send(msg);
     }
 
-    fn upload(&self, mb: &Mailbox, peer: u32, source: &mut dyn Read) -> Result<u64> {
+    fn upload(&self, mb: &Mailbox, peer: u32, source: &mut dyn Read, cancel: Option<&Cancel>) -> Result<u64> {
         let mut out = Outflow::new(self.router.broker().clone(), self.id, peer);
         let mut buf = vec![0u8; CHUNK_SIZE];
+        let cancelled = || Error::Cancelled { context: self.name.to_string(), what: "the remote file".into() };
         loop {
+            if cancel.is_some_and(Cancel::is_cancelled) {
+                return Err(cancelled());
+            }
             let n = loop {
                 match source.read(&mut buf) {
                     Ok(n) => break n,
@@ -913,7 +1031,9 @@ impl Context {
                 }
             };
             while !out.has_credit() {
-                let msg = recv(mb, &self.name, deadline_after(FOREVER), "the remote file")?;
+                let msg = self
+                    .recv_or_cancel(mb, deadline_after(FOREVER), "the remote file", cancel)?
+                    .ok_or_else(cancelled)?;
                 if msg.is_end() {
                     // An early end is a failure (disk full, permission).
                     let _: WriteReply = self.result(&msg)?;
@@ -928,7 +1048,8 @@ impl Context {
             }
         }
         loop {
-            let msg = recv(mb, &self.name, deadline_after(FOREVER), "the remote file")?;
+            let msg =
+                self.recv_or_cancel(mb, deadline_after(FOREVER), "the remote file", cancel)?.ok_or_else(cancelled)?;
             if msg.is_end() {
                 let reply: WriteReply = self.result(&msg)?;
                 return Ok(reply.size);

@@ -131,9 +131,12 @@ impl Targets {
 
     /// Forget the password [`Targets::set_become_password`] gave, its bytes
     /// overwritten (once a connect still using it is done) before they are
-    /// freed. Best effort: the copies listed at [`Secret`] (the connect
-    /// call's arguments, pipes, the remote's memory, the caller's own
-    /// copies) are not reached. Contexts it opened stay connected.
+    /// freed. Best effort: what it can't reach are the copies made on
+    /// the way to the agent (the connect call's arguments and their JSON,
+    /// message and pipe buffers, the agent's and sudo's own memory), the
+    /// caller's copies made before handing it over (what read it from a
+    /// terminal), and bytes a `String` left behind when it grew before it
+    /// was handed over. Contexts it opened stay connected.
     pub fn clear_become_password(&self) {
         let secret = lock(&self.become_password).take();
         drop(secret);

@@ -12,7 +12,7 @@ use spore::{Cancel, Command, Context, Error, Options, Router, Stream, Targets};
 use spore_tests::site::Site;
 use spore_tests::sshd::{PASSWORD, USER_PW};
 use spore_tests::strays::{signal, Marks};
-use spore_tests::LeakGuard;
+use spore_tests::{LeakGuard, Scratch};
 use std::time::{Duration, Instant};
 
 macro_rules! local_and_ssh {
@@ -38,6 +38,7 @@ local_and_ssh!(
     liveness_is_known_without_a_round_trip,
     targets_reconnect_a_killed_agent_and_what_was_below_it,
     targets_list_and_drop_contexts,
+    file_transfers_cancelled,
 );
 
 fn router() -> Router {
@@ -165,8 +166,10 @@ fn a_call_cancelled_before_its_command_started_kills_it_too(site: Site) {
         let call = start(&chain[1], marks.escapist(2).cancel(&token));
         // From at once to a little after the command began.
         std::thread::sleep(Duration::from_millis(round * 3));
+        let cancelled = Instant::now();
         token.cancel();
         let (_, result) = call.join().unwrap();
+        assert!(cancelled.elapsed() < Duration::from_secs(1), "round {round}: took {:?}", cancelled.elapsed());
         match result {
             Err(Error::Cancelled { .. }) => {}
             other => panic!("round {round}: {other:?}"),
@@ -196,6 +199,28 @@ fn liveness_is_known_without_a_round_trip(site: Site) {
     r.shutdown();
     assert!(!chain[0].is_connected());
     drop((chain, r));
+    // A stopped agent: its stream stays open, and keepalive declares it
+    // dead.
+    let opts = Options {
+        keepalive: Duration::from_millis(200),
+        keepalive_misses: 2,
+        shutdown_grace: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let r = Router::with_options(opts).unwrap();
+    let ctx = site.chain(&r, 1).remove(0);
+    let pid = ctx.info().unwrap().pid;
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(ctx.is_connected(), "a live agent answers keepalive");
+    signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    wait_until("the stopped agent declared dead", Duration::from_secs(5), || !ctx.is_connected());
+    eprintln!("stopped agent seen gone after {:?}", stopped.elapsed());
+    if pid_alive(pid) {
+        signal(pid, libc::SIGCONT);
+    }
+    r.shutdown();
+    drop((ctx, r));
     finish(site, None, guard);
 }
 
@@ -231,8 +256,16 @@ fn targets_reconnect_a_killed_agent_and_what_was_below_it(site: Site) {
     assert_eq!(stdout(&third, "echo third"), "third");
     let paths: Vec<String> = t.contexts().into_iter().map(|o| o.path).collect();
     assert_eq!(paths, [first.clone(), target.clone()]);
+    // Many opens at once of a target whose agent died: one reconnect.
+    let pid = third.info().unwrap().pid;
+    signal(new_top.info().unwrap().pid, libc::SIGKILL);
+    wait_until("the agents seen gone", Duration::from_secs(5), || !third.is_connected());
+    let many = t.open_all(&vec![target.clone(); 8]);
+    let ids: Vec<u32> = many.iter().map(|c| c.as_ref().unwrap().id()).collect();
+    assert!(ids.iter().all(|&i| i == ids[0] && i != third.id()), "{ids:?}");
+    assert_ne!(many[0].as_ref().unwrap().info().unwrap().pid, pid);
     r.shutdown();
-    drop((before, top, after, new_top, third, t, r));
+    drop((before, top, after, new_top, third, many, t, r));
     finish(site, None, guard);
 }
 
@@ -325,5 +358,70 @@ fn a_become_password_serves_one_run_and_failures_are_retried_when_forgotten() {
     assert_eq!(stdout(&other, "id -un"), "nobody");
     r.shutdown();
     drop((ctx, again, other, t, r));
+    finish(site, None, guard);
+}
+
+/// Endless bytes, for an upload that never ends by itself.
+struct Endless;
+
+impl std::io::Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        buf.fill(b'x');
+        Ok(buf.len())
+    }
+}
+
+/// An endless upload cancelled: the call returns at once and the remote
+/// removes its temporary file; a download cancelled from its sink ends
+/// there. The context takes new transfers.
+fn file_transfers_cancelled(site: Site) {
+    let guard = LeakGuard::new();
+    let scratch = Scratch::new(&format!("cancel-{}", site.label()));
+    let r = router();
+    let ctx = site.chain(&r, 2).remove(1);
+    let dest = scratch.path("endless");
+    let token = Cancel::new();
+    let call = {
+        let (ctx, dest, token) = (ctx.clone(), dest.clone(), token.clone());
+        std::thread::spawn(move || ctx.write_file_cancellable(&dest, &mut Endless, Some(0o644), &token))
+    };
+    // Wait until bytes are flowing: the temporary file grows.
+    wait_until("the upload under way", Duration::from_secs(10), || {
+        ctx.list_dir(&scratch.0.display().to_string()).unwrap().entries.iter().any(|e| e.size > 1 << 20)
+    });
+    let cancelled = Instant::now();
+    token.cancel();
+    let err = call.join().unwrap().unwrap_err();
+    assert!(cancelled.elapsed() < Duration::from_secs(1), "took {:?}", cancelled.elapsed());
+    assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
+    wait_until("the temporary file removed", Duration::from_secs(5), || {
+        ctx.list_dir(&scratch.0.display().to_string()).unwrap().entries.is_empty()
+    });
+    // A download whose sink cancels it after its first chunk.
+    let big = scratch.path("big");
+    let n = ctx.write_file(&big, &mut std::io::Read::take(Endless, 64 << 20), Some(0o644)).unwrap();
+    assert_eq!(n, 64 << 20);
+    let token = Cancel::new();
+    struct Cancelling(Cancel, u64);
+    impl std::io::Write for Cancelling {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.cancel();
+            self.1 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Cancelling(token.clone(), 0);
+    let err = ctx.download_cancellable(&big, &mut sink, &token).unwrap_err();
+    assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
+    assert!(sink.1 < 64 << 20, "got it all: {}", sink.1);
+    // And the context is fine.
+    let mut all = Vec::new();
+    assert_eq!(ctx.download(&big, &mut all).unwrap().size, 64 << 20);
+    assert_eq!(stdout(&ctx, "echo ok"), "ok");
+    r.shutdown();
+    drop((ctx, r, scratch));
     finish(site, None, guard);
 }
