@@ -198,7 +198,9 @@ pub fn main() -> i32 {
         }
         _ => {}
     }
-    if let Some(idle) = cli.opts.persist {
+    let has_targets =
+        matches!(cli.cmd, Cmd::Run { .. } | Cmd::Script { .. } | Cmd::Info { .. } | Cmd::Put { .. } | Cmd::Get { .. });
+    if let (Some(idle), true) = (cli.opts.persist, has_targets) {
         // The whole command line goes to the session, which runs it.
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
         return session::run_in_session(&argv, idle, cli.opts.ask_become_pass);
