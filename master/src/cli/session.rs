@@ -173,7 +173,13 @@ pub fn control(kind: &str) -> i32 {
         let request = Request { kind: kind.into(), ..<Request as Default>::default() };
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
         conn.send(miniserde::json::to_string(&request).as_bytes(), &[i.as_fd(), o.as_fd(), e.as_fd()])?;
-        match conn.recv(Some(Instant::now() + Duration::from_secs(30)))? {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The session says `taken` first, then its answer.
+        let mut answer = conn.recv(Some(deadline))?;
+        if matches!(&answer, Recv::Message(m, _) if m == TAKEN) {
+            answer = conn.recv(Some(deadline))?;
+        }
+        match answer {
             Recv::Message(body, _) => {
                 let reply: Reply =
                     miniserde::json::from_str(&String::from_utf8_lossy(&body)).unwrap_or(Reply { status: 255 });
