@@ -1,0 +1,549 @@
+//! Persistent sessions (`--persist`) as a user runs them: real clients, a
+//! real background session, local and ssh targets. Every test has its own
+//! `XDG_RUNTIME_DIR`, so sessions never mix, and a [`Session`] guard that
+//! stops (then kills) the session it started, even when the test fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use spore_tests::sshd::Sshd;
+use spore_tests::{cmdline, exit_within, spore_bin, wait_bounded, LeakGuard, Scratch};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a session may take to end (its bounded shutdown, and then some).
+const SHUTDOWN: Duration = Duration::from_secs(10);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A test's private runtime directory, and the session that may live in it.
+struct Session {
+    scratch: Scratch,
+    xdg: String,
+}
+
+impl Session {
+    fn new(tag: &str) -> Session {
+        let scratch = Scratch::new(&format!("session-{tag}"));
+        std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let xdg = scratch.0.display().to_string();
+        Session { scratch, xdg }
+    }
+
+    /// `spore ARGS` with this runtime directory, nothing of the caller's
+    /// session settings; fails the test past a minute.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(spore_bin());
+        c.args(args)
+            .env("XDG_RUNTIME_DIR", &self.xdg)
+            .env_remove("SPORE_LOG")
+            .env_remove("SPORE_PERSIST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        wait_bounded(self.command(args).spawn().unwrap(), Duration::from_secs(60))
+    }
+
+    /// The same run, warm: through the session (60 s idle).
+    fn warm(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--persist", "60s"];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.0.join("spore/session.log")).unwrap_or_default()
+    }
+
+    /// Pids of `spore session serve` processes of ours (root) started for
+    /// this directory.
+    fn servers(&self) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        self.any_servers()
+            .into_iter()
+            .filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == 0))
+            .collect()
+    }
+
+    /// Pids of `spore session serve` processes of any uid started with
+    /// this directory as their `XDG_RUNTIME_DIR`.
+    fn any_servers(&self) -> Vec<i32> {
+        let want = format!("XDG_RUNTIME_DIR={}", self.xdg);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if !cmdline(pid).contains("session serve") {
+                continue;
+            }
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// The one session serving this directory.
+    fn server(&self) -> i32 {
+        let s = self.servers();
+        assert_eq!(s.len(), 1, "one session expected: {s:?}; log:\n{}", self.log());
+        s[0]
+    }
+
+    /// Wait (bounded) until no session serves this directory.
+    fn gone_within(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            spore_tests::reap_zombies();
+            if self.any_servers().iter().all(|&p| is_zombie(p)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `spore session stop`, then SIGKILL for whatever still serves.
+    fn stop(&self) {
+        if let Ok(child) = self.command(&["session", "stop"]).spawn() {
+            let _ =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_bounded(child, Duration::from_secs(30))));
+        }
+        if !self.gone_within(SHUTDOWN) {
+            for p in self.any_servers() {
+                // SAFETY: kill has no memory effects; this session is ours.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            self.gone_within(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rfind(')').and_then(|i| s.get(i + 2..i + 3)) == Some("Z"),
+        Err(_) => true,
+    }
+}
+
+/// Live descendants of `pid` (not `pid` itself).
+fn tree_of(pid: i32) -> Vec<i32> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { continue };
+        if let Some(pp) = rest.split_whitespace().nth(1).and_then(|v| v.parse::<i32>().ok()) {
+            all.push((p, pp));
+        }
+    }
+    let mut found = vec![pid];
+    loop {
+        let before = found.len();
+        for &(p, pp) in &all {
+            if found.contains(&pp) && !found.contains(&p) {
+                found.push(p);
+            }
+        }
+        if found.len() == before {
+            break;
+        }
+    }
+    found.retain(|&p| p != pid && !is_zombie(p));
+    found
+}
+
+/// Processes whose command line contains `what`, on the whole machine
+/// (a process that escaped our tree counts too).
+fn ours_running(what: &str) -> Vec<(i32, String)> {
+    spore_tests::reap_zombies();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&p| !is_zombie(p))
+        .map(|p| (p, cmdline(p)))
+        .filter(|(_, c)| c.contains(what))
+        .collect()
+}
+
+/// Wait (bounded) until none of ours runs `what`.
+fn none_within(what: &str, within: Duration) -> Result<(), Vec<(i32, String)>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = ours_running(what);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(left);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn same(label: &str, cold: &Output, warm: &Output) {
+    assert_eq!(text(&cold.stdout), text(&warm.stdout), "{label}: stdout differs (cold, warm)");
+    assert_eq!(text(&cold.stderr), text(&warm.stderr), "{label}: stderr differs (cold, warm)");
+    assert_eq!(cold.stdout, warm.stdout, "{label}: stdout bytes");
+    assert_eq!(cold.stderr, warm.stderr, "{label}: stderr bytes");
+    assert_eq!(cold.status.code(), warm.status.code(), "{label}: status");
+}
+
+const BOTH_STREAMS: &str = "echo to-out; echo to-err >&2; printf 'no newline'; exit 3";
+
+#[test]
+fn warm_runs_on_local_targets_match_cold_runs() {
+    let guard = LeakGuard::new();
+    let s = Session::new("local");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["run", "local", "--", "sh", "-c", BOTH_STREAMS],
+        vec!["run", "local", "local/local", "--", "sh", "-c", "echo one; echo two >&2; exit 2"],
+        vec![
+            "-b",
+            "run",
+            "local",
+            "local/local",
+            "local/local/local",
+            "--",
+            "sh",
+            "-c",
+            "echo same; echo e >&2; exit 3",
+        ],
+        vec!["--json", "run", "local", "--", "sh", "-c", BOTH_STREAMS],
+        vec!["run", "local", "--", "sh", "-c", "kill -TERM $$"],
+    ];
+    for args in &cases {
+        let cold = s.run(args);
+        let first = s.warm(args);
+        let warm = s.warm(args);
+        let label = args.join(" ");
+        if args[0] == "run" && args[2] == "local/local" {
+            // Two targets' lines may interleave: compare each target's.
+            for out in [&first, &warm] {
+                for t in ["local: ", "local/local: "] {
+                    for (a, b) in [(&cold.stdout, &out.stdout), (&cold.stderr, &out.stderr)] {
+                        let mine = |o: &[u8]| {
+                            text(o).lines().filter(|l| l.starts_with(t)).map(String::from).collect::<Vec<_>>()
+                        };
+                        assert_eq!(mine(a), mine(b), "{label}");
+                    }
+                }
+                assert_eq!(cold.status.code(), out.status.code(), "{label}");
+            }
+            continue;
+        }
+        same(&label, &cold, &first);
+        same(&label, &cold, &warm);
+    }
+    assert_eq!(s.servers().len(), 1, "one session for all the warm runs");
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
+#[test]
+fn warm_runs_on_an_ssh_target_match_cold_runs_and_are_faster() {
+    let guard = LeakGuard::new();
+    let mut sshd = Sshd::start();
+    let cfg = sshd.config_str();
+    let s = Session::new("ssh");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["-F", &cfg, "run", "spore-test", "--", "sh", "-c", BOTH_STREAMS],
+        vec!["-F", &cfg, "-b", "run", "spore-test", "spore-test/local", "--", "sh", "-c", "echo same; exit 3"],
+        vec!["-F", &cfg, "--json", "run", "spore-test", "--", "sh", "-c", BOTH_STREAMS],
+    ];
+    for args in &cases {
+        let cold = s.run(args);
+        let _first = s.warm(args);
+        let warm = s.warm(args);
+        same(&args.join(" "), &cold, &warm);
+    }
+    // Timing: the best of three each way.
+    let args = ["-F", &cfg, "run", "spore-test", "--", "true"];
+    let time = |warm: bool| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let out = if warm { s.warm(&args) } else { s.run(&args) };
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let cold = time(false);
+    let warm = time(true);
+    eprintln!("ssh `run spore-test -- true`: cold {cold:?}, warm {warm:?}");
+    assert!(warm * 3 < cold, "warm {warm:?} is not much faster than cold {cold:?}");
+    s.stop();
+    drop(s);
+    sshd.stop();
+    guard.check();
+}
+
+#[test]
+fn status_and_stop_without_a_session_say_so() {
+    let guard = LeakGuard::new();
+    let s = Session::new("none");
+    let out = s.run(&["session", "status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "spore: no session is running\n");
+    assert!(out.stdout.is_empty());
+    let out = s.run(&["session", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "spore: no session is running\n");
+    assert!(s.servers().is_empty(), "status and stop start nothing");
+    // With one running: status lists it, stop ends it.
+    let out = s.warm(&["run", "local", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = s.run(&["session", "status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).lines().any(|l| l.starts_with("local ")), "{}", text(&out.stdout));
+    let out = s.run(&["session", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(s.gone_within(SHUTDOWN), "stop ends the session");
+    drop(s);
+    guard.check();
+}
+
+#[test]
+fn idle_expiry_ends_the_session_and_its_agents() {
+    let guard = LeakGuard::new();
+    let s = Session::new("idle");
+    let out = s.run(&["--persist", "2s", "run", "local", "local/local", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let server = s.server();
+    let agents = tree_of(server);
+    assert!(!agents.is_empty(), "the session keeps its agents");
+    let t = Instant::now();
+    assert!(s.gone_within(Duration::from_secs(2) + SHUTDOWN), "the session outlived its idle time");
+    let took = t.elapsed();
+    let left: Vec<i32> = agents.iter().copied().filter(|&p| !is_zombie(p)).collect();
+    assert!(left.is_empty(), "agents left: {:?}", left.iter().map(|&p| cmdline(p)).collect::<Vec<_>>());
+    eprintln!("idle session gone {took:?} after the run");
+    assert!(took >= Duration::from_millis(1500), "ended too early: {took:?}");
+    drop(s);
+    guard.check();
+}
+
+#[test]
+fn a_killed_session_leaves_nothing_and_the_next_run_starts_a_new_one() {
+    let guard = LeakGuard::new();
+    let mut sshd = Sshd::start();
+    let cfg = sshd.config_str();
+    let s = Session::new("stale");
+    let out = s.warm(&["-F", &cfg, "run", "local", "local/local", "spore-test", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let server = s.server();
+    let agents = tree_of(server);
+    assert!(!agents.is_empty());
+    assert!(!tree_of(sshd.pid().unwrap()).is_empty(), "the ssh target's agent runs under sshd");
+    // SAFETY: kill has no memory effects; this session is ours.
+    unsafe { libc::kill(server, libc::SIGKILL) };
+    assert!(s.gone_within(Duration::from_secs(5)));
+    // Its local agents, and the one behind sshd, go as a killed master's do.
+    let deadline = Instant::now() + SHUTDOWN;
+    loop {
+        let left: Vec<i32> = agents.iter().copied().filter(|&p| !is_zombie(p)).collect();
+        let remote = tree_of(sshd.pid().unwrap());
+        if left.is_empty() && remote.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left after the session was killed: {:?} {:?}",
+            left.iter().map(|&p| cmdline(p)).collect::<Vec<_>>(),
+            remote.iter().map(|&p| cmdline(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(s.scratch.0.join("spore/session.sock").exists(), "the killed session leaves its socket");
+    // The next run: a new session, no hang.
+    let t = Instant::now();
+    let out = s.warm(&["-F", &cfg, "run", "local", "spore-test", "--", "sh", "-c", "echo again"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert!(
+        lines.contains(&"local: again".to_string()) && lines.contains(&"spore-test: again".to_string()),
+        "{lines:?}"
+    );
+    assert_ne!(s.server(), server);
+    s.stop();
+    drop(s);
+    sshd.stop();
+    guard.check();
+}
+
+/// The pid of a target's agent, from `--json info`.
+fn agent_pid(s: &Session, target: &str) -> i32 {
+    let out = s.warm(&["--json", "info", target]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    let at = line.find("\"pid\":").unwrap_or_else(|| panic!("no pid: {line}")) + 6;
+    line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
+
+#[test]
+fn a_target_killed_between_runs_is_reconnected() {
+    let guard = LeakGuard::new();
+    let s = Session::new("reconnect");
+    let first = agent_pid(&s, "local");
+    assert_eq!(agent_pid(&s, "local"), first, "the warm run reuses the agent");
+    // SAFETY: kill has no memory effects; the agent is ours.
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    let t = Instant::now();
+    let out = s.warm(&["run", "local", "--", "sh", "-c", "echo back; exit 4"]);
+    assert_eq!(text(&out.stderr), "", "transparent: no complaint");
+    assert_eq!(text(&out.stdout), "back\n");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    let second = agent_pid(&s, "local");
+    assert_ne!(second, first);
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
+#[test]
+fn ctrl_c_in_one_client_cancels_only_its_run() {
+    let guard = LeakGuard::new();
+    let s = Session::new("cancel");
+    let out = s.warm(&["run", "local", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A: a sleep, and a child that escapes into a session of its own.
+    let a_script = "setsid sleep 61.17 & exec sleep 60.17";
+    let mut a = s.command(&["--persist", "60s", "run", "local", "--", "sh", "-c", a_script]).spawn().unwrap();
+    let b = s.command(&["--persist", "60s", "run", "local", "--", "sh", "-c", "sleep 2; echo b"]).spawn().unwrap();
+    let t_b = Instant::now();
+    assert!(spore_tests::wait_for_command("sleep 60.17", 1, Duration::from_secs(10)), "A's sleep never started");
+    assert!(spore_tests::wait_for_command("sleep 61.17", 1, Duration::from_secs(10)), "A's setsid sleep never started");
+    // SAFETY: kill has no memory effects; A is our child.
+    unsafe { libc::kill(a.id() as i32, libc::SIGINT) };
+    let t = Instant::now();
+    let status = exit_within(&mut a, Duration::from_secs(2));
+    let took = t.elapsed();
+    if status.is_none() {
+        let _ = a.kill();
+    }
+    let out_a = wait_bounded(a, Duration::from_secs(5));
+    assert_eq!(status.and_then(|st| st.code()), Some(130), "A: {:?} after {took:?}: {}", status, text(&out_a.stderr));
+    eprintln!("A exited 130 after {took:?}");
+    none_within("sleep 60.17", Duration::from_secs(2)).unwrap_or_else(|l| panic!("A's sleep left: {l:?}"));
+    none_within("sleep 61.17", Duration::from_secs(2)).unwrap_or_else(|l| panic!("A's setsid child left: {l:?}"));
+    let out_b = wait_bounded(b, Duration::from_secs(20));
+    assert_eq!(text(&out_b.stdout), "b\n", "B: {}", text(&out_b.stderr));
+    assert_eq!(out_b.status.code(), Some(0), "{}", text(&out_b.stderr));
+    assert!(t_b.elapsed() >= Duration::from_secs(2));
+    let out = s.run(&["session", "status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).lines().any(|l| l.starts_with("local ")), "{}", text(&out.stdout));
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
+/// `setpriv` to `nobody`, with `cmd`'s program and arguments.
+fn as_nobody(s: &Session, args: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(spore_bin())
+        .args(args)
+        .env("XDG_RUNTIME_DIR", &s.xdg)
+        .env_remove("SPORE_LOG")
+        .env_remove("SPORE_PERSIST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn a_client_of_another_uid_is_refused() {
+    let guard = LeakGuard::new();
+    let s = Session::new("uid");
+    let out = s.warm(&["run", "local", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let server = s.server();
+    // A client of uid nobody that does reach the socket (with
+    // CAP_DAC_OVERRIDE to pass the 0700 directory) is refused and logged,
+    // and what it sends is never read.
+    let sock = s.scratch.0.join("spore/session.sock").display().to_string();
+    let py = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.settimeout(10)\n\
+              try:\n  s.sendall(b'x'*64)\n  d=s.recv(100)\n  print('closed' if d==b'' else repr(d))\n\
+              except (ConnectionResetError, BrokenPipeError):\n  print('closed')\nexcept Exception as e:\n  print(repr(e))";
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=+dac_override",
+            "--ambient-caps=+dac_override",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            py,
+            &sock,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let out = wait_bounded(child, Duration::from_secs(20));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(5), "the stranger waited {:?}", t.elapsed());
+    assert_eq!(text(&out.stdout), "closed\n", "the session closes on a stranger without a word");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.log().contains("refused a client of uid 65534") {
+        assert!(Instant::now() < deadline, "not logged: {}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.server(), server, "the session stays");
+    // The CLI as nobody, pointed at root's runtime directory: it never
+    // reaches root's session. (It ignores an XDG_RUNTIME_DIR that is not
+    // its own and falls back to /tmp/spore-65534: a session of its own.)
+    // nobody's directory also holds its agent cache, shared with other
+    // tests: only the session's own files are removed, if new.
+    let fallback = std::path::Path::new("/tmp/spore-65534");
+    let names = ["session.sock", "session.log", "session.lock"];
+    let existed: Vec<bool> = names.iter().map(|n| fallback.join(n).exists()).collect();
+    let child = as_nobody(&s, &["--persist", "60s", "run", "local", "--", "id", "-u"]).spawn().unwrap();
+    let out = wait_bounded(child, Duration::from_secs(20));
+    eprintln!(
+        "nobody's --persist run: {:?} stdout {:?} stderr {:?}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ran_as = text(&out.stdout);
+    assert!(ran_as.is_empty() || ran_as == "65534\n", "nobody's command ran as {ran_as}");
+    assert!(out.status.code() == Some(255) || out.status.code() == Some(0), "{:?}", out.status);
+    let stopped = wait_bounded(as_nobody(&s, &["session", "stop"]).spawn().unwrap(), Duration::from_secs(30));
+    assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped.stderr));
+    for (n, existed) in names.iter().zip(existed) {
+        if !existed {
+            let _ = std::fs::remove_file(fallback.join(n));
+        }
+    }
+    assert_eq!(s.server(), server, "root's session stays");
+    s.stop();
+    drop(s);
+    guard.check();
+}
