@@ -547,3 +547,42 @@ fn a_client_of_another_uid_is_refused() {
     drop(s);
     guard.check();
 }
+
+#[test]
+fn warm_runs_on_a_docker_target_match_cold_runs_and_idle_expiry_leaves_nothing_there() {
+    use spore_tests::docker::{busybox_image, require_docker, Container};
+    require_docker();
+    let guard = LeakGuard::new();
+    let image = busybox_image();
+    let c = Container::run(&image, "session");
+    let target = format!("docker:{}", c.name);
+    let idle_only = c.processes();
+    let s = Session::new("docker");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["run", &target, "--", "sh", "-c", BOTH_STREAMS],
+        vec!["--json", "run", &target, "--", "sh", "-c", BOTH_STREAMS],
+        vec!["-b", "run", &target, "local", "--", "sh", "-c", "echo same; exit 3"],
+    ];
+    for args in &cases {
+        let cold = s.run(args);
+        let _first = s.warm(args);
+        let warm = s.warm(args);
+        same(&args.join(" "), &cold, &warm);
+    }
+    assert_ne!(c.processes(), idle_only, "the session keeps its agent in the container");
+    s.stop();
+    assert!(s.gone_within(SHUTDOWN));
+    // Idle expiry: the agent in the container goes with the session.
+    let out = s.run(&["--persist", "2s", "run", &target, "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(c.processes(), idle_only);
+    assert!(s.gone_within(Duration::from_secs(2) + SHUTDOWN), "the session outlived its idle time");
+    let deadline = Instant::now() + SHUTDOWN;
+    while c.processes() != idle_only {
+        assert!(Instant::now() < deadline, "left in the container: {:?}", c.processes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(s);
+    drop(c);
+    guard.check();
+}
