@@ -324,20 +324,37 @@ fn status_and_stop_without_a_session_say_so() {
 #[test]
 fn idle_expiry_ends_the_session_and_its_agents() {
     let guard = LeakGuard::new();
+    let mut sshd = Sshd::start();
+    let cfg = sshd.config_str();
     let s = Session::new("idle");
-    let out = s.run(&["--persist", "2s", "run", "local", "local/local", "--", "true"]);
+    let out = s.run(&["--persist", "2s", "-F", &cfg, "run", "local", "local/local", "spore-test", "--", "true"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = Instant::now();
     let server = s.server();
     let agents = tree_of(server);
     assert!(!agents.is_empty(), "the session keeps its agents");
-    let t = Instant::now();
+    assert!(!tree_of(sshd.pid().unwrap()).is_empty(), "the ssh target's agent runs under sshd");
     assert!(s.gone_within(Duration::from_secs(2) + SHUTDOWN), "the session outlived its idle time");
     let took = t.elapsed();
-    let left: Vec<i32> = agents.iter().copied().filter(|&p| !is_zombie(p)).collect();
-    assert!(left.is_empty(), "agents left: {:?}", left.iter().map(|&p| cmdline(p)).collect::<Vec<_>>());
     eprintln!("idle session gone {took:?} after the run");
     assert!(took >= Duration::from_millis(1500), "ended too early: {took:?}");
+    let deadline = Instant::now() + SHUTDOWN;
+    loop {
+        let left: Vec<i32> = agents.iter().copied().filter(|&p| !is_zombie(p)).collect();
+        let remote = tree_of(sshd.pid().unwrap());
+        if left.is_empty() && remote.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left after idle expiry: {:?} {:?}",
+            left.iter().map(|&p| cmdline(p)).collect::<Vec<_>>(),
+            remote.iter().map(|&p| cmdline(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(s);
+    sshd.stop();
     guard.check();
 }
 
