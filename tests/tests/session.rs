@@ -603,3 +603,63 @@ fn warm_runs_on_a_docker_target_match_cold_runs_and_idle_expiry_leaves_nothing_t
     drop(c);
     guard.check();
 }
+
+/// What sits at the socket's path and is not a live session of ours is
+/// never trusted: a symlink or a plain file is an error (no hang), and
+/// nothing is changed there.
+#[test]
+fn a_symlink_or_a_file_at_the_socket_path_is_refused() {
+    let guard = LeakGuard::new();
+    let s = Session::new("symlink");
+    let dir = s.scratch.0.join("spore");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sock = dir.join("session.sock");
+    let elsewhere = s.scratch.0.join("elsewhere.sock");
+    std::os::unix::fs::symlink(&elsewhere, &sock).unwrap();
+    let t = Instant::now();
+    let out = s.warm(&["run", "local", "--", "echo", "ran"]);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("is a symlink"), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    assert!(std::fs::symlink_metadata(&sock).unwrap().file_type().is_symlink(), "left as it was");
+    assert!(!elsewhere.exists());
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::write(&sock, b"not a socket").unwrap();
+    let out = s.warm(&["run", "local", "--", "echo", "ran"]);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is not a socket"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&sock).unwrap(), b"not a socket");
+    // A runtime directory of the wrong mode is refused too, not repaired.
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = s.warm(&["run", "local", "--", "echo", "ran"]);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not 0700"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o755);
+    assert!(s.servers().is_empty() || s.gone_within(SHUTDOWN), "a session started anyway");
+    drop(s);
+    guard.check();
+}
+
+/// A run with other connection options gets contexts of its own; the same
+/// options share them.
+#[test]
+fn other_connection_options_get_their_own_contexts() {
+    let guard = LeakGuard::new();
+    let s = Session::new("keys");
+    let plain = agent_pid(&s, "local");
+    let with_o = {
+        let out = s.warm(&["-o", "ConnectTimeout=7", "--json", "info", "local"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let line = text(&out.stdout);
+        let at = line.find("\"pid\":").unwrap() + 6;
+        line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse::<i32>().unwrap()
+    };
+    assert_ne!(plain, with_o, "-o keys its own contexts");
+    assert_eq!(agent_pid(&s, "local"), plain, "the same options share");
+    s.stop();
+    drop(s);
+    guard.check();
+}
