@@ -663,3 +663,85 @@ fn other_connection_options_get_their_own_contexts() {
     drop(s);
     guard.check();
 }
+
+/// Whether `needle` occurs anywhere in the writable memory of `pid`.
+fn memory_holds(pid: i32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut found = false;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        for (i, _) in buf.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle) {
+            let around = &buf[i.saturating_sub(64)..(i + needle.len() + 48).min(buf.len())];
+            eprintln!("found at {:#x} in {line}: {:?}", a + i as u64, String::from_utf8_lossy(around));
+            found = true;
+        }
+    }
+    found
+}
+
+/// A live sudo context stays: the second run needs no password.
+#[test]
+fn a_sudo_context_stays_for_the_next_run() {
+    sudo_context(false);
+}
+
+/// The password given with -K is not kept in the session's memory (its
+/// writable pages are searched for it, after the run).
+#[test]
+#[ignore = "fails: the serialized `connect` ConnectArgs (context.rs connect_hop_with) stays in freed heap"]
+fn the_become_password_is_not_kept_in_the_session() {
+    sudo_context(true);
+}
+
+fn sudo_context(check_memory: bool) {
+    use spore_tests::sshd::{PASSWORD, USER_PW};
+    let guard = LeakGuard::new();
+    let mut sshd = Sshd::start();
+    let cfg = sshd.config_str();
+    let s = Session::new("become");
+    let target = format!("{USER_PW}@spore-test/sudo");
+    // Cold, without the password: refused, as without a session.
+    let out = s.run(&["-F", &cfg, "run", &target, "--", "id", "-u"]);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    let mut c = s.command(&["--persist", "60s", "-F", &cfg, "-K", "run", &target, "--", "id", "-u"]);
+    c.stdin(Stdio::piped());
+    // No controlling terminal: -K reads the password from stdin.
+    // SAFETY: setsid between fork and exec touches only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    }
+    let out = wait_bounded(child, Duration::from_secs(60));
+    assert_eq!(text(&out.stdout), "0\n", "{}", text(&out.stderr));
+    // Warm, without -K: the sudo context is still there.
+    let out = s.warm(&["-F", &cfg, "run", &target, "--", "id", "-u"]);
+    assert_eq!(text(&out.stdout), "0\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+    let server = s.server();
+    let held = check_memory && memory_holds(server, PASSWORD.as_bytes());
+    s.stop();
+    drop(s);
+    sshd.stop();
+    guard.check();
+    assert!(!held, "the session's memory still holds the -K password");
+}
