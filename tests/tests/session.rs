@@ -197,11 +197,45 @@ fn none_within(what: &str, within: Duration) -> Result<(), Vec<(i32, String)>> {
 }
 
 fn same(label: &str, cold: &Output, warm: &Output) {
+    if label.contains("--json") {
+        assert_eq!(json_meaning(&cold.stdout), json_meaning(&warm.stdout), "{label}: stdout differs (cold, warm)");
+        assert_eq!(cold.stderr, warm.stderr, "{label}: stderr bytes");
+        assert_eq!(cold.status.code(), warm.status.code(), "{label}: status");
+        return;
+    }
     assert_eq!(text(&cold.stdout), text(&warm.stdout), "{label}: stdout differs (cold, warm)");
     assert_eq!(text(&cold.stderr), text(&warm.stderr), "{label}: stderr differs (cold, warm)");
     assert_eq!(cold.stdout, warm.stdout, "{label}: stdout bytes");
     assert_eq!(cold.stderr, warm.stderr, "{label}: stderr bytes");
     assert_eq!(cold.status.code(), warm.status.code(), "{label}: status");
+}
+
+/// A `--json` run's output, as what does not depend on timing: each
+/// (target, stream)'s bytes joined (chunk boundaries, and the order of one
+/// target's stdout and stderr chunks, vary from run to run, cold or warm),
+/// and every other line exactly, in order.
+fn json_meaning(stdout: &[u8]) -> (std::collections::BTreeMap<(String, String), String>, Vec<String>) {
+    use miniserde::json::{Object, Value};
+    let mut streams = std::collections::BTreeMap::new();
+    let mut rest = Vec::new();
+    for line in text(stdout).lines() {
+        let Ok(Value::Object(o)) = miniserde::json::from_str::<Value>(line) else {
+            panic!("not a JSON object: {line}")
+        };
+        let field = |o: &Object, k: &str| match o.get(k) {
+            Some(Value::String(v)) => Some(v.clone()),
+            _ => None,
+        };
+        match field(&o, "stream") {
+            Some(stream) => {
+                let key = (field(&o, "target").unwrap(), stream);
+                let data = field(&o, "data").or_else(|| field(&o, "data_b64").map(|b| format!("[b64 {b}]"))).unwrap();
+                streams.entry(key).or_insert_with(String::new).push_str(&data);
+            }
+            None => rest.push(line.to_string()),
+        }
+    }
+    (streams, rest)
 }
 
 const BOTH_STREAMS: &str = "echo to-out; echo to-err >&2; printf 'no newline'; exit 3";
