@@ -504,6 +504,20 @@ fn ctrl_c_in_one_client_cancels_only_its_run() {
     let out = s.run(&["session", "status"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).lines().any(|l| l.starts_with("local ")), "{}", text(&out.stdout));
+    // SIGTERM does the same as Ctrl-C.
+    let mut c = s.command(&["--persist", "60s", "run", "local", "--", "sh", "-c", "exec sleep 62.17"]).spawn().unwrap();
+    assert!(spore_tests::wait_for_command("sleep 62.17", 1, Duration::from_secs(10)), "C's sleep never started");
+    // SAFETY: kill has no memory effects; C is our child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let status = exit_within(&mut c, Duration::from_secs(2));
+    if status.is_none() {
+        let _ = c.kill();
+    }
+    let out_c = wait_bounded(c, Duration::from_secs(5));
+    assert_eq!(status.and_then(|st| st.code()), Some(143), "C: {}", text(&out_c.stderr));
+    none_within("sleep 62.17", Duration::from_secs(2)).unwrap_or_else(|l| panic!("C's sleep left: {l:?}"));
+    let out = s.warm(&["run", "local", "--", "echo", "still"]);
+    assert_eq!(text(&out.stdout), "still\n", "{}", text(&out.stderr));
     s.stop();
     drop(s);
     guard.check();
@@ -665,6 +679,15 @@ fn a_symlink_or_a_file_at_the_socket_path_is_refused() {
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("is not a socket"), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(&sock).unwrap(), b"not a socket");
+    // A socket of another user: not trusted either, not removed.
+    std::fs::remove_file(&sock).unwrap();
+    let theirs = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).unwrap();
+    let out = s.warm(&["run", "local", "--", "echo", "ran"]);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is owned by uid 65534"), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    drop(theirs);
     // A runtime directory of the wrong mode is refused too, not repaired.
     std::fs::remove_file(&sock).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
