@@ -802,3 +802,37 @@ fn sudo_context(check_memory: bool) {
     guard.check();
     assert!(!held, "the session's memory still holds the -K password");
 }
+
+/// Many clients at once on the same targets: each gets its own output and
+/// status, nothing crossed.
+#[test]
+fn clients_at_once_each_get_their_own_results() {
+    let guard = LeakGuard::new();
+    let s = Session::new("many");
+    let scripts: Vec<String> = (0..8)
+        .map(|i| format!("for j in 1 2 3; do echo {i}-$j; echo e{i} >&2; sleep 0.0{i}; done; exit {i}"))
+        .collect();
+    // First with no session running (they race to start one: one wins),
+    // then with it warm.
+    for round in ["racing to start", "warm"] {
+        let children: Vec<_> = scripts
+            .iter()
+            .map(|sc| s.command(&["--persist", "60s", "run", "local/local", "--", "sh", "-c", sc]).spawn().unwrap())
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let out = wait_bounded(child, Duration::from_secs(30));
+            assert_eq!(
+                text(&out.stdout),
+                format!("{i}-1\n{i}-2\n{i}-3\n"),
+                "{round}, client {i}: {}",
+                text(&out.stderr)
+            );
+            assert_eq!(text(&out.stderr), format!("e{i}\ne{i}\ne{i}\n"), "{round}, client {i}");
+            assert_eq!(out.status.code(), Some(i as i32), "{round}, client {i}");
+        }
+        assert_eq!(s.servers().len(), 1, "{round}: one session for all");
+    }
+    s.stop();
+    drop(s);
+    guard.check();
+}
