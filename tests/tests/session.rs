@@ -836,3 +836,41 @@ fn clients_at_once_each_get_their_own_results() {
     drop(s);
     guard.check();
 }
+
+/// A client killed mid-run (no chance to say `cancel`): its run is
+/// cancelled all the same, and the session stays for the next.
+#[test]
+fn a_killed_client_s_run_is_cancelled() {
+    let guard = LeakGuard::new();
+    let s = Session::new("client-killed");
+    let mut a = s.command(&["--persist", "60s", "run", "local", "--", "sh", "-c", "exec sleep 63.17"]).spawn().unwrap();
+    assert!(spore_tests::wait_for_command("sleep 63.17", 1, Duration::from_secs(10)), "the sleep never started");
+    a.kill().unwrap();
+    let _ = wait_bounded(a, Duration::from_secs(5));
+    none_within("sleep 63.17", Duration::from_secs(3)).unwrap_or_else(|l| panic!("the run goes on: {l:?}"));
+    let out = s.warm(&["run", "local", "--", "echo", "next"]);
+    assert_eq!(text(&out.stdout), "next\n", "{}", text(&out.stderr));
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
+/// The session killed mid-run: the client says so and exits 255 (no hang),
+/// the command goes with the session's agent.
+#[test]
+fn a_session_killed_mid_run_ends_the_client() {
+    let guard = LeakGuard::new();
+    let s = Session::new("killed-mid-run");
+    let a = s.command(&["--persist", "60s", "run", "local", "--", "sh", "-c", "exec sleep 64.17"]).spawn().unwrap();
+    assert!(spore_tests::wait_for_command("sleep 64.17", 1, Duration::from_secs(10)), "the sleep never started");
+    // SAFETY: kill has no memory effects; this session is ours.
+    unsafe { libc::kill(s.server(), libc::SIGKILL) };
+    let out = wait_bounded(a, Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).starts_with("spore: --persist: "), "{}", text(&out.stderr));
+    eprintln!("the client said: {}", text(&out.stderr));
+    none_within("sleep 64.17", SHUTDOWN).unwrap_or_else(|l| panic!("left: {l:?}"));
+    s.stop();
+    drop(s);
+    guard.check();
+}
