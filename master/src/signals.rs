@@ -44,14 +44,7 @@ pub fn block() {
 /// exit with 128 + the signal number, as a shell reports it; `before_exit`
 /// runs just before that exit (to erase the progress line).
 pub fn shut_down_on_signal(router: Router, before_exit: impl FnOnce() + Send + 'static) {
-    let spawned = std::thread::Builder::new().name("spore-signals".into()).spawn(move || {
-        let set = signal_set();
-        let mut sig: libc::c_int = 0;
-        // SAFETY: a valid set and a valid out-pointer.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            return;
-        }
-        SIGNALLED.store(sig, Ordering::SeqCst);
+    on_signal(move |sig| {
         log::warn!("signal {sig}: shutting the tree down");
         router.shutdown();
         // Downloads cut short leave no temporary files behind.
@@ -59,15 +52,12 @@ pub fn shut_down_on_signal(router: Router, before_exit: impl FnOnce() + Send + '
         before_exit();
         std::process::exit(128 + sig);
     });
-    if let Err(e) = spawned {
-        log::warn!("can't watch for Ctrl-C: {e}");
-    }
 }
 
-/// Start the thread that, on a signal, records it and calls `then` (a
-/// session's client: it asks the session to cancel its run, and exits
-/// when the session answers).
-pub fn on_signal(then: impl FnOnce() + Send + 'static) {
+/// Start the thread that, on a signal, records it (see [`signalled`]) and
+/// calls `then` with it. A session's client passes a `then` that asks the
+/// session to cancel its run; it exits when the session answers.
+pub fn on_signal(then: impl FnOnce(i32) + Send + 'static) {
     let spawned = std::thread::Builder::new().name("spore-signals".into()).spawn(move || {
         let set = signal_set();
         let mut sig: libc::c_int = 0;
@@ -76,7 +66,7 @@ pub fn on_signal(then: impl FnOnce() + Send + 'static) {
             return;
         }
         SIGNALLED.store(sig, Ordering::SeqCst);
-        then();
+        then(sig);
     });
     if let Err(e) = spawned {
         log::warn!("can't watch for Ctrl-C: {e}");

@@ -78,7 +78,7 @@ fn client(argv: &[OsString], idle: Duration, ask_pass: bool) -> std::io::Result<
     // Ctrl-C or SIGTERM: the session cancels this run (only), then
     // answers; we exit as the signal says.
     let canceller = conn.try_clone()?;
-    crate::signals::on_signal(move || {
+    crate::signals::on_signal(move |_| {
         let mut c = canceller;
         let _ = c.send(CANCEL, &[]);
     });
