@@ -467,7 +467,11 @@ pub fn write_failed_at(path: &Path, targets: &[String]) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let name = path.file_name().map_or("failed".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A name of this write's own: a session writes the record for runs
+    // that end at the same moment, all of one pid.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     // A temporary file left by a crashed run of the same pid is stale.
     let _ = std::fs::remove_file(&tmp);
     let written = (|| {

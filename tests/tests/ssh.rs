@@ -444,7 +444,9 @@ fn the_bootstrap_runs_under_busybox_ash_and_bash() {
 #[test]
 fn bootstrap_failures_name_their_cause() {
     let w = World::new();
-    let opts = Options { connect_timeout: Duration::from_secs(3), ..Options::default() };
+    // Long enough for a short upload to be told apart on a loaded machine,
+    // short enough for the hung login to give up within the test's bound.
+    let opts = Options { connect_timeout: Duration::from_secs(5), ..Options::default() };
     let r = Router::with_options(opts).unwrap();
     Sshd::clear_cache(USER_SHORT);
     let cases = [
