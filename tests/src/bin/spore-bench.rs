@@ -636,6 +636,10 @@ fn ssh_workloads(report: &mut Report) {
 const FLEET_HOSTS: usize = 64;
 /// Rounds of the fleet rows: each tool once per round, the order turning.
 const FLEET_ROUNDS: usize = 5;
+/// `SPORE_BENCH_FLEET_ROUNDS` or `FLEET_ROUNDS`.
+fn fleet_rounds() -> usize {
+    std::env::var("SPORE_BENCH_FLEET_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(FLEET_ROUNDS)
+}
 /// Every tool's connect timeout in the fleet rows, in seconds: far above
 /// any handshake on an idle machine, so it changes nothing there, but a
 /// busy one (64 handshakes at once on 2 cores shared with builds took up
@@ -649,6 +653,8 @@ const LONG: &str = "300";
 /// case: only a host's first connect uploads it). Ansible runs twice a
 /// round: cold, then warm, with the ControlPersist masters its cold run
 /// left (its default `-o ControlMaster=auto -o ControlPersist=60s`).
+/// `spore --persist` takes a turn of its own (`session_rows`), in a
+/// runtime directory of the bench's, its session stopped around it.
 fn fleet_rows(report: &mut Report) {
     let n: usize = std::env::var("SPORE_BENCH_FLEET_HOSTS").ok().and_then(|v| v.parse().ok()).unwrap_or(FLEET_HOSTS);
     let sshd = Sshd::start();
@@ -687,6 +693,45 @@ fn fleet_rows(report: &mut Report) {
         c.args(["-F", &cfg, "--connect-timeout", LONG, "run"]).args(&hosts).args(["--", "true"]);
         c
     };
+    // The session's runs: a runtime directory of the bench's own, so the
+    // bench neither meets nor stops a session of the user's.
+    let xdg = dir.join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let persist_cmd = |targets: &[String]| {
+        let mut c = Command::new(&spore);
+        c.env("XDG_RUNTIME_DIR", &xdg).args(["-F", &cfg, "--connect-timeout", LONG, "--persist", "5m", "run"]);
+        c.args(targets).args(["--", "true"]);
+        c
+    };
+    let session_stop = || {
+        let _ = Command::new(&spore)
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .args(["session", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        wait_session_gone(&xdg);
+    };
+    let one = [hosts[0].clone()];
+    // A ControlMaster to the first host: the single-host row's baseline,
+    // up only in the session's turn (its sshd child would hold up
+    // `cpu_secs`).
+    let cm = dir.join("cm");
+    let master = |op: &str| {
+        let mut c = Command::new("ssh");
+        c.args(["-F", &cfg, "-S"]).arg(&cm);
+        match op {
+            "start" => c.args(["-o", "ControlMaster=yes", "-o", "ControlPersist=600", "-N", "-f", &one[0]]),
+            _ => c.args(["-O", "exit", &one[0]]),
+        };
+        let _ = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    };
+    let muxed_cmd = || {
+        let mut c = Command::new("ssh");
+        c.args(["-F", &cfg, "-S"]).arg(&cm).args([&one[0], "true"]);
+        c
+    };
     let pssh_cmd = || {
         let mut c = Command::new("parallel-ssh");
         c.arg("-h").arg(&hosts_file).args(["-x", &format!("-F {cfg}"), "-p", &n.to_string(), "-t", LONG, "true"]);
@@ -716,6 +761,12 @@ fn fleet_rows(report: &mut Report) {
         ("ansible cold", Vec::new(), Vec::new()),
         ("ansible warm", Vec::new(), Vec::new()),
     ];
+    // The session's turn, wall time only (the session outlives its
+    // clients, so their CPU is not theirs): per round, the cold run that
+    // starts it and warm runs after, on one host and on all, with the
+    // session stopped before and after each.
+    let (mut one_cold, mut one_warm, mut one_muxed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut all_cold, mut all_warm) = (Vec::new(), Vec::new());
     let sshd_pid = sshd.pid().unwrap();
     let measure = |samples: &mut (&str, Vec<f64>, Vec<f64>), run: &mut dyn FnMut() -> Duration| {
         let before = cpu_secs(sshd_pid);
@@ -723,9 +774,9 @@ fn fleet_rows(report: &mut Report) {
         samples.1.push(secs(wall));
         samples.2.push(cpu_secs(sshd_pid) - before);
     };
-    for round in 0..FLEET_ROUNDS {
-        for turn in 0..5 {
-            match (round + turn) % 5 {
+    for round in 0..fleet_rounds() {
+        for turn in 0..6 {
+            match (round + turn) % 6 {
                 0 => measure(&mut tools[0], &mut || parallel_ssh_true(&cfg, &hosts, false)),
                 1 => measure(&mut tools[1], &mut || parallel_ssh_true(&cfg, &hosts, true)),
                 2 => measure(&mut tools[2], &mut || timed(&mut spore_cmd())),
@@ -738,6 +789,31 @@ fn fleet_rows(report: &mut Report) {
                     tools[4].1.push(secs(timed(&mut ansible_cmd(&control))));
                     tools[5].1.push(secs(timed(&mut ansible_cmd(&control))));
                     stop_masters(&cfg, &control);
+                }
+                5 => {
+                    session_stop();
+                    master("start");
+                    one_cold.push(secs(timed(&mut persist_cmd(&one))));
+                    for _ in 0..SESSION_WARM_ONE {
+                        one_warm.push(secs(timed(&mut persist_cmd(&one))));
+                        one_muxed.push(secs(timed(&mut muxed_cmd())));
+                    }
+                    session_stop();
+                    master("exit");
+                    all_cold.push(secs(timed(&mut persist_cmd(&hosts))));
+                    for _ in 0..SESSION_WARM_ALL {
+                        all_warm.push(secs(timed(&mut persist_cmd(&hosts))));
+                    }
+                    session_stop();
+                    eprintln!(
+                        "  fleet round {} session: one host cold {}, warm {} (ssh -S cm {}); {n} hosts cold {}, warm {}",
+                        round + 1,
+                        show(Unit::Secs, *one_cold.last().unwrap()),
+                        show(Unit::Secs, Stat::of(one_warm[one_warm.len() - SESSION_WARM_ONE..].to_vec()).median),
+                        show(Unit::Secs, Stat::of(one_muxed[one_muxed.len() - SESSION_WARM_ONE..].to_vec()).median),
+                        show(Unit::Secs, *all_cold.last().unwrap()),
+                        show(Unit::Secs, Stat::of(all_warm[all_warm.len() - SESSION_WARM_ALL..].to_vec()).median),
+                    );
                 }
                 _ => {}
             }
@@ -781,6 +857,8 @@ fn fleet_rows(report: &mut Report) {
         target: String::new(),
         met: None,
     });
+    let warm_ansible = (!warm.is_empty()).then(|| Stat::of(warm.clone()));
+    let one_session_floor = Stat::of(floor.clone());
     for (name, wall, cpu, target) in [
         (format!("{n} parallel `ssh host true` in one session"), floor, floor_cpu, ""),
         (format!("`parallel-ssh -p {n}`"), ps, ps_cpu, "faster"),
@@ -818,6 +896,122 @@ fn fleet_rows(report: &mut Report) {
             ratio: Some(b_cpu.median / s_cpu.median),
             target: String::new(),
             met: None,
+        });
+    }
+    session_stop();
+    session_rows(
+        report,
+        n,
+        &s,
+        [&own, &one_session_floor],
+        warm_ansible,
+        [one_cold, one_warm, one_muxed, all_cold, all_warm],
+    );
+}
+
+/// Wait until no `spore session serve` of the runtime directory `xdg` is
+/// left. `spore session stop` answers once the session has taken the
+/// request, before its tree is down (and the session still accepts for up
+/// to a second, a run it takes then failing with "spore is shutting
+/// down"), so the next cold run would race it.
+fn wait_session_gone(xdg: &Path) {
+    let env = format!("XDG_RUNTIME_DIR={}", xdg.display()).into_bytes();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            cmd.windows(14).any(|w| w == b"session\0serve\0") && environ.split(|&b| b == 0).any(|v| v == env.as_slice())
+        });
+        if !alive {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the session of {} outlived `spore session stop` by 60 s", xdg.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Warm runs per round on one host, each beside one `ssh -S cm host true`.
+const SESSION_WARM_ONE: usize = 10;
+/// Warm runs per round on the whole fleet.
+const SESSION_WARM_ALL: usize = 5;
+
+/// The rows of `spore --persist`: a warm run (the session up, its contexts
+/// live) on one host beside `ssh` through a ControlMaster, and on the whole
+/// fleet beside the cold run, the floor and Ansible warm.
+fn session_rows(
+    report: &mut Report,
+    n: usize,
+    cold: &Stat,
+    [floor, one_session_floor]: [&Stat; 2],
+    ansible_warm: Option<Stat>,
+    [one_cold, one_warm, one_muxed, all_cold, all_warm]: [Vec<f64>; 5],
+) {
+    let (one_cold, one_warm, one_muxed) = (Stat::of(one_cold), Stat::of(one_warm), Stat::of(one_muxed));
+    let (all_cold, all_warm) = (Stat::of(all_cold), Stat::of(all_warm));
+    report.add(Row {
+        workload: "`spore --persist 5m run HOST -- true`, warm, whole process".into(),
+        unit: Unit::Secs,
+        spore: one_warm,
+        baseline: Some(("`ssh -S cm host true` (ControlMaster)".into(), one_muxed)),
+        ratio: Some(one_muxed.median / one_warm.median),
+        target: "≤ 10 ms".into(),
+        met: Some(one_warm.median <= 0.010),
+    });
+    report.add(Row {
+        workload: "  the same, cold (the run that starts the session)".into(),
+        unit: Unit::Secs,
+        spore: one_cold,
+        baseline: None,
+        ratio: None,
+        target: String::new(),
+        met: None,
+    });
+    report.add(Row {
+        workload: format!("`spore --persist 5m run` on {n} ssh targets, `true`, warm"),
+        unit: Unit::Secs,
+        spore: all_warm,
+        baseline: Some((format!("{n} parallel `ssh host true`, each in a session of its own"), *floor)),
+        ratio: Some(floor.median / all_warm.median),
+        target: "≤ 100 ms (≥ 90× the floor)".into(),
+        met: Some(all_warm.median <= 0.100),
+    });
+    report.add(Row {
+        workload: format!("  the same beside {n} parallel `ssh host true` in one session"),
+        unit: Unit::Secs,
+        spore: all_warm,
+        baseline: Some((format!("{n} parallel `ssh host true` in one session"), *one_session_floor)),
+        ratio: Some(one_session_floor.median / all_warm.median),
+        target: String::new(),
+        met: None,
+    });
+    report.add(Row {
+        workload: "  the same beside the cold `spore run` (no session)".into(),
+        unit: Unit::Secs,
+        spore: all_warm,
+        baseline: Some(("cold `spore run`".into(), *cold)),
+        ratio: Some(cold.median / all_warm.median),
+        target: String::new(),
+        met: None,
+    });
+    report.add(Row {
+        workload: "  the same beside the cold `--persist` run that starts the session".into(),
+        unit: Unit::Secs,
+        spore: all_warm,
+        baseline: Some(("cold `spore --persist 5m run`".into(), all_cold)),
+        ratio: Some(all_cold.median / all_warm.median),
+        target: String::new(),
+        met: None,
+    });
+    if let Some(a) = ansible_warm {
+        report.add(Row {
+            workload: "  the same beside Ansible warm".into(),
+            unit: Unit::Secs,
+            spore: all_warm,
+            baseline: Some((format!("`ansible -m raw -f {n}`, warm (ControlPersist)"), a)),
+            ratio: Some(a.median / all_warm.median),
+            target: "faster".into(),
+            met: Some(all_warm.median < a.median),
         });
     }
 }
