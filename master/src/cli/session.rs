@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// How long `stop` waits for the tree to be down (its bounded shutdown
+/// takes the grace and a second at most).
+const STOP_WAIT: Duration = Duration::from_secs(15);
 /// How long the session waits for a client's request once connected.
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
 
@@ -131,6 +134,8 @@ struct Session {
     /// Runs under way, and when the last one ended.
     busy: Mutex<(usize, Instant)>,
     stop: std::sync::atomic::AtomicBool,
+    /// The listener is closed and the tree shut down: `stop` may answer.
+    down: (Mutex<bool>, std::sync::Condvar),
 }
 
 /// `spore session serve --idle SECS`: serve until idle that long (or
@@ -165,6 +170,7 @@ pub fn serve(idle: Duration) -> i32 {
         trees: Mutex::new(HashMap::new()),
         busy: Mutex::new((0, Instant::now())),
         stop: std::sync::atomic::AtomicBool::new(false),
+        down: (Mutex::new(false), std::sync::Condvar::new()),
     });
     log::info!("session: serving on {}", listener.path().display());
     loop {
@@ -173,7 +179,8 @@ pub fn serve(idle: Duration) -> i32 {
             break;
         }
         let until = if busy > 0 { Instant::now() + Duration::from_secs(1) } else { last + idle };
-        match listener.accept(until.min(Instant::now() + Duration::from_secs(1))) {
+        // In slices, so a `stop` is acted on at once.
+        match listener.accept(until.min(Instant::now() + Duration::from_millis(100))) {
             Ok(Some(conn)) => {
                 let s = Arc::clone(&s);
                 s.busy.lock().unwrap_or_else(PoisonError::into_inner).0 += 1;
@@ -193,6 +200,14 @@ pub fn serve(idle: Duration) -> i32 {
     log::info!("session: shutting down");
     drop(listener);
     s.router.shutdown();
+    *s.down.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    s.down.1.notify_all();
+    // The clients still here (a `stop`'s among them) get their answers
+    // before the process ends; bounded.
+    let limit = Instant::now() + Duration::from_secs(2);
+    while s.busy.lock().unwrap_or_else(PoisonError::into_inner).0 > 0 && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     0
 }
 
@@ -216,6 +231,11 @@ fn serve_client(s: &Session, mut conn: Conn) {
         log::warn!("session: a request without its stdin, stdout and stderr");
         return;
     };
+    // Ending: a run is not taken (its client starts a new session), a
+    // `stop` is.
+    if s.stop.load(std::sync::atomic::Ordering::SeqCst) && request.kind == "run" {
+        return;
+    }
     if conn.send(TAKEN, &[]).is_err() {
         return;
     }
@@ -224,7 +244,15 @@ fn serve_client(s: &Session, mut conn: Conn) {
         "run" => run_request(s, &mut request, &conn),
         "status" => status(s),
         "stop" => {
+            // Answered once the tree is down (bounded), so a run right
+            // after `session stop` starts a new session.
             s.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let limit = Instant::now() + STOP_WAIT;
+            let mut down = s.down.0.lock().unwrap_or_else(PoisonError::into_inner);
+            while !*down && Instant::now() < limit {
+                down =
+                    s.down.1.wait_timeout(down, Duration::from_millis(100)).unwrap_or_else(PoisonError::into_inner).0;
+            }
             0
         }
         other => {
