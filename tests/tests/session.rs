@@ -350,6 +350,14 @@ fn status_and_stop_without_a_session_say_so() {
     assert!(text(&out.stdout).lines().any(|l| l.starts_with("local ")), "{}", text(&out.stdout));
     let out = s.run(&["session", "stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // `stop` answers once the tree is down: a run right after it starts a
+    // new session (it used to reach the ending one: "spore is shutting
+    // down").
+    let out = s.warm(&["run", "local", "--", "echo", "after"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "after\n");
+    let out = s.run(&["session", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(s.gone_within(SHUTDOWN), "stop ends the session");
     drop(s);
     guard.check();
