@@ -882,3 +882,33 @@ fn a_session_killed_mid_run_ends_the_client() {
     drop(s);
     guard.check();
 }
+
+/// `persist = DURATION` in the config file makes every run persistent;
+/// `--persist 0` runs one without the session; a bad value is a clear
+/// usage error naming the file and line.
+#[test]
+fn the_config_file_can_make_runs_persistent() {
+    let guard = LeakGuard::new();
+    let s = Session::new("config");
+    let config = s.scratch.path("config-home");
+    std::fs::create_dir_all(format!("{config}/spore")).unwrap();
+    std::fs::write(format!("{config}/spore/config"), "# spore's settings\npersist = 60s\n").unwrap();
+    let run = |args: &[&str]| {
+        let mut c = s.command(args);
+        c.env("XDG_CONFIG_HOME", &config);
+        wait_bounded(c.spawn().unwrap(), Duration::from_secs(60))
+    };
+    let out = run(&["--persist", "0", "run", "local", "--", "echo", "here"]);
+    assert_eq!(text(&out.stdout), "here\n", "{}", text(&out.stderr));
+    assert!(s.servers().is_empty(), "--persist 0 starts no session");
+    let out = run(&["run", "local", "--", "echo", "there"]);
+    assert_eq!(text(&out.stdout), "there\n", "{}", text(&out.stderr));
+    assert!(!s.servers().is_empty(), "the config's persist started a session");
+    std::fs::write(format!("{config}/spore/config"), "persist = soon\n").unwrap();
+    let out = run(&["run", "local", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("spore/config:1: persist: not a duration"), "{}", text(&out.stderr));
+    s.stop();
+    drop(s);
+    guard.check();
+}

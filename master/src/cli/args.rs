@@ -86,7 +86,8 @@ pub struct Opts {
     #[arg(short = 'K', long = "ask-become-pass", global = true)]
     pub ask_become_pass: bool,
     /// Run in the background session, which keeps its connections for the next run; it ends after
-    /// DURATION (90s, 10m, 2h) without a client
+    /// DURATION (90s, 10m, 2h) without a client. Default: `persist = ...` in ~/.config/spore/config;
+    /// 0: no session
     #[arg(long, global = true, value_name = "DURATION", env = "SPORE_PERSIST", value_parser = super::session::duration)]
     pub persist: Option<std::time::Duration>,
     /// Show debug logs of the master and every agent (-vv: trace)

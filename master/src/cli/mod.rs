@@ -200,7 +200,20 @@ pub fn main() -> i32 {
     }
     let has_targets =
         matches!(cli.cmd, Cmd::Run { .. } | Cmd::Script { .. } | Cmd::Info { .. } | Cmd::Put { .. } | Cmd::Get { .. });
-    if let (Some(idle), true) = (cli.opts.persist, has_targets) {
+    // --persist, else SPORE_PERSIST (clap reads it), else the config file;
+    // 0 runs here, without a session.
+    let persist = match cli.opts.persist {
+        Some(d) => Some(d),
+        None if has_targets => match session::configured() {
+            Ok(d) => d,
+            Err(e) => {
+                complain(&format!("spore: {e}"));
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
+    if let (Some(idle), true) = (persist.filter(|d| !d.is_zero()), has_targets) {
         // The whole command line goes to the session, which runs it.
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
         return session::run_in_session(&argv, idle, cli.opts.ask_become_pass);

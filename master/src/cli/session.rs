@@ -45,6 +45,36 @@ pub fn duration(v: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The config file's default for `--persist`: `~/.config/spore/config`
+/// (`$XDG_CONFIG_HOME`), beside the inventory, lines of `key = value`
+/// and `#` comments; `persist = 10m`. None without the file or the key.
+pub fn configured() -> Result<Option<Duration>, String> {
+    let Some(path) = spore::inventory::default_path().map(|p| p.with_file_name("config")) else { return Ok(None) };
+    let text = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() <= 64 << 10 => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(_) => return Err(format!("{}: larger than 64 KiB", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut persist = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) =
+            line.split_once('=').ok_or_else(|| format!("{}:{}: not `key = value`: {line:?}", path.display(), n + 1))?;
+        match key.trim() {
+            "persist" => {
+                persist =
+                    Some(duration(value.trim()).map_err(|e| format!("{}:{}: persist: {e}", path.display(), n + 1))?)
+            }
+            other => log::info!("{}:{}: {other:?} is not a setting spore knows; ignored", path.display(), n + 1),
+        }
+    }
+    Ok(persist)
+}
+
 // ---- the client ------------------------------------------------------
 
 /// Run this command line in the session (started, idle for at most
