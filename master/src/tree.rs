@@ -209,7 +209,7 @@ pub fn get_file(ctx: &Context, remote: &str, local_dest: &Path) -> Result<u64> {
     fetch_file_at(ctx, remote, false, &dir, name, local_dest)
 }
 
-/// Where `get -r` of many targets puts `target`'s copy: `dir/<target>`,
+/// Where `get -r` of many targets (and `--out-dir`) puts `target`'s files: `dir/<target>`,
 /// each hop of the target a directory (`dir/bastion/web1`). A target with
 /// an empty, `.` or `..` hop is refused: its copy would land elsewhere.
 pub fn per_target(dir: &Path, target: &str) -> Result<PathBuf> {
@@ -217,7 +217,7 @@ pub fn per_target(dir: &Path, target: &str) -> Result<PathBuf> {
     for hop in target.split('/') {
         if hop.is_empty() || hop == "." || hop == ".." || hop.contains('\0') {
             return Err(Error::Usage(format!(
-                "get -r: the target {target:?} can't name a directory in {}",
+                "the target {target:?} can't name a directory in {}",
                 shown(dir.as_os_str())
             )));
         }

@@ -828,10 +828,11 @@ fn cmd_run(run: &Run<'_>, ctx: &Context, cmd: &Command, what: &str, o: &mut Outc
         Some(ScreenForm::Through)
     };
     let files = match &run.opts.out_dir {
-        Some(root) => Some(OutFiles::create(root, &label).map_err(|e| Error::Local {
-            what: format!("create {}", output::target_dir(root, &label).display()),
-            source: e,
-        })?),
+        Some(root) => {
+            let dir = spore::tree::per_target(root, &label)?;
+            let what = format!("create {}", dir.display());
+            Some(OutFiles::create(dir).map_err(|source| Error::Local { what, source })?)
+        }
         None => None,
     };
     let gathered = run.opts.gather.then(|| Gathered::new(run.gather_limit));

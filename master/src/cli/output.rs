@@ -255,9 +255,8 @@ pub struct OutFiles {
 }
 
 impl OutFiles {
-    /// The target's directory under `root` (made, with its parents).
-    pub fn create(root: &Path, target: &str) -> io::Result<OutFiles> {
-        let dir = target_dir(root, target);
+    /// Files in `dir`, the target's directory (made, with its parents).
+    pub fn create(dir: PathBuf) -> io::Result<OutFiles> {
         std::fs::create_dir_all(&dir)?;
         let mut files = [None, None];
         for (i, name) in ["stdout", "stderr"].into_iter().enumerate() {
@@ -292,17 +291,6 @@ impl OutFiles {
 /// An I/O error that names its file.
 pub fn named(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-/// Where a target's files go under `root`: one directory per hop of its
-/// path (`DIR/bastion/web01`). Hop names never are empty, `.` or `..`
-/// (the hop parser refuses them), so nothing lands outside `root`.
-pub fn target_dir(root: &Path, target: &str) -> PathBuf {
-    let mut dir = root.to_path_buf();
-    for hop in target.split('/').filter(|h| !h.is_empty() && *h != "." && *h != "..") {
-        dir.push(hop);
-    }
-    dir
 }
 
 /// Would two targets' files collide: is one target a prefix of another,
