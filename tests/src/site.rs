@@ -5,6 +5,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test harness")]
 
 use crate::sshd::Sshd;
+
+/// For each `name` (a `fn name(site: Site, [arg])`), a module `name` with
+/// two tests, `local` and `ssh`, that call it on each [`Site`].
+#[macro_export]
+macro_rules! local_and_ssh {
+    ($($name:ident $(($arg:expr))?),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn local() {
+                    super::$name($crate::site::Site::local() $(, $arg)?);
+                }
+                #[test]
+                fn ssh() {
+                    super::$name($crate::site::Site::ssh() $(, $arg)?);
+                }
+            }
+        )*
+    };
+}
 use spore::{Context, Hop, Router, SshHop};
 
 /// Local agents, or agents behind a loopback sshd.

@@ -15,24 +15,7 @@ use spore_tests::strays::{signal, Marks};
 use spore_tests::{LeakGuard, Scratch};
 use std::time::{Duration, Instant};
 
-macro_rules! local_and_ssh {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn local() {
-                    super::$name(super::Site::local());
-                }
-                #[test]
-                fn ssh() {
-                    super::$name(super::Site::ssh());
-                }
-            }
-        )*
-    };
-}
-
-local_and_ssh!(
+spore_tests::local_and_ssh!(
     cancel_kills_the_command_tree_and_spares_the_other_run,
     a_call_cancelled_before_its_command_started_kills_it_too,
     liveness_is_known_without_a_round_trip,

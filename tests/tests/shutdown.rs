@@ -11,24 +11,7 @@ use spore_tests::{cmdline, descendants, spore_bin, test_agent_path, wait_for_rec
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-macro_rules! local_and_ssh {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn local() {
-                    super::$name(super::Site::local());
-                }
-                #[test]
-                fn ssh() {
-                    super::$name(super::Site::ssh());
-                }
-            }
-        )*
-    };
-}
-
-local_and_ssh!(
+spore_tests::local_and_ssh!(
     a_wide_tree_shuts_down_gracefully_and_fast,
     a_hung_dispatcher_does_not_hold_up_the_tree,
     commands_that_ignore_sigterm_or_fork_away_are_killed,

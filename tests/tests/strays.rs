@@ -17,23 +17,6 @@ use spore_tests::LeakGuard;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-macro_rules! local_and_ssh {
-    ($($name:ident $(($arg:expr))?),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn local() {
-                    super::$name(super::Site::local() $(, $arg)?);
-                }
-                #[test]
-                fn ssh() {
-                    super::$name(super::Site::ssh() $(, $arg)?);
-                }
-            }
-        )*
-    };
-}
-
 /// The agent running the commands, killed at each depth of a chain of
 /// three.
 fn sigkill_at_depth_1(site: Site) {
@@ -46,7 +29,7 @@ fn sigkill_at_depth_3(site: Site) {
     sigkill_at_depth(site, 3)
 }
 
-local_and_ssh!(
+spore_tests::local_and_ssh!(
     sigkill_at_depth_1,
     sigkill_at_depth_2,
     sigkill_at_depth_3,
