@@ -193,6 +193,15 @@ impl Broker {
         read(&self.shared.routes).child_toward(id)
     }
 
+    /// Is context `id` below us, or joining: its connect has succeeded and
+    /// the broker thread (or, for a context further down, its parent's
+    /// announcement) has yet to add it? What a caller holding a connected
+    /// context asks; `false` once it is lost or its connect failed.
+    pub fn is_below(&self, id: u32) -> bool {
+        let routes = read(&self.shared.routes);
+        routes.child_toward(id).is_some() || routes.is_joining(id)
+    }
+
     /// Hand a connected stream to the broker. From the moment this returns,
     /// messages to its context go out through it (the greeting first).
     pub fn add_stream(&self, s: NewStream) {
@@ -200,6 +209,9 @@ impl Broker {
         let NewStream { remote_id, name, input, output, stderr, mut child, leftover, is_parent, greeting } = s;
         let refuse = |child: &mut Option<Child>, why: String| {
             crate::logs::line(log::Level::Warn, module_path!(), &format!("stream {name}: {why}"));
+            if !is_parent {
+                self.forget_child_id(remote_id);
+            }
             if let Some(c) = child.as_mut() {
                 procs::kill_and_reap(c);
             }

@@ -155,8 +155,10 @@ impl Core {
         let refused = {
             let mut routes = self.routes_mut();
             let checked = routes.may_add_direct(remote, sid);
-            if checked.is_ok() {
-                routes.add(remote, self.cfg.id, sid);
+            match checked {
+                Ok(()) => routes.add(remote, self.cfg.id, sid),
+                // Its connect failed after all: nobody may add it now.
+                Err(_) => routes.forget(remote),
             }
             checked.err()
         };

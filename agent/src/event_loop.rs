@@ -347,6 +347,9 @@ impl Loop {
         }
         let Some(out) = read(&self.shared.outs).get(&sid).cloned() else {
             // Its write side is gone already: it can't be served.
+            if !s.is_parent {
+                write(&self.shared.routes).forget(s.remote_id);
+            }
             if let Some(child) = s.child {
                 self.reaper.add(child, format!("connection process for {}", s.name), Some(Instant::now()));
             }

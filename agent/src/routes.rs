@@ -228,6 +228,12 @@ impl Routes {
         None
     }
 
+    /// Is context `id` allocated for a connect that has not been announced
+    /// (nor failed, nor lost with its parent) yet?
+    pub fn is_joining(&self, id: u32) -> bool {
+        self.expected.contains_key(&id)
+    }
+
     /// Is `ancestor` on the path from here down to `id` (or `id` itself)?
     fn on_path(&self, ancestor: u32, id: u32) -> bool {
         let mut at = id;
@@ -435,6 +441,22 @@ mod tests {
         assert_eq!(r.may_add(50, 2, 5), Ok(()));
         r.add(50, 2, 5);
         assert_eq!(r.may_add(50, 2, 5), Err(RouteRefusal::AlreadyAdded));
+    }
+
+    #[test]
+    fn an_id_is_joining_from_its_notice_until_added_forgotten_or_orphaned() {
+        let mut r = table();
+        r.expect(50, 2);
+        r.expect(60, 1);
+        r.expect(70, 3);
+        assert!(r.is_joining(50) && r.is_joining(60) && r.is_joining(70));
+        r.add(50, 2, 5);
+        assert!(!r.is_joining(50) && r.child_toward(50) == Some(2), "added: below, no longer joining");
+        r.forget(60);
+        assert!(!r.is_joining(60), "its connect failed");
+        r.remove_stream(6, "context 3 stream closed");
+        assert!(!r.is_joining(70), "the context connecting it is lost");
+        assert!(!r.is_joining(4), "added long ago");
     }
 
     #[test]

@@ -489,7 +489,7 @@ impl Context {
     /// promise that the next call succeeds (the host may have died a
     /// moment ago, unnoticed until keepalive's next verdict).
     pub fn is_connected(&self) -> bool {
-        !self.router.is_shut_down() && self.router.broker().child_toward(self.id).is_some()
+        !self.router.is_shut_down() && self.router.broker().is_below(self.id)
     }
 
     /// Tell the agent to shut down (its subtree with it) if the master

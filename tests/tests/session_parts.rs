@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use spore::target::Opened;
-use spore::{Cancel, Command, Context, Error, Options, Router, Stream, Targets};
+use spore::{Cancel, Command, Context, Error, Hop, Options, Router, Stream, Targets};
 use spore_tests::site::Site;
 use spore_tests::sshd::{PASSWORD, USER_PW};
 use spore_tests::strays::{signal, Marks};
@@ -19,6 +19,7 @@ spore_tests::local_and_ssh!(
     cancel_kills_the_command_tree_and_spares_the_other_run,
     a_call_cancelled_before_its_command_started_kills_it_too,
     liveness_is_known_without_a_round_trip,
+    a_context_is_connected_from_the_moment_its_connect_returns,
     targets_reconnect_a_killed_agent_and_what_was_below_it,
     targets_list_and_drop_contexts,
     file_transfers_cancelled,
@@ -204,6 +205,26 @@ fn liveness_is_known_without_a_round_trip(site: Site) {
     }
     r.shutdown();
     drop((ctx, r));
+    finish(site, None, guard);
+}
+
+/// A context handed out by a connect reads as connected at once, before
+/// the broker thread has taken its stream in (a first hop) or its
+/// parent's announcement has arrived (a hop below): else `Targets` would
+/// take a context just connected for a lost one and connect it again.
+fn a_context_is_connected_from_the_moment_its_connect_returns(site: Site) {
+    let guard = LeakGuard::new();
+    let r = router();
+    let top = r.connect(&site.hop(), site.label()).unwrap();
+    assert!(top.is_connected());
+    for i in 0..40 {
+        let first = r.connect(&Hop::Local, &format!("local#{i}")).unwrap();
+        assert!(first.is_connected(), "a first hop, round {i}");
+        let below = top.connect_hop(&Hop::Local, &format!("{}/local#{i}", site.label())).unwrap();
+        assert!(below.is_connected(), "a hop below, round {i}");
+    }
+    r.shutdown();
+    drop((top, r));
     finish(site, None, guard);
 }
 
