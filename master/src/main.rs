@@ -3,6 +3,10 @@
 mod cli;
 mod signals;
 mod tty;
+mod wipe;
+
+#[global_allocator]
+static ALLOC: wipe::WipeOnFree = wipe::WipeOnFree;
 
 fn main() {
     std::process::exit(cli::main());

@@ -136,7 +136,9 @@ impl Targets {
     /// message and pipe buffers, the agent's and sudo's own memory), the
     /// caller's copies made before handing it over (what read it from a
     /// terminal), and bytes a `String` left behind when it grew before it
-    /// was handed over. Contexts it opened stay connected.
+    /// was handed over. Contexts it opened stay connected. A process that
+    /// must keep none of those copies zeroes every block before freeing
+    /// it, as the `spore` session does (its global allocator).
     pub fn clear_become_password(&self) {
         let secret = lock(&self.become_password).take();
         drop(secret);

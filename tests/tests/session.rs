@@ -765,7 +765,6 @@ fn a_sudo_context_stays_for_the_next_run() {
 /// The password given with -K is not kept in the session's memory (its
 /// writable pages are searched for it, after the run).
 #[test]
-#[ignore = "fails: the serialized `connect` ConnectArgs (context.rs connect_hop_with) stays in freed heap"]
 fn the_become_password_is_not_kept_in_the_session() {
     sudo_context(true);
 }

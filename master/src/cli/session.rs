@@ -171,6 +171,8 @@ struct Session {
 /// `spore session serve --idle SECS`: serve until idle that long (or
 /// `stop`), then the bounded shutdown of the whole tree.
 pub fn serve(idle: Duration) -> i32 {
+    // A -K password's copies freed on its way to a sudo hop are not kept.
+    crate::wipe::switch_on();
     let dir = match session::runtime_dir() {
         Ok(d) => d,
         Err(e) => {
