@@ -729,6 +729,35 @@ fn other_connection_options_get_their_own_contexts() {
     guard.check();
 }
 
+/// `--connect-timeout` holds for a run in the session as without it: a
+/// target that never answers fails after that long, with the same error
+/// and status (the session's own default is 30 s, past the bound here).
+#[test]
+fn a_run_s_connect_timeout_holds_in_the_session() {
+    let guard = LeakGuard::new();
+    let s = Session::new("connect-timeout");
+    // ssh waits for a banner that never comes, its own timeout far off:
+    // spore's connect timeout ends the wait.
+    let args =
+        ["-o", "ConnectTimeout=120", "-o", "ProxyCommand=sleep 118.3", "--connect-timeout", "1", "run", "hang.invalid"];
+    let args: Vec<&str> = args.into_iter().chain(["--", "true"]).collect();
+    let bound = Duration::from_secs(20);
+    let cold = wait_bounded(s.command(&args).spawn().unwrap(), bound);
+    assert_eq!(cold.status.code(), Some(255), "{}", text(&cold.stderr));
+    assert!(text(&cold.stderr).contains("hang.invalid: connection failed: timed out"), "{}", text(&cold.stderr));
+    let mut warm_args = vec!["--persist", "60s"];
+    warm_args.extend_from_slice(&args);
+    for round in ["starting the session", "warm"] {
+        let warm = wait_bounded(s.command(&warm_args).spawn().unwrap(), bound);
+        assert_eq!(text(&warm.stderr), text(&cold.stderr), "{round}");
+        assert_eq!(warm.status.code(), Some(255), "{round}");
+    }
+    none_within("sleep 118.3", Duration::from_secs(5)).unwrap_or_else(|l| panic!("left: {l:?}"));
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
 /// Whether `needle` occurs anywhere in the writable memory of `pid`.
 fn memory_holds(pid: i32, needle: &[u8]) -> bool {
     use std::io::{Read, Seek, SeekFrom};

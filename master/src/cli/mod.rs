@@ -579,7 +579,7 @@ fn one_target(run: &Run<'_>, t: &Target) -> Outcome {
         p.begin(&t.label);
     }
     let mut o = Outcome::new(t);
-    let result = run.tree.open(&t.path).and_then(|ctx| match run.work {
+    let result = run.tree.open_within(&t.path, run.opts.connect_timeout).and_then(|ctx| match run.work {
         Work::Run { cmd, what } => cmd_run(run, &ctx, cmd, what, &mut o),
         Work::Info => cmd_info(&ctx, &mut o),
         Work::Get { remote, local, many, recursive } => {
@@ -640,7 +640,7 @@ fn put_all(
                     if let Some(p) = run.progress {
                         p.begin(&t.label);
                     }
-                    run.tree.open(&t.path)
+                    run.tree.open_within(&t.path, run.opts.connect_timeout)
                 })
             })
             .collect();
