@@ -123,23 +123,32 @@ impl Router {
     /// Start an agent at the end of `hop` from this machine: a local child,
     /// ssh, sudo, a container. `name` is its path in the tree.
     pub fn connect(&self, hop: &Hop, name: &str) -> Result<Context> {
-        self.connect_with(hop, name, self.inner.opts.become_password.as_deref())
+        self.connect_with(hop, name, self.inner.opts.become_password.as_deref(), self.inner.opts.connect_timeout)
     }
 
     /// [`Router::connect`] with this become password (for a `sudo`, `su`
-    /// or `doas` hop) instead of [`Options::become_password`](crate::Options):
-    /// for a caller that holds a password for one connect only.
-    pub fn connect_with(&self, hop: &Hop, name: &str, become_password: Option<&str>) -> Result<Context> {
+    /// or `doas` hop) and connect timeout instead of the router's
+    /// [`Options::become_password`](crate::Options) and
+    /// [`Options::connect_timeout`](crate::Options) (at most
+    /// [`MAX_WAIT`](crate::router::MAX_WAIT)): for a caller whose runs each
+    /// have their own, as a session's do.
+    pub fn connect_with(
+        &self,
+        hop: &Hop,
+        name: &str,
+        become_password: Option<&str>,
+        connect_timeout: Duration,
+    ) -> Result<Context> {
         if self.inner.shut.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
+        let timeout = connect_timeout.min(MAX_WAIT);
         let id = self.allocate_child_id(MASTER_ID, name)?;
         let args = self.agent_args(id, name, vec![MASTER_ID], self.inner.opts.shutdown_grace);
         let mut how = hop.connect_args(become_password);
-        how.connect_timeout_ms = millis(self.inner.opts.connect_timeout);
+        how.connect_timeout_ms = millis(timeout);
         how.images = self.images_for_connect(false);
         let images = &self.inner.images;
-        let timeout = self.inner.opts.connect_timeout;
         // On this host the master checks the cache itself and runs a
         // verified agent directly; else (and for every other method) the
         // bootstrap script does.
@@ -593,14 +602,21 @@ impl Context {
 
     /// Start a child context through a parsed hop, named `name`.
     pub fn connect_hop(&self, hop: &Hop, name: &str) -> Result<Context> {
-        self.connect_hop_with(hop, name, self.router.options().become_password.as_deref())
+        let opts = self.router.options();
+        self.connect_hop_with(hop, name, opts.become_password.as_deref(), opts.connect_timeout)
     }
 
-    /// [`Context::connect_hop`] with this become password instead of
-    /// [`Options::become_password`](crate::Options).
-    pub fn connect_hop_with(&self, hop: &Hop, name: &str, become_password: Option<&str>) -> Result<Context> {
+    /// [`Context::connect_hop`] with this become password and connect
+    /// timeout instead of the router's (see [`Router::connect_with`]).
+    pub fn connect_hop_with(
+        &self,
+        hop: &Hop,
+        name: &str,
+        become_password: Option<&str>,
+        connect_timeout: Duration,
+    ) -> Result<Context> {
         let id = self.router.allocate_child_id(self.id, name)?;
-        let timeout = self.router.options().connect_timeout;
+        let timeout = connect_timeout.min(MAX_WAIT);
         let mut args = hop.connect_args(become_password);
         args.context_id = id;
         args.name = name.to_string();

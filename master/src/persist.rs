@@ -46,6 +46,10 @@ pub struct Request {
     /// `-K`: the become password, for this run's connects only (the
     /// socket is private to the user).
     pub password: Option<String>,
+    /// The most verbose log records the client shows (`WARN`, `DEBUG`,
+    /// ...; its `-v`, or `SPORE_LOG`); without it, the command line's
+    /// `-v` says.
+    pub log_level: Option<String>,
 }
 
 /// The session's answer at the end.
@@ -162,7 +166,12 @@ impl Client {
         let mut argv = vec![hex(b"spore")];
         argv.extend(args.iter().map(|a| hex(a.as_bytes())));
         let cwd = std::env::current_dir()?;
-        let request = Request { kind: "run".into(), argv, cwd: hex(cwd.as_os_str().as_bytes()), password: None };
+        let request = Request {
+            kind: "run".into(),
+            argv,
+            cwd: hex(cwd.as_os_str().as_bytes()),
+            ..<Request as Default>::default()
+        };
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let null = std::fs::File::open("/dev/null")?;

@@ -152,15 +152,25 @@ impl Targets {
     /// forgotten; a failed connect is remembered (and returned again) until
     /// [`Targets::forget_failures`].
     pub fn open(&self, target: &str) -> Result<Context> {
+        self.open_within(target, None)
+    }
+
+    /// [`Targets::open`], its connects waiting `connect_timeout` each for
+    /// their agent (None: the router's
+    /// [`Options::connect_timeout`](crate::Options)): one run's own, where
+    /// runs at once each have theirs (a session). A prefix another thread
+    /// is connecting already is waited for on that thread's terms.
+    pub fn open_within(&self, target: &str, connect_timeout: Option<Duration>) -> Result<Context> {
+        let timeout = connect_timeout.unwrap_or(self.router.options().connect_timeout);
         let hops = hop::parse(target)?;
         let parts: Vec<&str> = target.split('/').collect();
         let mut parent: Option<Context> = None;
         for (level, hop) in hops.iter().enumerate() {
             let path = parts[..=level].join("/");
             let cell = self.cell(&path);
-            let opened = cell
-                .outcome
-                .get_or_init(|| self.connect(parent.as_ref(), hop, level, &path).map(|ctx| (ctx, Instant::now())));
+            let opened = cell.outcome.get_or_init(|| {
+                self.connect(parent.as_ref(), hop, level, &path, timeout).map(|ctx| (ctx, Instant::now()))
+            });
             match opened {
                 Ok((ctx, _)) => {
                     *lock(&cell.last_used) = Instant::now();
@@ -234,6 +244,7 @@ impl Targets {
         hop: &Hop,
         level: usize,
         path: &str,
+        timeout: Duration,
     ) -> std::result::Result<Context, (String, String)> {
         let mut hop = hop.clone();
         if let (0, Hop::Ssh(ssh)) = (level, &mut hop) {
@@ -249,8 +260,8 @@ impl Targets {
             None => self.router.options().become_password.as_deref(),
         };
         let r = self.slots.acquire(&self.router).and_then(|_slot| match parent {
-            None => self.router.connect_with(&hop, path, password),
-            Some(ctx) => ctx.connect_hop_with(&hop, path, password),
+            None => self.router.connect_with(&hop, path, password, timeout),
+            Some(ctx) => ctx.connect_hop_with(&hop, path, password, timeout),
         });
         r.map_err(|e| match e {
             Error::Connect { target, cause } => (target, out_of_fds(cause)),

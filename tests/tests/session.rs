@@ -729,6 +729,225 @@ fn other_connection_options_get_their_own_contexts() {
     guard.check();
 }
 
+/// `--connect-timeout` holds for a run in the session as without it: a
+/// target that never answers fails after that long, with the same error
+/// and status (the session's own default is 30 s, past the bound here).
+#[test]
+fn a_run_s_connect_timeout_holds_in_the_session() {
+    let guard = LeakGuard::new();
+    let s = Session::new("connect-timeout");
+    // ssh waits for a banner that never comes, its own timeout far off:
+    // spore's connect timeout ends the wait.
+    let args =
+        ["-o", "ConnectTimeout=120", "-o", "ProxyCommand=sleep 118.3", "--connect-timeout", "1", "run", "hang.invalid"];
+    let args: Vec<&str> = args.into_iter().chain(["--", "true"]).collect();
+    let bound = Duration::from_secs(20);
+    let cold = wait_bounded(s.command(&args).spawn().unwrap(), bound);
+    assert_eq!(cold.status.code(), Some(255), "{}", text(&cold.stderr));
+    assert!(text(&cold.stderr).contains("hang.invalid: connection failed: timed out"), "{}", text(&cold.stderr));
+    let mut warm_args = vec!["--persist", "60s"];
+    warm_args.extend_from_slice(&args);
+    for round in ["starting the session", "warm"] {
+        let warm = wait_bounded(s.command(&warm_args).spawn().unwrap(), bound);
+        assert_eq!(text(&warm.stderr), text(&cold.stderr), "{round}");
+        assert_eq!(warm.status.code(), Some(255), "{round}");
+    }
+    none_within("sleep 118.3", Duration::from_secs(5)).unwrap_or_else(|l| panic!("left: {l:?}"));
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
+/// A client whose stderr lines are watched as they come.
+struct Watched {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    readers: (std::thread::JoinHandle<Vec<u8>>, std::thread::JoinHandle<()>),
+}
+
+impl Watched {
+    fn start(mut cmd: Command) -> Watched {
+        use std::io::{BufRead, Read};
+        let mut child = cmd.spawn().unwrap();
+        let (mut out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = std::sync::Arc::clone(&lines);
+        let readers = (
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = out.read_to_end(&mut v);
+                v
+            }),
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                    into.lock().unwrap().push(line);
+                }
+            }),
+        );
+        Watched { child, lines, readers }
+    }
+
+    /// Wait (bounded) for a line of stderr holding `what`.
+    fn wait_line(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.lines.lock().unwrap().iter().any(|l| l.contains(what)) {
+            assert!(Instant::now() < deadline, "no {what:?} on stderr: {:?}", self.lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Its exit status, stdout and stderr lines (killed past a minute).
+    fn finish(mut self) -> (Option<i32>, String, Vec<String>) {
+        let status = exit_within(&mut self.child, Duration::from_secs(60));
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let out = self.readers.0.join().unwrap();
+        self.readers.1.join().unwrap();
+        let lines = self.lines.lock().unwrap().clone();
+        assert!(status.is_some(), "still running after a minute: {lines:?}");
+        (status.and_then(|s| s.code()), text(&out), lines)
+    }
+}
+
+/// `-v` on a run in the session: the client's stderr shows the lines a cold
+/// `-v` run shows for its work (its connects; its agents' records), not
+/// `session.log`. Another client's run at the same time sees none of
+/// them: without `-v`, nothing; with it, its own target's only.
+#[test]
+fn a_run_s_verbosity_shows_its_own_log() {
+    let guard = LeakGuard::new();
+    let s = Session::new("verbose");
+    let flag = s.scratch.path("go");
+    // A command that ends once the test says so (or after 30 s).
+    let waiting =
+        |tag: &str| format!("i=0; while [ ! -e {flag} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo {tag}");
+    let stable = [
+        "DEBUG [master] spore::context: connected local (context ",
+        "DEBUG [master] spore::context: connected local/local (context ",
+        "DEBUG [local] spore_agent::dispatch: call connect from context 0",
+        "DEBUG [local/local] spore_agent::dispatch: agent local/local up: pid ",
+        "DEBUG [local/local] spore_agent::dispatch: call exec from context 0",
+    ];
+    let has = |lines: &[String], what: &str| lines.iter().any(|l| l.starts_with(what));
+    std::fs::write(&flag, "").unwrap();
+    let a_script = waiting("a");
+    let cold = s.run(&["-v", "run", "local/local", "--", "sh", "-c", &a_script]);
+    let cold_lines: Vec<String> = text(&cold.stderr).lines().map(String::from).collect();
+    for line in stable {
+        assert!(has(&cold_lines, line), "cold: no {line:?} in {cold_lines:?}");
+    }
+    // The session's first run connects: the same lines.
+    let first =
+        Watched::start(s.command(&["--persist", "60s", "-v", "run", "local/local", "--", "sh", "-c", &a_script]));
+    let (status, out, lines) = first.finish();
+    assert_eq!((status, out.as_str()), (Some(0), "a\n"), "{lines:?}");
+    for line in stable {
+        assert!(has(&lines, line), "first: no {line:?} in {lines:?}");
+    }
+    // Warm, three clients at once: A with -v, on local/local...
+    std::fs::remove_file(&flag).unwrap();
+    let warm = |args: &[&str]| {
+        let mut all = vec!["--persist", "60s"];
+        all.extend_from_slice(args);
+        Watched::start(s.command(&all))
+    };
+    let a = warm(&["-v", "run", "local/local", "--", "sh", "-c", &a_script]);
+    a.wait_line(stable[4]);
+    // ...B without, on the same target; C with -v, on local (a hop of A's).
+    let b_script = waiting("b");
+    let b = warm(&["run", "local/local", "--", "sh", "-c", &b_script]);
+    let c = warm(&["-v", "run", "local", "--", "sh", "-c", &waiting("c")]);
+    c.wait_line("DEBUG [local] spore_agent::dispatch: call exec from context 0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ours_running(&b_script).is_empty() {
+        assert!(Instant::now() < deadline, "B's command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&flag, "").unwrap();
+    let (a, b, c) = (a.finish(), b.finish(), c.finish());
+    assert_eq!((a.0, a.1.as_str()), (Some(0), "a\n"), "A: {:?}", a.2);
+    assert!(!a.2.iter().any(|l| l.contains("[local] ")), "A got C's records: {:?}", a.2);
+    assert_eq!((b.0, b.1.as_str(), b.2.len()), (Some(0), "b\n", 0), "B: {:?}", b.2);
+    assert_eq!((c.0, c.1.as_str()), (Some(0), "c\n"), "C: {:?}", c.2);
+    assert!(!c.2.iter().any(|l| l.contains("[local/local] ")), "C got A's or B's records: {:?}", c.2);
+    assert!(!s.log().contains("DEBUG"), "session.log keeps its own level: {}", s.log());
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
+/// Bytes waiting in a pipe.
+fn pipe_bytes(fd: &impl std::os::fd::AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer we pass, valid for
+    // the call.
+    assert_eq!(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) }, 0);
+    usize::try_from(n).unwrap()
+}
+
+/// Whether a thread of `pid` named `name` waits to write to a full pipe.
+fn stuck_writing(pid: i32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| {
+        let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+        read("comm").trim() == name && read("wchan").contains("pipe_write")
+    })
+}
+
+/// A run's log is bounded: its target floods the log (lines on its agent's
+/// own stderr, forwarded as warnings) while its client does not read its
+/// stderr; another client's run meanwhile gets its own records at once,
+/// the session does not grow, and the flooded client gets what fitted and
+/// a count of the rest.
+#[test]
+fn a_run_s_log_flood_is_bounded_and_holds_up_no_other_client() {
+    let guard = LeakGuard::new();
+    let s = Session::new("log-flood");
+    let pid = agent_pid(&s, "local/local");
+    let server = u32::try_from(s.server()).unwrap();
+    let before = spore_tests::rss_kib(server);
+    let flood = format!("yes flood-line | head -n 300000 > /proc/{pid}/fd/2");
+    let mut a = s.command(&["--persist", "60s", "run", "local/local", "--", "sh", "-c", &flood]).spawn().unwrap();
+    // A's stderr, unread, fills: the session's writer for it is stuck.
+    let a_err = a.stderr.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stuck_writing(s.server(), "spore-run-log") {
+        assert!(Instant::now() < deadline, "A's log writer never got stuck: {} bytes in its pipe", pipe_bytes(&a_err));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let grown = spore_tests::rss_kib(server);
+    // B, -v, on local (not A's target): its agent's records come.
+    let flag = s.scratch.path("go");
+    let b_script = format!("i=0; while [ ! -e {flag} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo b");
+    let b = Watched::start(s.command(&["--persist", "60s", "-v", "run", "local", "--", "sh", "-c", &b_script]));
+    b.wait_line("DEBUG [local] spore_agent::dispatch: call exec from context 0");
+    std::fs::write(&flag, "").unwrap();
+    let (status, out, lines) = b.finish();
+    assert_eq!((status, out.as_str()), (Some(0), "b\n"), "B: {lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("flood-line")), "B got A's records");
+    // A ends (its run does not wait for its stderr), and gets the rest
+    // once it reads.
+    let status = exit_within(&mut a, Duration::from_secs(30));
+    if status.is_none() {
+        let _ = a.kill();
+    }
+    a.stderr = Some(a_err);
+    let out = wait_bounded(a, Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "A");
+    let err = text(&out.stderr);
+    let shown = err.lines().filter(|l| l.starts_with("WARN  [local/local] stderr: flood-line")).count();
+    let last = err.lines().last().unwrap_or_default();
+    eprintln!("A: {shown} flood lines shown, then {last:?}; session RSS {before} -> {grown} KiB");
+    assert!(shown > 0, "{}", &err[..err.len().min(2000)]);
+    assert!(last.ends_with("log records of this run dropped (stderr fell behind)"), "{last}");
+    assert!(grown < before + 64 * 1024, "the session grew from {before} to {grown} KiB");
+    s.stop();
+    drop(s);
+    guard.check();
+}
+
 /// Whether `needle` occurs anywhere in the writable memory of `pid`.
 fn memory_holds(pid: i32, needle: &[u8]) -> bool {
     use std::io::{Read, Seek, SeekFrom};

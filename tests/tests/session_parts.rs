@@ -365,6 +365,42 @@ fn a_become_password_serves_one_run_and_failures_are_retried_when_forgotten() {
     finish(site, None, guard);
 }
 
+/// Two runs at once on one `Targets`, one with a connect timeout of its
+/// own, one without: each connect waits its own run's (ssh is told it as
+/// its `ConnectTimeout`), neither takes the other's.
+#[test]
+fn each_open_connects_with_its_own_timeout() {
+    let guard = LeakGuard::new();
+    let r = Router::with_options(Options { connect_timeout: Duration::from_secs(3), ..Options::default() }).unwrap();
+    let mut t = Targets::new(r.clone());
+    // ssh waits for a banner that never comes.
+    t.first_hop_options = vec!["ProxyCommand=sleep 117.3".into()];
+    let ssh_of = |host: &str| {
+        let tail = format!("-T -- {host} ");
+        spore_tests::descendants().into_iter().map(spore_tests::cmdline).find(|c| c.contains(&tail))
+    };
+    std::thread::scope(|s| {
+        let own = s.spawn(|| t.open_within("own.invalid", Some(Duration::from_secs(1))));
+        let router_s = s.spawn(|| t.open("routers.invalid"));
+        let mut seen = (None, None);
+        wait_until("both ssh started", Duration::from_secs(10), || {
+            seen.0 = seen.0.take().or_else(|| ssh_of("own.invalid"));
+            seen.1 = seen.1.take().or_else(|| ssh_of("routers.invalid"));
+            seen.0.is_some() && seen.1.is_some()
+        });
+        let (own_ssh, routers_ssh) = (seen.0.unwrap(), seen.1.unwrap());
+        assert!(own_ssh.contains("-o ConnectTimeout=1 -T"), "{own_ssh}");
+        assert!(routers_ssh.contains("-o ConnectTimeout=3 -T"), "{routers_ssh}");
+        for (what, opened) in [("own", own.join().unwrap()), ("router's", router_s.join().unwrap())] {
+            let err = opened.unwrap_err().to_string();
+            assert!(err.contains(".invalid: connection failed:"), "{what}: {err}");
+        }
+    });
+    r.shutdown();
+    drop((t, r));
+    guard.check();
+}
+
 /// Endless bytes, for an upload that never ends by itself.
 struct Endless;
 

@@ -579,7 +579,10 @@ fn one_target(run: &Run<'_>, t: &Target) -> Outcome {
         p.begin(&t.label);
     }
     let mut o = Outcome::new(t);
-    let result = run.tree.open(&t.path).and_then(|ctx| match run.work {
+    let opening = output::opening();
+    let opened = run.tree.open_within(&t.path, run.opts.connect_timeout);
+    drop(opening);
+    let result = opened.and_then(|ctx| match run.work {
         Work::Run { cmd, what } => cmd_run(run, &ctx, cmd, what, &mut o),
         Work::Info => cmd_info(&ctx, &mut o),
         Work::Get { remote, local, many, recursive } => {
@@ -640,7 +643,8 @@ fn put_all(
                     if let Some(p) = run.progress {
                         p.begin(&t.label);
                     }
-                    run.tree.open(&t.path)
+                    let _opening = output::opening();
+                    run.tree.open_within(&t.path, run.opts.connect_timeout)
                 })
             })
             .collect();

@@ -8,11 +8,14 @@
 use spore::Stream;
 use spore_agent::logs::safe_lines;
 use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// What is on the terminal besides output: the progress line, if drawn.
 #[derive(Default)]
@@ -31,7 +34,15 @@ pub struct Console {
     pub in_tty: bool,
     pub err_tty: bool,
     screen: Mutex<Screen>,
+    /// The most verbose log records its run shows ([`INHERIT`]: the
+    /// process's own level).
+    log_level: AtomicUsize,
+    /// Its run's threads opening targets just now (see [`opening`]).
+    opening: AtomicUsize,
 }
+
+/// [`Console::log_level`] unset: the process's level.
+const INHERIT: usize = usize::MAX;
 
 impl Console {
     /// This process's own (copies of fds 0, 1 and 2).
@@ -52,7 +63,29 @@ impl Console {
             out,
             err,
             screen: Mutex::new(Screen::default()),
+            log_level: AtomicUsize::new(INHERIT),
+            opening: AtomicUsize::new(0),
         }
+    }
+
+    /// Its run's log records: those up to `level` (the client's `-v`, in
+    /// a session), not the process's.
+    pub fn set_log_level(&self, level: log::LevelFilter) {
+        self.log_level.store(level as usize, Ordering::Relaxed);
+    }
+
+    fn log_level(&self) -> log::LevelFilter {
+        match self.log_level.load(Ordering::Relaxed) {
+            INHERIT => process_level(),
+            n => level_from(n),
+        }
+    }
+
+    /// Log lines for stderr, the progress line erased first; a failed
+    /// write is let be (there is nowhere left to say it).
+    fn log_lines(&self, text: &[u8]) {
+        let _screen = self.screen();
+        let _ = (&self.err).write_all(text);
     }
 
     /// The screen, the progress line erased.
@@ -88,6 +121,34 @@ thread_local! {
 
 /// The process's console, for threads of no run (the logger's callers).
 static PROCESS: std::sync::OnceLock<Option<Arc<Console>>> = std::sync::OnceLock::new();
+
+/// The console of this thread's run, if it works for one (not the
+/// process's).
+fn run_console() -> Option<Arc<Console>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// This thread's run is opening a target (connecting it, or what is on
+/// the way) until the guard is dropped: the records of the hops on the
+/// way are the run's meanwhile (see [`RunLog`]).
+pub fn opening() -> Opening {
+    let console = run_console();
+    if let Some(c) = &console {
+        c.opening.fetch_add(1, Ordering::SeqCst);
+    }
+    Opening(console)
+}
+
+/// See [`opening`].
+pub struct Opening(Option<Arc<Console>>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.opening.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
 
 /// This thread's console: its run's, else the process's.
 pub fn current() -> Option<Arc<Console>> {
@@ -506,7 +567,10 @@ fn base64(out: &mut Vec<u8>, data: &[u8]) {
 
 /// Writes `LEVEL [context] message` to stderr (a line each, control
 /// characters escaped); remote records arrive with the target
-/// `spore@PATH`.
+/// `spore@PATH`. A record made on a run's thread goes to that run's
+/// console (at the run's level, else to the process's at its own); any
+/// other to the process's console (a session's `session.log`), and a
+/// remote one besides to each session run that holds PATH ([`RunLog`]).
 struct CliLogger;
 
 impl log::Log for CliLogger {
@@ -518,29 +582,226 @@ impl log::Log for CliLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let level = record.level();
         let target = record.target();
-        let (context, module) = match target.strip_prefix("spore@") {
+        let remote = target.strip_prefix("spore@");
+        let (context, module) = match remote {
             Some(path) => (path, record.module_path().unwrap_or_default()),
             None => ("master", target),
         };
         let mut text = String::new();
         for line in safe_lines(&record.args().to_string()) {
-            text.push_str(&format!("{:5} [{context}] {module}: {line}\n", record.level()));
+            text.push_str(&format!("{level:5} [{context}] {module}: {line}\n"));
         }
-        let _ = emit(Stream::Stderr, text.as_bytes());
+        let run = run_console();
+        match &run {
+            Some(c) if level <= c.log_level() => c.log_lines(text.as_bytes()),
+            _ if level <= process_level() => {
+                if let Some(c) = PROCESS.get_or_init(|| Console::process().ok().map(Arc::new)) {
+                    c.log_lines(text.as_bytes());
+                }
+            }
+            _ => {}
+        }
+        if let (None, Some(path)) = (&run, remote) {
+            RunLog::offer(path, level, &text);
+        }
     }
 
     fn flush(&self) {}
 }
 
-pub fn init_logger(verbose: u8) {
-    let from_env = std::env::var("SPORE_LOG").ok().and_then(|v| v.parse::<log::LevelFilter>().ok());
-    let level = match verbose {
-        0 => from_env.unwrap_or(log::LevelFilter::Warn),
+/// The level `-v` (counted) asks for; without it, `spore_log`'s (the
+/// `SPORE_LOG` variable), else warnings.
+pub fn level_for(verbose: u8, spore_log: Option<&str>) -> log::LevelFilter {
+    match verbose {
+        0 => spore_log.and_then(|v| v.parse().ok()).unwrap_or(log::LevelFilter::Warn),
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
-    };
+    }
+}
+
+/// The process's own log level (`session.log`'s, in a session).
+static PROCESS_LEVEL: AtomicUsize = AtomicUsize::new(log::LevelFilter::Warn as usize);
+
+fn process_level() -> log::LevelFilter {
+    level_from(PROCESS_LEVEL.load(Ordering::Relaxed))
+}
+
+fn level_from(n: usize) -> log::LevelFilter {
+    log::LevelFilter::iter().nth(n).unwrap_or(log::LevelFilter::Trace)
+}
+
+pub fn init_logger(verbose: u8) {
+    let level = level_for(verbose, std::env::var("SPORE_LOG").ok().as_deref());
+    PROCESS_LEVEL.store(level as usize, Ordering::Relaxed);
     if log::set_logger(&CliLogger).is_ok() {
         log::set_max_level(level);
     }
+}
+
+// ---- a session run's share of the tree's log ---------------------------
+
+/// The most lines a run's log holds for its client before it drops them...
+const RUN_LOG_LINES: usize = 4096;
+/// ...and the most bytes.
+const RUN_LOG_BYTES: usize = 1 << 20;
+/// How long a run's end waits for its log lines to reach its client.
+const RUN_LOG_DRAIN: Duration = Duration::from_secs(2);
+
+/// The remote records of one run in a session: those its agents forward
+/// (they arrive on the router's log thread, not the run's), queued for a
+/// thread of the run's own that writes them to the client's stderr, so a
+/// client that does not read its stderr holds up no one else's log; past
+/// the bound they are dropped and counted. A record is the run's if it
+/// comes from one of its targets, or from a hop on the way to one while
+/// the run is opening targets (connecting through it). Records don't say
+/// which call they are about: two runs on one target each see both's.
+pub struct RunLog {
+    level: log::LevelFilter,
+    /// The run's target paths, and the hops on the way to them (set once
+    /// its targets are known).
+    paths: OnceLock<(HashSet<String>, HashSet<String>)>,
+    console: Arc<Console>,
+    queue: Mutex<RunQueue>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct RunQueue {
+    lines: VecDeque<String>,
+    bytes: usize,
+    dropped: u64,
+    /// The run is over: no more lines, the writer ends once they are out.
+    closed: bool,
+    /// The writer has ended.
+    done: bool,
+}
+
+/// The runs whose records are being gathered.
+static RUNS: Mutex<Vec<Arc<RunLog>>> = Mutex::new(Vec::new());
+
+impl RunLog {
+    /// A run's log for the client on `console`, up to `level`, until
+    /// [`RunLog::end`]: its own records (those of its threads) at once, the
+    /// remote ones once [`RunLog::follow`] says whose.
+    pub fn start(console: Arc<Console>, level: log::LevelFilter) -> Arc<RunLog> {
+        console.set_log_level(level);
+        let run =
+            Arc::new(RunLog { level, paths: OnceLock::new(), console, queue: Mutex::default(), cv: Condvar::new() });
+        let writer = Arc::clone(&run);
+        if let Err(e) = std::thread::Builder::new().name("spore-run-log".into()).spawn(move || writer.write_out()) {
+            log::warn!("session: a run's remote log records stay here: can't start its thread: {e}");
+            let mut q = lock(&run.queue);
+            (q.closed, q.done) = (true, true);
+        }
+        let mut runs = lock(&RUNS);
+        runs.push(Arc::clone(&run));
+        set_max_level(&runs);
+        run
+    }
+
+    /// The remote records of the contexts on the way to `targets` (paths)
+    /// are this run's.
+    pub fn follow(&self, targets: &[&str]) {
+        let mut hops = HashSet::new();
+        for t in targets {
+            let mut end = 0;
+            for hop in t.split('/') {
+                if end > 0 {
+                    hops.insert(t[..end - 1].to_string());
+                }
+                end += hop.len() + 1;
+            }
+        }
+        let _ = self.paths.set((targets.iter().map(|t| t.to_string()).collect(), hops));
+    }
+
+    /// Is a record of context `path` this run's?
+    fn holds(&self, path: &str) -> bool {
+        self.paths.get().is_some_and(|(targets, hops)| {
+            targets.contains(path) || (self.console.opening.load(Ordering::SeqCst) > 0 && hops.contains(path))
+        })
+    }
+
+    /// The run is over: no more records, and (waiting at most
+    /// [`RUN_LOG_DRAIN`]) those queued written.
+    pub fn end(&self) {
+        {
+            let mut runs = lock(&RUNS);
+            runs.retain(|r| !std::ptr::eq(Arc::as_ptr(r), self));
+            set_max_level(&runs);
+        }
+        let deadline = Instant::now() + RUN_LOG_DRAIN;
+        let mut q = lock(&self.queue);
+        q.closed = true;
+        self.cv.notify_all();
+        while !q.done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // A client whose stderr does not drain: its writer ends
+                // when a write fails or the lines are out.
+                return;
+            }
+            q = self.cv.wait_timeout(q, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// A remote record of context `path`, for each run that uses it.
+    fn offer(path: &str, level: log::Level, text: &str) {
+        let runs = lock(&RUNS);
+        for run in runs.iter().filter(|r| level <= r.level && r.holds(path)) {
+            let mut q = lock(&run.queue);
+            if q.closed {
+                continue;
+            }
+            if q.lines.len() >= RUN_LOG_LINES || q.bytes + text.len() > RUN_LOG_BYTES {
+                q.dropped += 1;
+                continue;
+            }
+            q.bytes += text.len();
+            q.lines.push_back(text.to_string());
+            run.cv.notify_all();
+        }
+    }
+
+    /// The writer: the queued lines to the client, in batches.
+    fn write_out(&self) {
+        loop {
+            let (batch, dropped, last) = {
+                let mut q = lock(&self.queue);
+                while q.lines.is_empty() && q.dropped == 0 && !q.closed {
+                    q = self.cv.wait(q).unwrap_or_else(PoisonError::into_inner);
+                }
+                q.bytes = 0;
+                (std::mem::take(&mut q.lines), std::mem::take(&mut q.dropped), q.closed)
+            };
+            let mut text: Vec<u8> = batch.into_iter().flat_map(String::into_bytes).collect();
+            if dropped > 0 {
+                let note =
+                    format!("WARN  [master] spore: {dropped} log records of this run dropped (stderr fell behind)\n");
+                text.extend_from_slice(note.as_bytes());
+            }
+            if !text.is_empty() {
+                self.console.log_lines(&text);
+            }
+            if last {
+                let mut q = lock(&self.queue);
+                if q.lines.is_empty() && q.dropped == 0 {
+                    q.done = true;
+                    self.cv.notify_all();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The logger's level: the process's, or a run's that asks for more.
+fn set_max_level(runs: &[Arc<RunLog>]) {
+    log::set_max_level(runs.iter().map(|r| r.level).fold(process_level(), Ord::max));
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -99,6 +99,8 @@ fn client(argv: &[OsString], idle: Duration, ask_pass: bool) -> std::io::Result<
         argv: argv.iter().map(|a| hex(a.as_bytes())).collect(),
         cwd: hex(cwd.as_os_str().as_bytes()),
         password,
+        // What this process would show without the session.
+        log_level: Some(log::max_level().to_string()),
     };
     // From here a signal is the session's to act on (see below).
     crate::signals::block();
@@ -189,7 +191,11 @@ pub fn serve(idle: Duration) -> i32 {
         }
     };
     crate::signals::block();
-    let router = match Router::with_options(Options::default()) {
+    // The agents forward their debug records whoever connected them, so a
+    // later run with -v shows them (see `output::RunLog`); what no run
+    // asks for is dropped here.
+    let agent_log_level = Some(log::max_level().max(log::LevelFilter::Debug));
+    let router = match Router::with_options(Options { agent_log_level, ..Options::default() }) {
         Ok(r) => r,
         Err(e) => {
             complain(&format!("spore: session: {e}"));
@@ -309,6 +315,35 @@ fn run_request(s: &Session, request: &mut Request, conn: &Conn) -> i32 {
         Ok(cli) => cli,
         Err(e) => return super::clap_error(&e),
     };
+    // The client's log level for this run's records, not the session's.
+    let level = match request.log_level.as_deref().map(str::parse) {
+        Some(Ok(level)) => level,
+        _ => output::level_for(cli.opts.verbose, None),
+    };
+    // The client's console, adopted by this thread.
+    let Some(console) = output::current() else { return super::EXIT_SPORE };
+    let run_log = Ending(output::RunLog::start(console, level));
+    run_logged(s, request, conn, cli, cwd, &run_log.0)
+}
+
+/// A run's log, ended (its lines out to the client) however the run ends.
+struct Ending(Arc<output::RunLog>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// [`run_request`] with its log set up.
+fn run_logged(
+    s: &Session,
+    request: &mut Request,
+    conn: &Conn,
+    cli: super::Cli,
+    cwd: PathBuf,
+    run_log: &output::RunLog,
+) -> i32 {
     let mut opts = cli.opts;
     absolute(&mut opts.inventory, &cwd);
     absolute(&mut opts.out_dir, &cwd);
@@ -330,6 +365,7 @@ fn run_request(s: &Session, request: &mut Request, conn: &Conn) -> i32 {
             return super::EXIT_USAGE;
         }
     };
+    run_log.follow(&targets.iter().map(|t| t.path.as_str()).collect::<Vec<_>>());
     let key: Key = (opts.ssh_config.clone(), opts.ssh_options.clone(), opts.forks);
     let tree = {
         let mut trees = s.trees.lock().unwrap_or_else(PoisonError::into_inner);
