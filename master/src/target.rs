@@ -50,26 +50,24 @@ impl Cell {
     }
 }
 
-/// A password held for the connects of one run, its bytes overwritten
-/// when the last holder drops it (a connect in flight keeps it until it is
-/// done). What it can't wipe: the copies made on the way to the agent
-/// (the connect call's arguments and their JSON, the message and pipe
-/// buffers, the agent's and sudo's own memory), the caller's copies made
-/// before handing it over (what read it from a terminal), and bytes left
-/// behind by a `String` that grew before it was handed over.
-struct Secret(String);
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.0).into_bytes();
-        for b in bytes.iter_mut() {
-            // SAFETY: `b` is a valid, aligned, exclusive reference into a
-            // live buffer; a volatile write is one the optimizer must keep,
-            // though the buffer is freed right after.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
-        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-    }
+/// How one run opens its targets, where runs at once share one
+/// [`Targets`] (a session) and each has its own connect timeout and become
+/// password. `None`: the router's
+/// [`Options::connect_timeout`](crate::Options) and
+/// [`Options::become_password`](crate::Options).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenWith<'a> {
+    /// How long each connect waits for its agent.
+    pub connect_timeout: Option<Duration>,
+    /// The password for the `sudo`, `su` and `doas` hops this open
+    /// connects. Only borrowed: the caller holds it for the run and drops
+    /// it after (contexts it opened stay connected, so the next run needs
+    /// none). The copies made on its way to the agent (the connect call's
+    /// arguments, their JSON, the message) are freed when the connect is
+    /// done; a process that must keep none of them zeroes every block
+    /// before freeing it, as the `spore` session does (its global
+    /// allocator).
+    pub become_password: Option<&'a str>,
 }
 
 /// The contexts opened for a set of targets, each prefix opened once.
@@ -85,9 +83,6 @@ pub struct Targets {
     pub first_hop_options: Vec<String>,
     /// Each prefix asked for, by path.
     open: Mutex<HashMap<String, Arc<Cell>>>,
-    /// For become hops, instead of the router's: see
-    /// [`Targets::set_become_password`].
-    become_password: Mutex<Option<Arc<Secret>>>,
     slots: Slots,
 }
 
@@ -99,7 +94,6 @@ impl Targets {
             first_hop_config: None,
             first_hop_options: Vec::new(),
             open: Mutex::new(HashMap::new()),
-            become_password: Mutex::new(None),
             slots: Slots::new(DEFAULT_FORKS),
         }
     }
@@ -120,30 +114,6 @@ impl Targets {
         self.slots.state.lock().unwrap_or_else(PoisonError::into_inner).peak
     }
 
-    /// The password for the `sudo`, `su` and `doas` hops the next connects
-    /// of these targets make, instead of the router's
-    /// [`Options::become_password`](crate::Options) (which they use while
-    /// none is set here). For one run: [`Targets::clear_become_password`]
-    /// when it is over. Contexts already connected are not touched.
-    pub fn set_become_password(&self, password: Option<String>) {
-        *lock(&self.become_password) = password.map(|p| Arc::new(Secret(p)));
-    }
-
-    /// Forget the password [`Targets::set_become_password`] gave, its bytes
-    /// overwritten (once a connect still using it is done) before they are
-    /// freed. Best effort: what it can't reach are the copies made on
-    /// the way to the agent (the connect call's arguments and their JSON,
-    /// message and pipe buffers, the agent's and sudo's own memory), the
-    /// caller's copies made before handing it over (what read it from a
-    /// terminal), and bytes a `String` left behind when it grew before it
-    /// was handed over. Contexts it opened stay connected. A process that
-    /// must keep none of those copies zeroes every block before freeing
-    /// it, as the `spore` session does (its global allocator).
-    pub fn clear_become_password(&self) {
-        let secret = lock(&self.become_password).take();
-        drop(secret);
-    }
-
     /// Open one target: each hop of its path in turn, each prefix shared
     /// with every other target that has it. Safe to call from many threads
     /// at once; each handshake holds one of the forks slots. A cached
@@ -152,16 +122,13 @@ impl Targets {
     /// forgotten; a failed connect is remembered (and returned again) until
     /// [`Targets::forget_failures`].
     pub fn open(&self, target: &str) -> Result<Context> {
-        self.open_within(target, None)
+        self.open_with(target, OpenWith::default())
     }
 
-    /// [`Targets::open`], its connects waiting `connect_timeout` each for
-    /// their agent (None: the router's
-    /// [`Options::connect_timeout`](crate::Options)): one run's own, where
-    /// runs at once each have theirs (a session). A prefix another thread
-    /// is connecting already is waited for on that thread's terms.
-    pub fn open_within(&self, target: &str, connect_timeout: Option<Duration>) -> Result<Context> {
-        let timeout = connect_timeout.unwrap_or(self.router.options().connect_timeout);
+    /// [`Targets::open`] on one run's terms: its connects wait its connect
+    /// timeout and use its become password. A prefix another thread is
+    /// connecting already is waited for on that thread's terms.
+    pub fn open_with(&self, target: &str, with: OpenWith<'_>) -> Result<Context> {
         let hops = hop::parse(target)?;
         let parts: Vec<&str> = target.split('/').collect();
         let mut parent: Option<Context> = None;
@@ -169,7 +136,7 @@ impl Targets {
             let path = parts[..=level].join("/");
             let cell = self.cell(&path);
             let opened = cell.outcome.get_or_init(|| {
-                self.connect(parent.as_ref(), hop, level, &path, timeout).map(|ctx| (ctx, Instant::now()))
+                self.connect(parent.as_ref(), hop, level, &path, with).map(|ctx| (ctx, Instant::now()))
             });
             match opened {
                 Ok((ctx, _)) => {
@@ -244,7 +211,7 @@ impl Targets {
         hop: &Hop,
         level: usize,
         path: &str,
-        timeout: Duration,
+        with: OpenWith<'_>,
     ) -> std::result::Result<Context, (String, String)> {
         let mut hop = hop.clone();
         if let (0, Hop::Ssh(ssh)) = (level, &mut hop) {
@@ -252,13 +219,9 @@ impl Targets {
             ssh.config = self.first_hop_config.clone();
             ssh.options = self.first_hop_options.clone();
         }
-        // Held (not copied) for this connect: a clear meanwhile wipes it
-        // once we are done.
-        let secret = lock(&self.become_password).clone();
-        let password = match &secret {
-            Some(s) => Some(s.0.as_str()),
-            None => self.router.options().become_password.as_deref(),
-        };
+        let options = self.router.options();
+        let timeout = with.connect_timeout.unwrap_or(options.connect_timeout);
+        let password = with.become_password.or(options.become_password.as_deref());
         let r = self.slots.acquire(&self.router).and_then(|_slot| match parent {
             None => self.router.connect_with(&hop, path, password, timeout),
             Some(ctx) => ctx.connect_hop_with(&hop, path, password, timeout),

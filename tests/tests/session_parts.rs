@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
-use spore::target::Opened;
+use spore::target::{OpenWith, Opened};
 use spore::{Cancel, Command, Context, Error, Hop, Options, Router, Stream, Targets};
 use spore_tests::site::Site;
 use spore_tests::sshd::{PASSWORD, USER_PW};
@@ -319,9 +319,9 @@ fn targets_list_and_drop_contexts(site: Site) {
 }
 
 /// A password for one run's connects: with it, `sudo` as the user who
-/// needs one; cleared, a new `sudo` elsewhere fails as without one, and
-/// the context it opened stays live and usable. A failed connect is
-/// remembered until `forget_failures`.
+/// needs one; a run without it at the same time on the same `Targets`
+/// fails as without one, and the context the first opened stays live and
+/// usable. A failed connect is remembered until `forget_failures`.
 #[test]
 fn a_become_password_serves_one_run_and_failures_are_retried_when_forgotten() {
     let guard = LeakGuard::new();
@@ -330,21 +330,23 @@ fn a_become_password_serves_one_run_and_failures_are_retried_when_forgotten() {
     let t = targets(&site, &r);
     let root = format!("{USER_PW}@spore-test/sudo");
     let nobody = format!("{USER_PW}@spore-test/sudo:nobody");
-    // No password yet: sudo refuses, and the failure is cached.
+    let with_pw = OpenWith { become_password: Some(PASSWORD), ..OpenWith::default() };
+    // No password: sudo refuses, and the failure is cached.
     let err = t.open(&root).unwrap_err().to_string();
     assert!(err.contains("sudo needs a password"), "{err}");
-    t.set_become_password(Some(PASSWORD.to_string()));
-    let err = t.open(&root).unwrap_err().to_string();
+    let err = t.open_with(&root, with_pw).unwrap_err().to_string();
     assert!(err.contains("sudo needs a password"), "cached: {err}");
     t.forget_failures();
-    let ctx = t.open(&root).unwrap();
+    // Two runs at once, one with the password: the other's sudo does
+    // not get it.
+    let (ctx, other) = std::thread::scope(|s| {
+        let other = s.spawn(|| t.open(&nobody));
+        (t.open_with(&root, with_pw), other.join().unwrap())
+    });
+    let ctx = ctx.unwrap();
     assert_eq!(stdout(&ctx, "id -u"), "0");
-    // The run is over.
-    t.clear_become_password();
-    let start = Instant::now();
-    let err = t.open(&nobody).unwrap_err().to_string();
+    let err = other.unwrap_err().to_string();
     assert!(err.contains("sudo needs a password"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     assert!(!err.contains(PASSWORD), "the password leaked into an error: {err}");
     // The next run: the live sudo context needs no password.
     let again = t.open(&root).unwrap();
@@ -352,13 +354,13 @@ fn a_become_password_serves_one_run_and_failures_are_retried_when_forgotten() {
     assert_eq!(stdout(&again, "id -u"), "0");
     // Forgetting failures retries them, without a password still.
     t.forget_failures();
+    let start = Instant::now();
     let err = t.open(&nobody).unwrap_err().to_string();
     assert!(err.contains("sudo needs a password"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     // Another run with the password: its connects use it.
     t.forget_failures();
-    t.set_become_password(Some(PASSWORD.to_string()));
-    let other = t.open(&nobody).unwrap();
-    t.clear_become_password();
+    let other = t.open_with(&nobody, with_pw).unwrap();
     assert_eq!(stdout(&other, "id -un"), "nobody");
     r.shutdown();
     drop((ctx, again, other, t, r));
@@ -380,7 +382,12 @@ fn each_open_connects_with_its_own_timeout() {
         spore_tests::descendants().into_iter().map(spore_tests::cmdline).find(|c| c.contains(&tail))
     };
     std::thread::scope(|s| {
-        let own = s.spawn(|| t.open_within("own.invalid", Some(Duration::from_secs(1))));
+        let own = s.spawn(|| {
+            t.open_with(
+                "own.invalid",
+                OpenWith { connect_timeout: Some(Duration::from_secs(1)), ..OpenWith::default() },
+            )
+        });
         let router_s = s.spawn(|| t.open("routers.invalid"));
         let mut seen = (None, None);
         wait_until("both ssh started", Duration::from_secs(10), || {

@@ -85,6 +85,10 @@ pub struct Opts {
     /// Ask once for the become (sudo) password, from the terminal or a line of stdin
     #[arg(short = 'K', long = "ask-become-pass", global = true)]
     pub ask_become_pass: bool,
+    /// A session run's -K password, asked by its client: for this run's
+    /// connects only (a cold run's is the router's).
+    #[arg(skip)]
+    pub become_password: Option<String>,
     /// Run in the background session, which keeps its connections for the next run; it ends after
     /// DURATION (90s, 10m, 2h) without a client. Default: `persist = ...` in ~/.config/spore/config;
     /// 0: no session

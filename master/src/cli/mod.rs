@@ -167,6 +167,18 @@ struct Run<'a> {
     cwd: &'a Path,
 }
 
+impl Run<'_> {
+    /// Open a target on this run's terms: its --connect-timeout, and in a
+    /// session its client's -K password.
+    fn open(&self, path: &str) -> spore::Result<spore::Context> {
+        let with = spore::target::OpenWith {
+            connect_timeout: self.opts.connect_timeout,
+            become_password: self.opts.become_password.as_deref(),
+        };
+        self.tree.open_with(path, with)
+    }
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
@@ -580,7 +592,7 @@ fn one_target(run: &Run<'_>, t: &Target) -> Outcome {
     }
     let mut o = Outcome::new(t);
     let opening = output::opening();
-    let opened = run.tree.open_within(&t.path, run.opts.connect_timeout);
+    let opened = run.open(&t.path);
     drop(opening);
     let result = opened.and_then(|ctx| match run.work {
         Work::Run { cmd, what } => cmd_run(run, &ctx, cmd, what, &mut o),
@@ -644,7 +656,7 @@ fn put_all(
                         p.begin(&t.label);
                     }
                     let _opening = output::opening();
-                    run.tree.open_within(&t.path, run.opts.connect_timeout)
+                    run.open(&t.path)
                 })
             })
             .collect();

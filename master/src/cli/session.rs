@@ -379,12 +379,9 @@ fn run_logged(
     };
     // A connect that failed last time is tried again.
     tree.forget_failures();
-    // -K: for this run's connects, then forgotten (a sudo context it
-    // opened stays, so the next run needs no password).
-    let password = request.password.take();
-    if password.is_some() {
-        tree.set_become_password(password);
-    }
+    // -K: for this run's connects only, and gone with `opts` (a sudo
+    // context it opened stays, so the next run needs no password).
+    opts.become_password = request.password.take();
     opts.ask_become_pass = false;
     let cancel = Cancel::new();
     // The client's `cancel` (or its going away) cancels this run's calls.
@@ -403,7 +400,6 @@ fn run_logged(
         })
     });
     let code = super::run_with(&opts, &work, &targets, &s.router, &tree, Some(&cancel), &cwd);
-    tree.clear_become_password();
     // The run is over. Its watcher is not waited for: it ends when the
     // client, answered, closes the socket (or within 200 ms of the flag).
     cancel.cancel();
