@@ -14,6 +14,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod scan;
@@ -21,6 +22,57 @@ pub use scan::{
     parse_hello, shown, Found, LastWords, MarkerScan, Need, AFTER_MARKER_LIMIT, HELLO_LIMIT, KEEP, LAST_WORDS,
     LINE_LIMIT, LOGGED_LINES, NOISE_LIMIT, WORD_LEN,
 };
+
+/// The connection processes of the connects under way (each leads a
+/// process group of its own), so that a shutdown ends them at once: a
+/// handshake waits until its deadline, and a master that exits meanwhile
+/// would leave its ssh, and a ProxyCommand below it, running.
+pub struct Connecting {
+    state: Mutex<Leaders>,
+}
+
+struct Leaders {
+    pids: Vec<i32>,
+    ended: bool,
+}
+
+impl Connecting {
+    /// None under way yet.
+    pub const fn new() -> Connecting {
+        Connecting { state: Mutex::new(Leaders { pids: Vec::new(), ended: false }) }
+    }
+
+    /// SIGKILL the group of every connection process under way, and of
+    /// every one started from now on. Their handshakes then fail at once.
+    pub fn end_all(&self) {
+        let mut s = crate::locks::lock(&self.state);
+        s.ended = true;
+        for &pid in &s.pids {
+            // Not reaped yet (it is removed first): the pid is still its.
+            let _ = sys::killpg(pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Note for Connecting {
+    fn add(&self, pid: i32) -> bool {
+        let mut s = crate::locks::lock(&self.state);
+        if !s.ended {
+            s.pids.push(pid);
+        }
+        !s.ended
+    }
+
+    fn remove(&self, pid: i32) {
+        crate::locks::lock(&self.state).pids.retain(|&p| p != pid);
+    }
+}
+
+impl Default for Connecting {
+    fn default() -> Self {
+        Connecting::new()
+    }
+}
 
 /// A failed bootstrap: the cause and what the remote printed last.
 #[derive(Debug, Clone)]
@@ -64,20 +116,53 @@ pub fn connect(
     args: &AgentArgs,
     timeout: Duration,
 ) -> Result<Connected, ConnectError> {
-    start(command, how, images, args, timeout, true)
+    start(command, how, images, args, (timeout, &Unnoted), true)
+}
+
+/// [`connect`], its connection process noted in `connecting` while it
+/// lasts, for a shutdown to end.
+pub fn connect_noted(
+    command: Command,
+    how: &ConnectArgs,
+    images: &Images,
+    args: &AgentArgs,
+    timeout: Duration,
+    connecting: &Connecting,
+) -> Result<Connected, ConnectError> {
+    start(command, how, images, args, (timeout, connecting), true)
 }
 
 /// Run `command`, a checked cached agent itself (no script, no marker),
 /// and wait for its hello: a `local` context the master found in the
-/// cache.
+/// cache. Noted in `connecting` while it lasts.
 pub fn connect_direct(
     command: Command,
     how: &ConnectArgs,
     images: &Images,
     args: &AgentArgs,
     timeout: Duration,
+    connecting: &Connecting,
 ) -> Result<Connected, ConnectError> {
-    start(command, how, images, args, timeout, false)
+    start(command, how, images, args, (timeout, connecting), false)
+}
+
+/// Where a connect notes its connection process: [`Connecting`] in the
+/// master; nowhere in an agent, whose exit ends what its connects started
+/// (it is their subreaper, and sweeps what is left below it).
+trait Note {
+    /// False: a shutdown has begun, end it now.
+    fn add(&self, pid: i32) -> bool;
+    /// Forget it, before it is reaped: its pid may be reused after.
+    fn remove(&self, pid: i32);
+}
+
+struct Unnoted;
+
+impl Note for Unnoted {
+    fn add(&self, _: i32) -> bool {
+        true
+    }
+    fn remove(&self, _: i32) {}
 }
 
 fn start(
@@ -85,7 +170,7 @@ fn start(
     how: &ConnectArgs,
     images: &Images,
     args: &AgentArgs,
-    timeout: Duration,
+    (timeout, connecting): (Duration, &impl Note),
     scripted: bool,
 ) -> Result<Connected, ConnectError> {
     let deadline = Instant::now() + timeout;
@@ -133,6 +218,11 @@ fn start(
         .map_err(|e| ConnectError { cause: format!("can't start {program}: {e}"), last_words: Vec::new() })?;
     // The command holds the pty's slave side now; ours closed with `command`.
     drop(command);
+    let pid = child.id() as i32;
+    if !connecting.add(pid) {
+        kill_and_reap(&mut child);
+        return Err(ConnectError { cause: "shutting down".into(), last_words: Vec::new() });
+    }
     let pipes = match master {
         Some(m) => m.try_clone().map(|w| (w, m)),
         None => take_fd(child.stdin.take()).and_then(|w| take_fd(child.stdout.take()).map(|r| (w, r))),
@@ -144,11 +234,14 @@ fn start(
         // Without a script there is no marker: the hello comes first.
         Ok(hs) => Handshake { marked: !scripted, ..hs },
         Err(e) => {
+            connecting.remove(pid);
             kill_and_reap(&mut child);
             return Err(ConnectError { cause: format!("can't set up pipes: {e}"), last_words: Vec::new() });
         }
     };
-    match hs.run() {
+    let outcome = hs.run();
+    connecting.remove(pid);
+    match outcome {
         Ok(hello) => {
             let image_bytes = hs.image_bytes;
             let Handshake { stdin, stdout, stderr, buf, .. } = hs;

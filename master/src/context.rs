@@ -154,17 +154,19 @@ impl Router {
         // bootstrap script does.
         let cached = matches!(hop, Hop::Local).then(|| crate::local_cache::find(images)).flatten();
         // The same handshake either way, but for the script's marker.
-        let (command, handshake): (_, fn(_, _, _, _, _) -> _) = match &cached {
+        let (command, handshake): (_, fn(_, _, _, _, _, _) -> _) = match &cached {
             Some((file, path)) => {
                 log::debug!("{name}: the agent cached at {}, checked here, runs without the script", path.display());
                 let mut command = spore_agent::spawn::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
                 command.arg0(path).args(args.to_argv());
                 (Ok(command), spore_agent::handshake::connect_direct)
             }
-            None => (spore_agent::bootstrap::method_command(&how, images, &args), spore_agent::handshake::connect),
+            None => {
+                (spore_agent::bootstrap::method_command(&how, images, &args), spore_agent::handshake::connect_noted)
+            }
         };
         let started = command.map_err(|e| Error::Connect { target: name.to_string(), cause: e }).and_then(|command| {
-            handshake(command, &how, images, &args, timeout)
+            handshake(command, &how, images, &args, timeout, &self.inner.connecting)
                 .map_err(|e| Error::Connect { target: name.to_string(), cause: e.to_string() })
         });
         drop(cached);

@@ -82,6 +82,9 @@ pub(crate) struct Inner {
     pub(crate) opts: Options,
     log_level: u8,
     pub(crate) shut: AtomicBool,
+    /// The master's own connects in their handshake: the shutdown ends
+    /// their connection processes.
+    pub(crate) connecting: spore_agent::handshake::Connecting,
 }
 
 /// The master: owns a broker thread and the tree of contexts below it.
@@ -125,6 +128,7 @@ impl Router {
             log_level: level as u8,
             opts,
             shut: AtomicBool::new(false),
+            connecting: spore_agent::handshake::Connecting::new(),
         };
         Ok(Router { inner: Arc::new(inner) })
     }
@@ -177,6 +181,9 @@ impl Router {
             self.inner.broker.wait_done(deadline_from(started, self.inner.shutdown_limit()));
             return;
         }
+        // A connect still in its handshake would wait for its deadline,
+        // or outlive us.
+        self.inner.connecting.end_all();
         self.inner.broker.shutdown("master shutdown");
         let limit = self.inner.shutdown_limit();
         if !self.inner.broker.wait_done(deadline_from(started, limit)) {

@@ -333,3 +333,103 @@ fn a_child_that_closes_its_input_is_dropped_without_spinning() {
     drop((ctx, r));
     guard.check();
 }
+
+/// Processes of ours (or orphans we left: a killed master's) whose command
+/// line holds `mark`.
+fn running_with(mark: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| cmdline(pid).contains(mark))
+        .collect()
+}
+
+/// Wait (bounded) until no process holds `mark`; those left are killed
+/// (so a failing test leaves nothing) and named.
+fn gone_within(mark: &str, within: Duration) -> Result<(), Vec<i32>> {
+    let start = Instant::now();
+    loop {
+        let left = running_with(mark);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > within {
+            for &pid in &left {
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            return Err(left);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An ssh hop whose connection never answers: its ProxyCommand is a
+/// `sleep` the test finds by its length.
+fn hanging_ssh(mark: &str) -> spore::Hop {
+    spore::Hop::Ssh(spore::SshHop {
+        host: "hang.invalid".into(),
+        user: None,
+        port: None,
+        config: None,
+        options: vec![format!("ProxyCommand=sleep {mark}"), "ConnectTimeout=120".into()],
+    })
+}
+
+/// A shutdown while connects are still in their handshake (one from the
+/// master, one from an agent) ends their connection processes at once —
+/// ssh and the ProxyCommand below it — rather than leaving them to the
+/// connect timeout (or, once the master has exited, to nobody).
+#[test]
+fn a_shutdown_ends_the_connects_under_way() {
+    let guard = LeakGuard::new();
+    let (top, below) = ("115.31", "115.32");
+    let r = Router::with_options(Options { connect_timeout: Duration::from_secs(100), ..Options::default() }).unwrap();
+    let local = r.local().unwrap();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| r.connect(&hanging_ssh(top), "hang-top"));
+        let nested = s.spawn(|| local.connect_hop(&hanging_ssh(below), "local/hang-below"));
+        let start = Instant::now();
+        while running_with(top).is_empty() || running_with(below).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(20), "the connects never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r.shutdown();
+        let left = (gone_within(top, Duration::from_secs(3)), gone_within(below, Duration::from_secs(3)));
+        assert_eq!(left, (Ok(()), Ok(())), "connection processes left after the shutdown");
+        assert!(first.join().unwrap().is_err());
+        assert!(nested.join().unwrap().is_err());
+    });
+    drop((local, r));
+    guard.check();
+}
+
+/// The same through the CLI: SIGTERM while a target is still connecting
+/// leaves no ssh behind once spore has exited.
+#[test]
+fn a_signal_during_a_connect_leaves_no_ssh_behind() {
+    let guard = LeakGuard::new();
+    let mark = "115.33";
+    let child = std::process::Command::new(spore_bin())
+        .args(["-o", &format!("ProxyCommand=sleep {mark}"), "--connect-timeout", "100", "run", "hang.invalid"])
+        .args(["--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    // ssh is connecting once its ProxyCommand runs (spore's own command
+    // line holds the mark too).
+    let sleep = format!("sleep {mark}");
+    while !running_with(mark).into_iter().any(|pid| cmdline(pid) == sleep) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the connect never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = spore_tests::wait_bounded(child, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(gone_within(mark, Duration::from_secs(3)), Ok(()), "ssh left after spore exited");
+    guard.check();
+}
