@@ -193,6 +193,12 @@ impl Broker {
         read(&self.shared.routes).child_toward(id)
     }
 
+    /// The context that started context `id`, while it is below us or
+    /// joining (see [`Broker::is_below`]).
+    pub fn parent_of(&self, id: u32) -> Option<u32> {
+        read(&self.shared.routes).parent_of(id)
+    }
+
     /// Is context `id` below us, or joining: its connect has succeeded and
     /// the broker thread (or, for a context further down, its parent's
     /// announcement) has yet to add it? What a caller holding a connected

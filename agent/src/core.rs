@@ -389,10 +389,19 @@ impl Core {
                     self.undeliverable(msg, why);
                 }
             },
-            handle::CALL_FUNCTION if !privileged => {
+            handle::CALL_FUNCTION | handle::SHUTDOWN_CHILD if !privileged => {
                 let why = Undeliverable::NotAllowed { auth: msg.header.auth, at: self.cfg.id };
                 self.complain(origin, why.to_string());
                 self.undeliverable(msg, why);
+            }
+            // The master (or an ancestor) ends a context it did not start:
+            // only we, its parent, may tell it to. A SHUTDOWN of ours goes
+            // wherever that id is, but a context takes one from its
+            // immediate parent only: any other (or we, for a body that is
+            // not a number) ignores it.
+            handle::SHUTDOWN_CHILD => {
+                let id = crate::procs::digits(&msg.body).map_or(self.cfg.id, |id| id as u32);
+                self.route(Message::new(id, handle::SHUTDOWN, Vec::new()), Origin::Local);
             }
             handle::CALL_FUNCTION if self.shutting_down() => {
                 self.undeliverable(msg, Undeliverable::ShuttingDown(self.cfg.name.clone()))

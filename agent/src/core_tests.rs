@@ -127,6 +127,39 @@ fn shutdown_is_taken_from_the_immediate_parent_only() {
 }
 
 #[test]
+fn shutdown_child_needs_authority_and_stops_a_child_as_its_parent() {
+    let t0 = Instant::now();
+    let mut core = agent(t0);
+    connect_child(&mut core, 7, 5, t0);
+    connect_child(&mut core, 8, 6, t0);
+    drain(&mut core);
+    let ask = |src: u32, body: &[u8]| {
+        let mut m = from(src, 1, handle::SHUTDOWN_CHILD, body.to_vec());
+        m.header.reply_to = 1234;
+        m
+    };
+    // A child, for its sibling (even claiming the master's authority: the
+    // router stamps it anew), gets a DEAD reply; the sibling is told nothing.
+    core.handle_message(ask(7, b"8"), Origin::Stream(5), t0);
+    let mut spoofed = ask(7, b"8");
+    spoofed.header.auth = 0;
+    core.handle_message(spoofed, Origin::Stream(5), t0);
+    let acts = drain(&mut core);
+    assert_eq!(writes(&acts), [(5, 7, 1234), (5, 7, 1234)], "{acts:?}");
+    // The master may: the child gets a SHUTDOWN from us, its parent.
+    core.handle_message(ask(0, b"8"), Origin::Stream(UP), t0);
+    let acts = drain(&mut core);
+    let [Action::Write(6, stop)] = &acts[..] else { panic!("{acts:?}") };
+    let h = &stop.header;
+    assert_eq!((h.dst, h.handle, h.src, h.auth), (8, handle::SHUTDOWN, 1, 1));
+    // A body that is not an id: the SHUTDOWN comes to us, not from our
+    // parent, and is ignored.
+    core.handle_message(ask(0, b"x"), Origin::Stream(UP), t0);
+    assert!(writes(&drain(&mut core)).is_empty());
+    assert!(!core.shutting_down());
+}
+
+#[test]
 fn log_records_carry_the_path_of_the_stream_they_came_by() {
     let t0 = Instant::now();
     let mut core = master(t0);

@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 const READ_BUDGET: usize = 256 * 1024;
 /// While processes are about to exit, look again this soon.
 const BUSY_TICK: Duration = Duration::from_millis(2);
+/// The least time between two sweeps of an agent's orphans
+/// (`procs::reap_orphans`): a busy broker ticks thousands of times a second.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// While a stream is paused, look again this soon.
 const PAUSED_TICK: Duration = Duration::from_millis(10);
 /// Consecutive failed waits before the broker gives up (about a second).
@@ -65,6 +68,8 @@ pub(crate) struct Loop {
     streams: VecMap<StreamId, StreamFds>,
     captures: VecMap<usize, LineSource>,
     reaper: Reaper,
+    /// When this agent last reaped its orphans.
+    swept: Option<Instant>,
     /// Reused for every read: no allocation per event.
     read_buf: Vec<u8>,
     finished: bool,
@@ -92,6 +97,7 @@ impl Loop {
             streams: VecMap::new(),
             captures: VecMap::new(),
             reaper: Reaper::default(),
+            swept: None,
             read_buf: vec![0; 64 * 1024],
             finished: false,
             died: None,
@@ -183,6 +189,12 @@ impl Loop {
     fn tick(&mut self) {
         let now = Instant::now();
         self.reaper.check(now);
+        // An agent's orphans: it ticks on every wake-up (when idle, for
+        // its parent's keepalive probe), so at most every SWEEP_EVERY.
+        if self.shared.cfg.exit_process && self.swept.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY) {
+            self.swept = Some(now);
+            crate::procs::reap_orphans(sys::getpid());
+        }
         let facts = if self.core.shutting_down() {
             let parent_pending = self.streams.values().any(|s| s.is_parent && s.out.pending());
             Facts {

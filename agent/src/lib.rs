@@ -31,7 +31,11 @@
 //!     Agent::new().handler("hello", hello).run()
 //! }
 //! ```
-//! and hand its bytes to the master (`spore::Options::agent_image`).
+//! and hand its bytes to the master (`spore::Options::agent_image`). A
+//! handler that starts processes starts them with [`spawn::Command`]: an
+//! agent reaps, now and then, the ended children it did not start that
+//! way (the orphans reparented to it), so a `std::process::Child` of a
+//! handler could find its status taken.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -167,6 +167,30 @@ impl Groups {
     }
 }
 
+/// Reap every ended child of thread `task` of this process that no
+/// [`Child`] waits for (see `spawn::owned`). An agent is a child
+/// subreaper: what is orphaned below it — what a killed guardian's command
+/// left, what a connection process (ssh, sudo) forked and left — becomes a
+/// child of its first live thread, the main one (which serves calls to the
+/// end), and nothing else waits for it: it would stay a zombie for the
+/// agent's whole life. One `waitpid` (WNOHANG) for each child in the
+/// list, as long as that thread has children.
+pub(crate) fn reap_orphans(task: u32) {
+    let owned = crate::spawn::owned();
+    // "PID PID ... "
+    let mut pid = 0;
+    for b in std::fs::read(format!("/proc/self/task/{task}/children")).unwrap_or_default() {
+        if b != b' ' {
+            pid = pid * 10 + (b & 15) as u32;
+            continue;
+        }
+        if !owned.contains(&pid) {
+            sys::reap(pid as i32);
+        }
+        pid = 0;
+    }
+}
+
 /// SIGKILL every process below this one, walk after walk of `/proc` (what
 /// one forked while we walked shows in the next), until none is left alive
 /// or `deadline` passes (one walk at least). An agent is a child subreaper
@@ -256,6 +280,7 @@ mod tests {
 
     use super::*;
     use crate::spawn::Command;
+    use std::io;
 
     #[test]
     fn a_live_process_has_its_parent_and_a_zombie_none() {
@@ -274,5 +299,39 @@ mod tests {
             (digits(b"12345"), digits(b""), digits(b"12a"), digits(b"99999999999")),
             (Some(12345), None, None, None)
         );
+    }
+
+    /// This thread's id, from `/proc/thread-self` (`PID/task/TID`).
+    fn own_tid() -> u32 {
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        link.file_name().unwrap().to_str().unwrap().parse().unwrap()
+    }
+
+    fn wait_zombie(pid: i32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while live_parent(pid).is_some() {
+            assert!(Instant::now() < deadline, "{pid} never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_sweep_reaps_an_unowned_child_and_never_an_owned_one() {
+        // Two children of this thread: one a `Child` waits for, and one
+        // nobody owns (as an orphan reparented to an agent).
+        let mut owned = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        let orphan = Command::new("true").spawn().unwrap().id();
+        crate::spawn::owned().retain(|&p| p != orphan);
+        for pid in [owned.id(), orphan] {
+            wait_zombie(pid as i32);
+        }
+        reap_orphans(own_tid());
+        // The orphan is gone (reaped: no longer our child); the owned
+        // child's status is still its own to take.
+        // SAFETY: waitpid with a null status pointer writes nothing.
+        let rc = unsafe { libc::waitpid(orphan as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        assert_eq!((rc, io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ECHILD)));
+        assert_eq!(owned.wait().unwrap().code(), Some(7));
+        assert!(!crate::spawn::owned().contains(&owned.id()), "reaped, so forgotten");
     }
 }

@@ -212,6 +212,11 @@ impl Routes {
         gone
     }
 
+    /// The context that started context `id` (below us, or joining).
+    pub fn parent_of(&self, id: u32) -> Option<u32> {
+        self.parent_of.get(&id).or(self.expected.get(&id)).copied()
+    }
+
     /// Our child on the path down to context `id` (`id` itself when it is
     /// our child); `None` when `id` is not below us.
     pub fn child_toward(&self, id: u32) -> Option<u32> {
@@ -526,6 +531,17 @@ mod tests {
         for not_below in [0, 1, 17] {
             assert_eq!(r.child_toward(not_below), None);
         }
+    }
+
+    #[test]
+    fn the_parent_of_a_context_below_or_joining() {
+        let mut r = table();
+        assert_eq!((r.parent_of(2), r.parent_of(4), r.parent_of(0), r.parent_of(1)), (Some(1), Some(2), None, None));
+        r.expect(9, 4);
+        assert_eq!(r.parent_of(9), Some(4));
+        r.forget(9);
+        assert!(r.remove(4, 5, "gone"));
+        assert_eq!((r.parent_of(9), r.parent_of(4)), (None, None));
     }
 
     #[test]

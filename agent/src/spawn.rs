@@ -12,6 +12,7 @@
 //! Between fork and exec the child calls only async-signal-safe functions
 //! and never allocates: everything it needs is built before the fork.
 
+use crate::locks::lock;
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::fs::File;
@@ -19,9 +20,23 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 /// A step run in the child between fork and exec.
 type Hook = Box<dyn FnMut() -> io::Result<()> + Send + Sync>;
+
+/// The children started here and not yet reaped: their [`Child`] waits
+/// for them, and an agent's sweep of its other children
+/// (`procs::reap_orphans`) must never take their exit status. A fork and
+/// its entry happen under this lock, so a sweep never sees the one without
+/// the other. A list: a pid reaped and reused at once may be in it twice
+/// for a moment.
+static OWNED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The pids of [`OWNED`], locked: no fork happens while it is held.
+pub(crate) fn owned() -> MutexGuard<'static, Vec<u32>> {
+    lock(&OWNED)
+}
 
 /// What a child's standard stream is connected to.
 #[derive(Debug)]
@@ -235,10 +250,13 @@ impl Command {
             hooks: &mut self.hooks,
             report: report_w.as_raw_fd(),
         };
+        let mut owned = owned();
         let pid = fork()?;
         if pid == 0 {
             child.exec()
         }
+        owned.push(pid as u32);
+        drop(owned);
         drop(report_w);
         drop((theirs, fd3));
         // EOF: it exec'd. Four bytes: the errno it failed with.
@@ -434,7 +452,8 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// A started process. Dropping it neither kills nor reaps it.
+/// A started process. Dropping it neither kills nor reaps it (and, not
+/// reaped, it stays listed as owned: an agent's sweep leaves it alone).
 #[derive(Debug)]
 pub struct Child {
     pid: i32,
@@ -490,6 +509,11 @@ impl Child {
         if pid == 0 {
             return Ok(None);
         }
+        let mut owned = owned();
+        if let Some(i) = owned.iter().position(|&p| p == pid as u32) {
+            owned.swap_remove(i);
+        }
+        drop(owned);
         self.status = Some(ExitStatus(status));
         Ok(self.status)
     }

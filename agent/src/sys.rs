@@ -415,6 +415,12 @@ pub fn reap_any() -> Reaped {
     }
 }
 
+/// Reap child `pid` if it has ended, without blocking (its status unread).
+pub fn reap(pid: i32) {
+    // SAFETY: waitpid takes a null status pointer, and writes nothing then.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+}
+
 /// Take ownership of an fd our parent opened for us and named on our
 /// command line (above 2); close-on-exec from now on.
 pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {

@@ -503,14 +503,19 @@ impl Context {
         !self.router.is_shut_down() && self.router.broker().is_below(self.id)
     }
 
-    /// Tell the agent to shut down (its subtree with it) if the master
-    /// started it itself: only its parent may, and the master is no other
-    /// context's parent.
-    pub(crate) fn shutdown_if_first_hop(&self) {
-        if self.router.broker().child_toward(self.id) == Some(self.id) {
-            log::debug!("{}: shutting it down", self.name);
-            self.router.send(Message::new(self.id, handle::SHUTDOWN, Vec::new()));
-        }
+    /// Tell the agent to shut down, its subtree with it, and return at once
+    /// (it ends within its shutdown bound). Only a context's parent may
+    /// stop it: a first hop gets the master's own `SHUTDOWN`; any other is
+    /// stopped by its parent, asked with `SHUTDOWN_CHILD`. Nothing if it
+    /// is gone already.
+    pub(crate) fn shutdown(&self) {
+        let msg = match self.router.broker().parent_of(self.id) {
+            None => return,
+            Some(MASTER_ID) => Message::new(self.id, handle::SHUTDOWN, Vec::new()),
+            Some(parent) => Message::new(parent, handle::SHUTDOWN_CHILD, body::to_json(&self.id)),
+        };
+        log::debug!("{}: shutting it down", self.name);
+        self.router.send(msg);
     }
 
     /// The router this context belongs to.

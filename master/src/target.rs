@@ -187,10 +187,10 @@ impl Targets {
     }
 
     /// Forget the context at `path` and every one below it (the next open
-    /// connects them again). The agents themselves stay until the router
-    /// shuts down, except one the master started itself (a first hop),
-    /// which is told to shut down (with its subtree): calls still running
-    /// on any of them then fail. False if nothing was held at `path`.
+    /// connects them again), and shut its agent down with its subtree
+    /// (through its parent, for a context below a first hop): calls still
+    /// running on any of them then fail. Its parent stays connected. False
+    /// if nothing was held at `path`.
     pub fn drop_context(&self, path: &str) -> bool {
         let cell = {
             let mut open = lock(&self.open);
@@ -200,7 +200,7 @@ impl Targets {
         };
         let Some(cell) = cell else { return false };
         if let Some(Ok((ctx, _))) = cell.outcome.get() {
-            ctx.shutdown_if_first_hop();
+            ctx.shutdown();
         }
         true
     }

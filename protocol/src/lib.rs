@@ -120,6 +120,12 @@ pub mod handle {
     /// ([`crate::body::ImageRequest`]) it must send further down; answered
     /// with the bytes, or `DEAD`. Accepted only from a direct child.
     pub const GET_IMAGE: u32 = 109;
+    /// spore's addition: the receiver sends `SHUTDOWN` to its child named
+    /// by the body (its id, a JSON number), which takes one from its
+    /// immediate parent only; no reply. Only the master or an ancestor may
+    /// ask (as for a call), so the master can end a context it did not
+    /// start, and a context can't end its sibling.
+    pub const SHUTDOWN_CHILD: u32 = 110;
     /// Handles from here up are allocated at run time.
     pub const FIRST_DYNAMIC: u32 = 1000;
 }

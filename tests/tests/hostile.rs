@@ -408,6 +408,40 @@ fn shutdown_and_calls_spoofed_as_a_parent_or_sibling_are_ignored() {
     fx.finish(guard);
 }
 
+/// `SHUTDOWN_CHILD` asks a context to stop its child; only the master or
+/// an ancestor may. A child can't have its parent stop its sibling (as
+/// itself, or as the master), nor a first hop have the master stop
+/// another first hop or what is below it.
+#[test]
+fn shutdown_child_is_refused_from_a_child_or_a_sibling() {
+    let guard = LeakGuard::new();
+    let fx = Fixture::new();
+    let i = fx.connect("i");
+    let s = below(&i, "s");
+    let h = below(&i, "hostile");
+    let b = fx.connect("b");
+    let h2 = fx.connect("hostile");
+    let stop = |dst: u32, src: u32, child: u32| Frame {
+        dst,
+        src: Some(src),
+        auth: Some(MASTER_ID),
+        handle: handle::SHUTDOWN_CHILD,
+        reply_to: Some(7000),
+        body: Some(child.to_string()),
+        ..Frame::default()
+    };
+    let (m, iid, sid, hid, bid, h2id) = (MASTER_ID, i.id(), s.id(), h.id(), b.id(), h2.id());
+    let _ = send_frames(&h, vec![stop(iid, hid, sid), stop(iid, m, sid), stop(m, hid, iid), stop(iid, hid, hid)]);
+    let _ = send_frames(&h2, vec![stop(m, h2id, bid), stop(m, h2id, iid), stop(iid, h2id, sid), stop(m, m, bid)]);
+    std::thread::sleep(Duration::from_millis(500));
+    for ctx in [&i, &s, &b] {
+        ping_within(ctx, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{} no longer answers after the forged SHUTDOWN_CHILDs: {e:?}", ctx.name()));
+    }
+    drop((i, s, h, b, h2));
+    fx.finish(guard);
+}
+
 // ---- forged log records ------------------------------------------------
 
 fn forged_log_text(k: usize) -> String {

@@ -275,7 +275,8 @@ fn targets_reconnect_a_killed_agent_and_what_was_below_it(site: Site) {
 
 /// `contexts` lists what is live, with when it connected and was last
 /// used; `drop_context` forgets a path and what is below it, and shuts
-/// down an agent the master started itself.
+/// its agent down (with its subtree): a first hop by the master, a nested
+/// one by its parent, which stays.
 fn targets_list_and_drop_contexts(site: Site) {
     let guard = LeakGuard::new();
     let r = router();
@@ -298,11 +299,18 @@ fn targets_list_and_drop_contexts(site: Site) {
     assert!(now[0].last_used >= used && now[1].last_used >= used, "a and its prefix were used");
     assert!(now[2].last_used < used, "b was not");
     assert_eq!(now[0].connected_since, listed[0].connected_since);
-    // Dropping the middle: it and b go; the first hop stays.
+    // Dropping the middle: it and b go, their agents end (its parent, the
+    // first hop, stops it); the first hop stays, and serves.
+    let (a_pid, b_pid) = (listed[1].context.info().unwrap().pid, listed[2].context.info().unwrap().pid);
     assert!(t.drop_context(&a));
     assert!(!t.drop_context(&a));
     let paths: Vec<String> = t.contexts().into_iter().map(|o| o.path).collect();
     assert_eq!(paths, [first.as_str()]);
+    wait_until("the dropped nested agents gone", Duration::from_secs(5), || {
+        !pid_alive(a_pid) && !pid_alive(b_pid) && !listed[1].context.is_connected()
+    });
+    assert!(listed[0].context.is_connected());
+    assert_eq!(stdout(&listed[0].context, "echo still here"), "still here");
     let again = t.open(&b).unwrap();
     assert_ne!(again.id(), listed[2].context.id());
     assert_eq!(stdout(&again, "echo here"), "here");

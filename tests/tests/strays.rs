@@ -38,6 +38,7 @@ spore_tests::local_and_ssh!(
     shutdown_kills_what_a_finished_command_left,
     a_stopped_guardian_at_shutdown,
     a_killed_guardian_at_shutdown,
+    a_killed_guardians_orphans_are_reaped_by_the_agent,
 );
 
 /// The routers' shutdown grace.
@@ -206,6 +207,70 @@ fn guardian_out_of_the_way_at_shutdown(site: Site, sig: i32) {
     assert!(took < bound, "took {took:?}");
     marks.wait_gone_here(&[2], bound - took, "the router's shutdown, within its bound");
     drop((chain, r));
+    finish(site, marks, guard);
+}
+
+/// A process's state letter and parent, from `/proc/PID/stat`.
+fn state_and_parent(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    Some((rest.next()?.chars().next()?, rest.next()?.parse().ok()?))
+}
+
+/// The children of `pid` (every thread's) that are zombies.
+fn zombie_children(pid: i32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let children = tasks.flatten().flat_map(|t| {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        list.split_whitespace().map(|c| c.parse::<i32>().unwrap()).collect::<Vec<_>>()
+    });
+    children.filter(|&c| state_and_parent(c).is_some_and(|(state, _)| state == 'Z')).collect()
+}
+
+/// A guardian SIGKILLed (the OOM killer) while what its command left
+/// runs: the leftovers are orphaned to the agent (a child subreaper), and
+/// once they end nothing else would ever wait for them. The agent reaps
+/// them while it lives on: no zombie stays below it.
+fn a_killed_guardians_orphans_are_reaped_by_the_agent(site: Site) {
+    let guard = LeakGuard::new();
+    let marks = Marks::new();
+    let r = router();
+    let ctx = site.chain(&r, 1).remove(0);
+    let agent = ctx.info().unwrap().pid as i32;
+    let out = ctx.exec(&marks.leaver(1)).unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let left: Vec<String> = marks.sleeps(1).into_iter().take(4).collect();
+    marks.wait_running_here(&left);
+    let guardians = marks.guardians_here(1);
+    assert_eq!(guardians.len(), 1, "one guardian of the leftovers: {:?}", marks.here());
+    signal(guardians[0] as u32, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sleeps: Vec<(i32, String)> = marks.here().into_iter().filter(|(_, c)| left.contains(c)).collect();
+        let parents: Vec<Option<i32>> = sleeps.iter().map(|&(p, _)| state_and_parent(p).map(|(_, pp)| pp)).collect();
+        if sleeps.len() == left.len() && parents.iter().all(|&pp| pp == Some(agent)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leftovers never became the agent's ({agent}): {sleeps:?} {parents:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // They end: zombies of the agent, until it reaps them. It sweeps on
+    // its broker's ticks, which the pings bring.
+    marks.kill_all();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        ctx.ping().unwrap();
+        let zombies = zombie_children(agent);
+        if zombies.is_empty() {
+            break;
+        }
+        let listed: Vec<String> = zombies.iter().map(|&z| format!("{z} {}", spore_tests::cmdline(z))).collect();
+        assert!(Instant::now() < deadline, "zombies below the agent {agent} ({}): {listed:?}", site.label());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctx.ping().unwrap();
+    r.shutdown();
+    drop((ctx, r));
     finish(site, marks, guard);
 }
 
