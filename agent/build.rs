@@ -9,7 +9,12 @@
 //! padding `-z relro` puts before the writable data so that its read-only
 //! part ends on a page: only a dynamic loader ever makes that part
 //! read-only (the kernel ignores `PT_GNU_RELRO`), and a static binary has
-//! none.
+//! none. And `-z common-page-size=64`: with the page size as both its
+//! maximum and its common size, GNU ld starts the writable data on a page
+//! of the file too, padding the file by up to a page (784 bytes when
+//! measured); a smaller common size lets it place the data one page up in
+//! memory at the file offset where the code ends, as the kernel's loader
+//! takes it (offset and address agree modulo the page).
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -21,11 +26,12 @@ fn main() {
         // called directly (the foreign agents link with rust-lld) as they are.
         let linker = std::env::var("RUSTC_LINKER").unwrap_or_default();
         let direct = linker.ends_with("lld") || linker.ends_with("/ld") || linker == "ld";
-        let args: [&[&str]; 4] = [
+        let args: [&[&str]; 5] = [
             &["-T", &format!("{dir}/noeh.ld")],
             &["--no-eh-frame-hdr"],
             &["-z", "noseparate-code"],
             &["-z", "norelro"],
+            &["-z", "common-page-size=64"],
         ];
         for arg in args {
             if direct {
