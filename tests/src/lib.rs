@@ -366,6 +366,44 @@ pub fn run_spore(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
     wait_bounded(child, Duration::from_secs(60))
 }
 
+/// Is `pid` a zombie (or gone)?
+pub fn is_zombie(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rfind(')').and_then(|i| s.get(i + 2..i + 3)) == Some("Z"),
+        Err(_) => true,
+    }
+}
+
+/// Live processes whose command line contains `what`, on the whole
+/// machine (a process that escaped our tree counts too).
+pub fn running_anywhere(what: &str) -> Vec<(i32, String)> {
+    reap_zombies();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&p| !is_zombie(p))
+        .map(|p| (p, cmdline(p)))
+        .filter(|(_, c)| c.contains(what))
+        .collect()
+}
+
+/// Wait (bounded) until no process runs `what` ([`running_anywhere`]);
+/// those still running past `within` otherwise.
+pub fn none_running_within(what: &str, within: Duration) -> Result<(), Vec<(i32, String)>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = running_anywhere(what);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(left);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait (at most `within`) until `n` descendants of this process run
 /// exactly `cmd` (their command line, arguments joined by spaces); false
 /// past that.

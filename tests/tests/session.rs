@@ -101,7 +101,7 @@ impl Session {
         let deadline = Instant::now() + within;
         loop {
             spore_tests::reap_zombies();
-            if self.any_servers().iter().all(|&p| is_zombie(p)) {
+            if self.any_servers().iter().all(|&p| spore_tests::is_zombie(p)) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -133,13 +133,6 @@ impl Drop for Session {
     }
 }
 
-fn is_zombie(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rfind(')').and_then(|i| s.get(i + 2..i + 3)) == Some("Z"),
-        Err(_) => true,
-    }
-}
-
 /// Live descendants of `pid` (not `pid` itself).
 fn tree_of(pid: i32) -> Vec<i32> {
     let mut all = Vec::new();
@@ -163,37 +156,8 @@ fn tree_of(pid: i32) -> Vec<i32> {
             break;
         }
     }
-    found.retain(|&p| p != pid && !is_zombie(p));
+    found.retain(|&p| p != pid && !spore_tests::is_zombie(p));
     found
-}
-
-/// Processes whose command line contains `what`, on the whole machine
-/// (a process that escaped our tree counts too).
-fn ours_running(what: &str) -> Vec<(i32, String)> {
-    spore_tests::reap_zombies();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|&p| !is_zombie(p))
-        .map(|p| (p, cmdline(p)))
-        .filter(|(_, c)| c.contains(what))
-        .collect()
-}
-
-/// Wait (bounded) until none of ours runs `what`.
-fn none_within(what: &str, within: Duration) -> Result<(), Vec<(i32, String)>> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = ours_running(what);
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(left);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn same(label: &str, cold: &Output, warm: &Output) {
@@ -382,7 +346,7 @@ fn idle_expiry_ends_the_session_and_its_agents() {
     assert!(took >= Duration::from_millis(1500), "ended too early: {took:?}");
     let deadline = Instant::now() + SHUTDOWN;
     loop {
-        let left: Vec<i32> = agents.iter().copied().filter(|&p| !is_zombie(p)).collect();
+        let left: Vec<i32> = agents.iter().copied().filter(|&p| !spore_tests::is_zombie(p)).collect();
         let remote = tree_of(sshd.pid().unwrap());
         if left.is_empty() && remote.is_empty() {
             break;
@@ -418,7 +382,7 @@ fn a_killed_session_leaves_nothing_and_the_next_run_starts_a_new_one() {
     // Its local agents, and the one behind sshd, go as a killed master's do.
     let deadline = Instant::now() + SHUTDOWN;
     loop {
-        let left: Vec<i32> = agents.iter().copied().filter(|&p| !is_zombie(p)).collect();
+        let left: Vec<i32> = agents.iter().copied().filter(|&p| !spore_tests::is_zombie(p)).collect();
         let remote = tree_of(sshd.pid().unwrap());
         if left.is_empty() && remote.is_empty() {
             break;
@@ -503,8 +467,10 @@ fn ctrl_c_in_one_client_cancels_only_its_run() {
     let out_a = wait_bounded(a, Duration::from_secs(5));
     assert_eq!(status.and_then(|st| st.code()), Some(130), "A: {:?} after {took:?}: {}", status, text(&out_a.stderr));
     eprintln!("A exited 130 after {took:?}");
-    none_within("sleep 60.17", Duration::from_secs(2)).unwrap_or_else(|l| panic!("A's sleep left: {l:?}"));
-    none_within("sleep 61.17", Duration::from_secs(2)).unwrap_or_else(|l| panic!("A's setsid child left: {l:?}"));
+    spore_tests::none_running_within("sleep 60.17", Duration::from_secs(2))
+        .unwrap_or_else(|l| panic!("A's sleep left: {l:?}"));
+    spore_tests::none_running_within("sleep 61.17", Duration::from_secs(2))
+        .unwrap_or_else(|l| panic!("A's setsid child left: {l:?}"));
     let out_b = wait_bounded(b, Duration::from_secs(20));
     assert_eq!(text(&out_b.stdout), "b\n", "B: {}", text(&out_b.stderr));
     assert_eq!(out_b.status.code(), Some(0), "{}", text(&out_b.stderr));
@@ -523,7 +489,8 @@ fn ctrl_c_in_one_client_cancels_only_its_run() {
     }
     let out_c = wait_bounded(c, Duration::from_secs(5));
     assert_eq!(status.and_then(|st| st.code()), Some(143), "C: {}", text(&out_c.stderr));
-    none_within("sleep 62.17", Duration::from_secs(2)).unwrap_or_else(|l| panic!("C's sleep left: {l:?}"));
+    spore_tests::none_running_within("sleep 62.17", Duration::from_secs(2))
+        .unwrap_or_else(|l| panic!("C's sleep left: {l:?}"));
     let out = s.warm(&["run", "local", "--", "echo", "still"]);
     assert_eq!(text(&out.stdout), "still\n", "{}", text(&out.stderr));
     s.stop();
@@ -752,7 +719,7 @@ fn a_run_s_connect_timeout_holds_in_the_session() {
         assert_eq!(text(&warm.stderr), text(&cold.stderr), "{round}");
         assert_eq!(warm.status.code(), Some(255), "{round}");
     }
-    none_within("sleep 118.3", Duration::from_secs(5)).unwrap_or_else(|l| panic!("left: {l:?}"));
+    spore_tests::none_running_within("sleep 118.3", Duration::from_secs(5)).unwrap_or_else(|l| panic!("left: {l:?}"));
     s.stop();
     drop(s);
     guard.check();
@@ -861,7 +828,7 @@ fn a_run_s_verbosity_shows_its_own_log() {
     let c = warm(&["-v", "run", "local", "--", "sh", "-c", &waiting("c")]);
     c.wait_line("DEBUG [local] spore_agent::dispatch: call exec from context 0");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while ours_running(&b_script).is_empty() {
+    while spore_tests::running_anywhere(&b_script).is_empty() {
         assert!(Instant::now() < deadline, "B's command never started");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -1073,7 +1040,8 @@ fn a_killed_client_s_run_is_cancelled() {
     assert!(spore_tests::wait_for_command("sleep 63.17", 1, Duration::from_secs(10)), "the sleep never started");
     a.kill().unwrap();
     let _ = wait_bounded(a, Duration::from_secs(5));
-    none_within("sleep 63.17", Duration::from_secs(3)).unwrap_or_else(|l| panic!("the run goes on: {l:?}"));
+    spore_tests::none_running_within("sleep 63.17", Duration::from_secs(3))
+        .unwrap_or_else(|l| panic!("the run goes on: {l:?}"));
     let out = s.warm(&["run", "local", "--", "echo", "next"]);
     assert_eq!(text(&out.stdout), "next\n", "{}", text(&out.stderr));
     s.stop();
@@ -1095,7 +1063,7 @@ fn a_session_killed_mid_run_ends_the_client() {
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
     assert!(text(&out.stderr).starts_with("spore: --persist: "), "{}", text(&out.stderr));
     eprintln!("the client said: {}", text(&out.stderr));
-    none_within("sleep 64.17", SHUTDOWN).unwrap_or_else(|l| panic!("left: {l:?}"));
+    spore_tests::none_running_within("sleep 64.17", SHUTDOWN).unwrap_or_else(|l| panic!("left: {l:?}"));
     s.stop();
     drop(s);
     guard.check();

@@ -334,35 +334,15 @@ fn a_child_that_closes_its_input_is_dropped_without_spinning() {
     guard.check();
 }
 
-/// Processes of ours (or orphans we left: a killed master's) whose command
-/// line holds `mark`.
-fn running_with(mark: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| cmdline(pid).contains(mark))
-        .collect()
-}
-
-/// Wait (bounded) until no process holds `mark`; those left are killed
+/// Wait (bounded) until no process runs `mark`; those left are killed
 /// (so a failing test leaves nothing) and named.
-fn gone_within(mark: &str, within: Duration) -> Result<(), Vec<i32>> {
-    let start = Instant::now();
-    loop {
-        let left = running_with(mark);
-        if left.is_empty() {
-            return Ok(());
+fn gone_within(mark: &str, within: Duration) -> Result<(), Vec<(i32, String)>> {
+    spore_tests::none_running_within(mark, within).inspect_err(|left| {
+        for &(pid, _) in left {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        if start.elapsed() > within {
-            for &pid in &left {
-                // SAFETY: kill has no memory effects.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            return Err(left);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 /// An ssh hop whose connection never answers: its ProxyCommand is a
@@ -390,10 +370,10 @@ fn a_shutdown_ends_the_connects_under_way() {
     std::thread::scope(|s| {
         let first = s.spawn(|| r.connect(&hanging_ssh(top), "hang-top"));
         let nested = s.spawn(|| local.connect_hop(&hanging_ssh(below), "local/hang-below"));
-        let start = Instant::now();
-        while running_with(top).is_empty() || running_with(below).is_empty() {
-            assert!(start.elapsed() < Duration::from_secs(20), "the connects never started");
-            std::thread::sleep(Duration::from_millis(20));
+        // ssh is connecting once its ProxyCommand runs.
+        for mark in [top, below] {
+            let started = spore_tests::wait_for_command(&format!("sleep {mark}"), 1, Duration::from_secs(20));
+            assert!(started, "the connect never started");
         }
         r.shutdown();
         let left = (gone_within(top, Duration::from_secs(3)), gone_within(below, Duration::from_secs(3)));
@@ -418,14 +398,10 @@ fn a_signal_during_a_connect_leaves_no_ssh_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
     // ssh is connecting once its ProxyCommand runs (spore's own command
     // line holds the mark too).
-    let sleep = format!("sleep {mark}");
-    while !running_with(mark).into_iter().any(|pid| cmdline(pid) == sleep) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the connect never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let started = spore_tests::wait_for_command(&format!("sleep {mark}"), 1, Duration::from_secs(20));
+    assert!(started, "the connect never started");
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = spore_tests::wait_bounded(child, Duration::from_secs(10));
